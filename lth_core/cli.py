@@ -1,0 +1,140 @@
+"""The ``lth`` command: run recipes, list plugins and recipes, install plugins.
+
+User mistakes end with one line on stderr (``lth: error: ...``) and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import runpy
+import sys
+import warnings
+from pathlib import Path
+
+from lth_core.errors import LthError
+
+EXIT_USER_ERROR = 2
+
+
+def _quiet_lightning() -> None:
+    """Lightning prints device banners for every Trainer; a lottery makes dozens."""
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", ".*is an invalid name for a W&B.*")
+    warnings.filterwarnings("ignore", ".*isinstance.treespec, LeafSpec.*")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from lth_core.lottery import run_lottery
+    from lth_core.recipes import load_recipe
+
+    _quiet_lightning()
+    recipe = load_recipe(args.recipe, args.set)
+    out = Path(args.out) if args.out else Path("runs") / f"{recipe.name}-{recipe.hash()}"
+    print(f"lth: recipe {recipe.source} (hash {recipe.hash()}) -> {out}", file=sys.stderr)
+    run_lottery(recipe, out, say=lambda s: print(s, file=sys.stderr, flush=True))
+    print(out / "summary.json")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from lth_core.plugins import describe_plugins
+
+    plugins = describe_plugins()
+    if args.json:
+        print(json.dumps(plugins, indent=2))
+        return 0
+    for p in plugins:
+        print(f"{p['name']} ({p['distribution']} {p['version']})")
+        for kind, names in p["registers"].items():
+            print(f"  {kind}: {', '.join(names)}")
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from lth_core.recipes import bundled_recipes, read_yaml
+
+    for name, path in sorted(bundled_recipes().items()):
+        raw = read_yaml(path) or {}
+        desc = raw.get("description", "") if isinstance(raw, dict) else ""
+        print(f"{name:<28} {desc.strip().splitlines()[0] if desc else ''}")
+        if args.paths:
+            print(f"{'':<28} {path}")
+    return 0
+
+
+def _pip(*pip_args: str) -> int:
+    """Run pip in this interpreter, so a plugin lands where lth runs (as llm does)."""
+    argv = sys.argv
+    sys.argv = ["pip", *pip_args]
+    try:
+        runpy.run_module("pip", run_name="__main__")
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    finally:
+        sys.argv = argv
+    return 0
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    extra = ["-e"] if args.editable else []
+    return _pip("install", *(["--upgrade"] if args.upgrade else []), *extra, *args.packages)
+
+
+def cmd_uninstall(args: argparse.Namespace) -> int:
+    return _pip("uninstall", *(["-y"] if args.yes else []), *args.packages)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lth_core import __version__
+
+    parser = argparse.ArgumentParser(prog="lth", description="Lottery-ticket experiments on PyTorch Lightning.")
+    parser.add_argument("--version", action="version", version=f"lth {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a recipe (a YAML file or a bundled recipe name)")
+    run.add_argument("recipe")
+    run.add_argument("--out", help="run folder (default: runs/NAME-HASH); rerunning into it resumes")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key, e.g. lottery.rate=0.1")
+    run.set_defaults(func=cmd_run)
+
+    plugins = sub.add_parser("plugins", help="list installed plugins and what they register")
+    plugins.add_argument("--json", action="store_true", help="print JSON")
+    plugins.set_defaults(func=cmd_plugins)
+
+    recipes = sub.add_parser("recipes", help="list bundled recipes")
+    recipes.add_argument("--paths", action="store_true", help="show where each file is")
+    recipes.set_defaults(func=cmd_recipes)
+
+    install = sub.add_parser("install", help="pip install plugins into lth's environment")
+    install.add_argument("packages", nargs="+")
+    install.add_argument("-U", "--upgrade", action="store_true")
+    install.add_argument("-e", "--editable", action="store_true")
+    install.set_defaults(func=cmd_install)
+
+    uninstall = sub.add_parser("uninstall", help="pip uninstall plugins from lth's environment")
+    uninstall.add_argument("packages", nargs="+")
+    uninstall.add_argument("-y", "--yes", action="store_true")
+    uninstall.set_defaults(func=cmd_uninstall)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LthError as exc:
+        print(f"lth: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("lth: interrupted; finished rounds are kept, rerun the same command to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

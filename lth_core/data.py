@@ -1,0 +1,123 @@
+"""Data held in memory as tensors and batched by indexing: no per-sample Python.
+
+Data-set plugins return a :class:`DataBundle` (the official train and test split, already
+normalised). :class:`DataModule` holds a seeded validation split out of the training set
+and serves batches with :class:`TensorLoader`, whose order depends only on
+``(seed, epoch)`` so a run is repeatable and can resume at any step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from lth_core.errors import LthError
+
+
+@dataclass
+class DataBundle:
+    """What a data-set plugin returns."""
+
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    num_classes: int
+    name: str = ""
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train_x.shape[1:])
+
+    def check(self, source: str) -> None:
+        from lth_core.errors import PluginError
+
+        for part in ("train", "test"):
+            x, y = getattr(self, f"{part}_x"), getattr(self, f"{part}_y")
+            if not (isinstance(x, Tensor) and isinstance(y, Tensor)) or x.shape[0] != y.shape[0] or x.shape[0] == 0:
+                raise PluginError(f"{source} returned an empty or misaligned {part} split")
+            if not x.is_floating_point() or y.dtype != torch.long:
+                raise PluginError(f"{source} must return float inputs and int64 labels ({part}: {x.dtype}, {y.dtype})")
+
+
+class TensorLoader:
+    """Iterates ``(x, y)`` batches of in-memory tensors by index.
+
+    With ``shuffle`` the order of epoch ``e`` is a permutation drawn from a generator
+    seeded with ``seed * 1_000_003 + e``: it does not depend on what ran before, so
+    resuming at epoch ``e`` (or step ``k``) sees the same data as an uninterrupted run.
+    ``drop_last`` keeps every training step the same size, as the paper's fixed batch.
+    """
+
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False):
+        self.x, self.y = x, y
+        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.epoch = 0
+        self.skip_batches = 0  # set to resume in the middle of an epoch
+
+    def __len__(self) -> int:
+        n = self.x.shape[0]
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def order(self, epoch: int) -> Tensor:
+        n = self.x.shape[0]
+        if not self.shuffle:
+            return torch.arange(n)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(n, generator=g)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        idx = self.order(self.epoch)
+        self.epoch += 1
+        start, self.skip_batches = self.skip_batches, 0
+        for b in range(start, len(self)):
+            sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
+            yield self.x[sel], self.y[sel]
+
+
+class DataModule:
+    """The run's data: train / validation / test tensors and their loaders."""
+
+    def __init__(self, bundle: DataBundle, batch_size: int, eval_batch_size: int, val_size: float | int, seed: int, subset: int | None = None):
+        n = bundle.train_x.shape[0]
+        n_val = int(round(val_size * n)) if isinstance(val_size, float) else int(val_size)
+        if not 0 < n_val < n:
+            raise LthError(f"data.val_size={val_size} leaves no training or no validation data ({n} training examples)")
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        val_idx, train_idx = perm[:n_val], perm[n_val:]
+        if subset is not None:
+            train_idx = train_idx[:subset]
+        self.bundle = bundle
+        self.train_x, self.train_y = bundle.train_x[train_idx], bundle.train_y[train_idx]
+        self.val_x, self.val_y = bundle.train_x[val_idx], bundle.train_y[val_idx]
+        self.test_x, self.test_y = bundle.test_x, bundle.test_y
+        self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
+        if batch_size > self.train_x.shape[0]:
+            raise LthError(f"data.batch_size={batch_size} is larger than the training split ({self.train_x.shape[0]} examples)")
+
+    @property
+    def num_classes(self) -> int:
+        return self.bundle.num_classes
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.bundle.input_shape
+
+    def train_loader(self, seed: int) -> TensorLoader:
+        return TensorLoader(self.train_x, self.train_y, self.batch_size, shuffle=True, seed=seed, drop_last=True)
+
+    def eval_loaders(self) -> list[TensorLoader]:
+        """Validation first, then test: each evaluation point measures both."""
+        return [
+            TensorLoader(self.val_x, self.val_y, self.eval_batch_size),
+            TensorLoader(self.test_x, self.test_y, self.eval_batch_size),
+        ]
+
+    def sample_batch(self, size: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+        """A seeded batch of training data (for data-driven criteria such as SNIP)."""
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(self.train_x.shape[0], generator=g)[:size]
+        return self.train_x[idx], self.train_y[idx]

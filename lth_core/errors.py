@@ -1,0 +1,20 @@
+"""User-facing errors.
+
+Anything a user can cause (a typo in a recipe, a wrong path, a broken plugin) raises
+:class:`LthError`. The CLI prints its message on one line and exits non-zero, with no
+traceback; anything else is a bug in lth and keeps its traceback.
+"""
+
+
+class LthError(Exception):
+    """A mistake in the user's input or environment, explained in one line."""
+
+
+class PluginError(LthError):
+    """A plugin failed to load, clashed with another, or returned something invalid."""
+
+
+def choices(names) -> str:
+    """Format valid choices for an error message: sorted, comma-separated."""
+    names = sorted(str(n) for n in names)
+    return ", ".join(names) if names else "(none installed)"

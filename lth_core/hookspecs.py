@@ -1,0 +1,130 @@
+"""The lth plugin API: every hook a plugin may implement.
+
+This module is the reference. A plugin is any module or object with functions named as
+below and decorated with ``lth_core.hookimpl``. It reaches lth through the ``lth``
+entry-point group (``[project.entry-points.lth]`` in its pyproject.toml), exactly as the
+bundled plugins in ``plugins/`` do.
+
+Registration hooks (``register_*``) receive a ``register`` callable and return nothing:
+each call registers one named thing. Names are global across plugins: two plugins
+registering the same name in the same kind is an error naming both. Recipes refer to
+these names; they never name import paths.
+
+Event hooks (``on_*``) observe a run. ``round_callbacks`` lets a plugin add Lightning
+callbacks to a round's ``Trainer``: behaviour during training belongs in callbacks.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("lth")
+hookimpl = pluggy.HookimplMarker("lth")
+
+
+@hookspec
+def register_criteria(register):
+    """Register pruning criteria.
+
+    ``register(name, score_fn)``. ``score_fn(model, mask, context) -> dict[str, Tensor]``
+    is a pure function: given the trained ``model`` (an ``nn.Module``), the current
+    :class:`lth_core.masks.Mask` and a :class:`lth_core.context.PruneContext`, it returns
+    one score tensor per prunable parameter name in ``mask``, shaped like the parameter.
+    Lower scores are pruned first. The core, not the criterion, turns scores into a new
+    mask with the recipe's allocation (per-layer rates or global), so every criterion
+    works with every allocation. Weights already pruned stay pruned whatever their score.
+    Scores must be finite where the mask is still ``True``.
+    """
+
+
+@hookspec
+def register_rewind_policies(register):
+    """Register rewind policies: what the surviving weights become before a round.
+
+    ``register(name, rewind_fn)``. ``rewind_fn(model, mask, context) -> dict[str, Tensor]``
+    returns a full state dict (every parameter and buffer of ``model``) to load before the
+    next round trains. ``model`` holds the weights just trained; ``context`` is a
+    :class:`lth_core.context.RewindContext` with the initial weights θ0, a seeded
+    ``torch.Generator`` and a factory for fresh models. The core applies the mask after
+    loading, so a policy need not.
+    """
+
+
+@hookspec
+def register_controls(register):
+    """Register controls: experiments run beside the ticket at every pruning round.
+
+    ``register(name, criterion=None, rewind=None, description="")``. A control trains a
+    variant of each round's ticket and never feeds the next round. ``criterion`` (a
+    registered criterion name) builds a different mask with exactly the ticket's density
+    in every layer (e.g. random pruning); ``rewind`` (a registered rewind policy name)
+    starts training from other weights (e.g. random reinitialisation). Either may be
+    ``None`` to keep the ticket's own.
+    """
+
+
+@hookspec
+def register_merge_strategies(register):
+    """Register model-merging strategies that combine tickets.
+
+    ``register(name, merge_fn)``. ``merge_fn(tickets, context) -> MergeResult`` receives a
+    list of :class:`lth_core.tickets.Ticket` (two or more, trained on the same classes) and
+    a context with the model factory and data; it returns the merged model weights and
+    mask (or, for ensembling, a module). Used by ``lth merge``.
+    """
+
+
+@hookspec
+def register_models(register):
+    """Register model architectures.
+
+    ``register(name, factory)``. ``factory(input_shape, num_classes, **options)`` returns a
+    freshly initialised ``nn.Module`` mapping a batch of inputs shaped
+    ``(batch, *input_shape)`` to logits ``(batch, num_classes)``. Options come from the
+    recipe's ``model:`` section; the factory's keyword parameters (with defaults and type
+    annotations) define which options exist, and recipes are validated against them.
+    The caller seeds the global RNG before calling, so initialisation is repeatable.
+    """
+
+
+@hookspec
+def register_datasets(register):
+    """Register data sets.
+
+    ``register(name, factory)``. ``factory(**options) -> lth_core.data.DataBundle`` loads the
+    whole data set once into tensors (inputs float32, labels int64) with its official
+    train/test split. The core holds a validation split out of the training tensors and
+    batches by indexing, so factories only load and normalise. Options come from the
+    recipe's ``data:`` section (minus the core's own keys) and are validated against the
+    factory's keyword parameters.
+    """
+
+
+@hookspec
+def round_callbacks(context):
+    """Return Lightning callbacks to add to one round's ``Trainer`` (or ``None``).
+
+    ``context`` is a :class:`lth_core.context.RoundContext`: the recipe, round number,
+    mask and model. A plugin looks at it and decides whether it has anything to add (a
+    movement criterion adds a callback that accumulates scores only when the recipe uses
+    it). Every plugin's list is used.
+    """
+
+
+@hookspec
+def on_round_start(context):
+    """Called before a round (or a control) trains. ``context`` is a RoundContext."""
+
+
+@hookspec
+def on_round_end(context, ticket, metrics):
+    """Called after a round (or a control) has trained and its ticket is saved.
+
+    ``ticket`` is the :class:`lth_core.tickets.Ticket`; ``metrics`` the round's summary row
+    (weights_remaining, early_stop_step, val_loss_min, test_acc, test_acc_final, ...).
+    """
+
+
+@hookspec
+def on_run_end(summary, out_dir):
+    """Called once the whole lottery has finished, with the summary dict and run folder."""

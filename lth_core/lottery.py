@@ -1,0 +1,400 @@
+"""The lottery: train, prune, rewind, repeat; with controls beside every round.
+
+Round 0 trains the dense network. Each later round scores the weights with the recipe's
+criterion, prunes by the allocation (per layer or global), rewinds the survivors with the
+rewind policy and trains again. ``mode: one_shot`` instead prunes round 0's trained network
+straight to each round's density. Controls (random reinitialisation, random pruning, ...)
+train a variant of each pruned round's ticket and never feed the next round.
+
+Every training run is one ``Trainer.fit``. Every finished run is a ticket folder
+(``round_<k>/`` or ``round_<k>/control_<name>/``) whose ``ticket.json`` is written last; a
+rerun with the same recipe into the same folder reuses finished tickets and continues.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pytorch_lightning as pl
+import torch
+import yaml
+from torch import Tensor, nn
+
+from lth_core import __version__, tracking
+from lth_core.context import PruneContext, RewindContext, RoundContext
+from lth_core.data import DataModule
+from lth_core.errors import LthError, PluginError
+from lth_core.masks import Mask, apply_mask, match_density, prunable_parameters, prune_by_scores, validate_scores
+from lth_core.module import LotteryModule
+from lth_core.plugins import Registry, get_plugin_manager, get_registry
+from lth_core.recipes import Recipe, check_against_plugins
+from lth_core.tickets import Ticket, atomic_write_text, is_ticket, load_ticket, save_ticket
+
+LAST_LAYER_ALIAS = "last"
+
+
+@dataclass
+class Run:
+    """Everything one lottery needs, built once from a recipe."""
+
+    recipe: Recipe
+    out_dir: Path
+    registry: Registry
+    pm: Any
+    data: DataModule
+    model: nn.Module
+    initial: dict[str, Tensor]
+    logger: Any = None
+    say: Callable[[str], None] = print
+    rows: list[dict] = field(default_factory=list)
+    controls: dict[str, list[dict]] = field(default_factory=dict)
+
+    def new_model(self, seed: int) -> nn.Module:
+        return build_model(self.recipe, self.registry, self.data, seed)
+
+
+def build_model(recipe: Recipe, registry: Registry, data: DataModule, seed: int) -> nn.Module:
+    spec = recipe["model"]
+    entry = registry.get("models", spec["name"])
+    options = {k: v for k, v in spec.items() if k != "name"}
+    pl.seed_everything(seed, verbose=False)
+    try:
+        model = entry.obj(input_shape=data.input_shape, num_classes=data.num_classes, **options)
+    except LthError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise PluginError(f"model {spec['name']!r} (plugin {entry.plugin!r}) failed to build: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise PluginError(f"model {spec['name']!r} (plugin {entry.plugin!r}) returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def load_data(recipe: Recipe, registry: Registry) -> DataModule:
+    from lth_core.recipes import SCHEMA
+
+    spec = recipe["data"]
+    entry = registry.get("datasets", spec["name"])
+    options = {k: v for k, v in spec.items() if k not in SCHEMA["data"]}
+    try:
+        bundle = entry.obj(**options)
+    except LthError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise PluginError(f"data set {spec['name']!r} (plugin {entry.plugin!r}) failed to load: {type(exc).__name__}: {exc}") from exc
+    bundle.check(f"data set {spec['name']!r} (plugin {entry.plugin!r})")
+    return DataModule(bundle, spec["batch_size"], spec["eval_batch_size"], spec["val_size"], recipe["seed"], spec["subset"])
+
+
+def layer_rates(recipe: Recipe, mask: Mask) -> tuple[dict[str, float], list[str]]:
+    """Per-parameter pruning rates, and the layers pooled by global pruning.
+
+    ``lottery.layer_rates`` keys are parameter names (``fc3.weight``), module names
+    (``fc3``) or ``last`` (the last prunable layer, e.g. the paper's output layer at half
+    rate). Layers with an override keep their own rate under global pruning too.
+    """
+    lot = recipe["lottery"]
+    names = list(mask)
+    rates = {n: lot["rate"] for n in names}
+    overridden = set()
+    for key, rate in lot["layer_rates"].items():
+        if key in rates:
+            target = key
+        elif f"{key}.weight" in rates:
+            target = f"{key}.weight"
+        elif key == LAST_LAYER_ALIAS:
+            target = names[-1]
+        else:
+            raise LthError(f"lottery.layer_rates.{key}: no such prunable layer; valid: {', '.join(names)}, {LAST_LAYER_ALIAS}")
+        rates[target] = float(rate)
+        overridden.add(target)
+    pooled = [n for n in names if n not in overridden] if lot["scope"] == "global" else []
+    return rates, pooled
+
+
+def compound(rates: dict[str, float], k: int) -> dict[str, float]:
+    """The one-shot rate that reaches, in one step, what ``k`` iterative rounds reach."""
+    return {n: 1.0 - (1.0 - r) ** k for n, r in rates.items()}
+
+
+def _generator(*parts: int) -> torch.Generator:
+    seed = 0
+    for p in parts:
+        seed = (seed * 1_000_003 + p) % (2**63 - 1)
+    return torch.Generator().manual_seed(seed)
+
+
+def _derived_seed(recipe: Recipe, round_: int, salt: int) -> int:
+    return (recipe["seed"] * 1_000_003 + round_ * 7919 + salt) % (2**31 - 1)
+
+
+def _salt(name: str) -> int:
+    return sum((i + 1) * ord(c) for i, c in enumerate(name)) % 100_003
+
+
+def score(run: Run, criterion: str, model: nn.Module, mask: Mask, round_: int, state: dict) -> dict[str, Tensor]:
+    entry = run.registry.get("criteria", criterion)
+    ctx = PruneContext(
+        initial={n: run.initial[n] for n in mask},
+        generator=_generator(run.recipe["seed"], round_, _salt(criterion)),
+        round=round_,
+        data=run.data,
+        state=state,
+        options=dict(run.recipe["lottery"]["criterion_options"]),
+    )
+    source = f"criterion {criterion!r} (plugin {entry.plugin!r})"
+    try:
+        scores = entry.obj(model, mask, ctx)
+    except LthError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise PluginError(f"{source} raised {type(exc).__name__}: {exc}") from exc
+    validate_scores(scores, mask, source)
+    return scores
+
+
+def rewind(run: Run, policy: str, model: nn.Module, mask: Mask, round_: int) -> dict[str, Tensor]:
+    entry = run.registry.get("rewind_policies", policy)
+    seed = _derived_seed(run.recipe, round_, _salt(policy))
+    ctx = RewindContext(
+        initial=run.initial,
+        generator=_generator(seed),
+        seed=seed,
+        round=round_,
+        new_model=lambda: run.new_model(seed),
+        options=dict(run.recipe["lottery"]["rewind_options"]),
+    )
+    source = f"rewind policy {policy!r} (plugin {entry.plugin!r})"
+    try:
+        state = entry.obj(model, mask, ctx)
+    except LthError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise PluginError(f"{source} raised {type(exc).__name__}: {exc}") from exc
+    own = model.state_dict()
+    if not isinstance(state, dict) or set(state) != set(own):
+        got = sorted(state)[:3] if isinstance(state, dict) else type(state).__name__
+        raise PluginError(f"{source} must return the model's full state dict ({len(own)} entries), got {got}")
+    for n, t in state.items():
+        if not isinstance(t, Tensor) or t.shape != own[n].shape:
+            raise PluginError(f"{source} returned {n} with the wrong shape")
+    return {n: t.detach().to("cpu").clone() for n, t in state.items()}
+
+
+def summarise(history: list[dict], round_: int, mask: Mask, steps: int) -> dict:
+    """The paper's measurements from a run's evaluation history."""
+    if not history:
+        raise LthError("a round finished with no evaluation: set trainer.max_steps >= 1")
+    finite = [h for h in history if math.isfinite(h["val_loss"])]
+    best = min(finite, key=lambda h: h["val_loss"]) if finite else history[-1]
+    last = history[-1]
+    return {
+        "round": round_,
+        "weights_remaining": mask.density(),
+        "early_stop_step": int(best["step"]),
+        "val_loss_min": float(best["val_loss"]),
+        "val_acc": float(best["val_acc"]),
+        "test_acc": float(best["test_acc"]),
+        "test_acc_final": float(last["test_acc"]),
+        "steps": int(steps),
+    }
+
+
+def _trainer(run: Run, ctx: RoundContext) -> pl.Trainer:
+    callbacks = []
+    for extra in run.pm.hook.round_callbacks(context=ctx):
+        if extra:
+            callbacks.extend(extra)
+    kwargs = dict(run.recipe["trainer"])
+    kwargs.setdefault("enable_progress_bar", sys.stderr.isatty())
+    kwargs.setdefault("enable_model_summary", False)
+    kwargs.setdefault("log_every_n_steps", run.recipe["tracking"]["log_every_n_steps"])
+    return pl.Trainer(
+        **kwargs,
+        logger=run.logger if run.logger is not None else False,
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        default_root_dir=str(run.out_dir),
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=None,
+    )
+
+
+def train(run: Run, round_: int, name: str, mask: Mask, init: dict[str, Tensor], folder: Path) -> tuple[Ticket, dict]:
+    """One training run from ``init`` under ``mask``; returns its ticket and summary row.
+
+    A folder that already holds a finished ticket of this recipe is loaded instead.
+    """
+    recipe_hash = run.recipe.hash()
+    if is_ticket(folder):
+        ticket = load_ticket(folder, run.model)
+        if ticket.meta.get("recipe_hash") == recipe_hash and ticket.mask == mask:
+            run.model.load_state_dict(ticket.final)
+            run.say(f"round {round_} [{name}]: reusing finished ticket in {folder}")
+            return ticket, ticket.meta["metrics"]
+    run.model.load_state_dict(init)
+    apply_mask(run.model, mask)
+    ctx = RoundContext(recipe=run.recipe, round=round_, name=name, mask=mask, model=run.model, out_dir=folder)
+    run.pm.hook.on_round_start(context=ctx)
+    pl.seed_everything(_derived_seed(run.recipe, round_, _salt(name)), verbose=False)
+    module = LotteryModule(run.model, mask, run.recipe["optimizer"], run.data.num_classes, log_prefix=f"round_{round_}/{name}")
+    trainer = _trainer(run, ctx)
+    trainer.fit(module, train_dataloaders=run.data.train_loader(run.recipe["seed"]), val_dataloaders=run.data.eval_loaders())
+    if not module.history or module.history[-1]["step"] != trainer.global_step:
+        trainer.validate(module, dataloaders=run.data.eval_loaders(), verbose=False)
+    run.model.cpu()
+    row = summarise(module.history, round_, mask, trainer.global_step)
+    meta = {
+        "round": round_,
+        "run": name,
+        "recipe_hash": recipe_hash,
+        "seed": run.recipe["seed"],
+        "model": run.recipe["model"],
+        "data": run.recipe["data"]["name"],
+        "metrics": row,
+        "lth_version": __version__,
+    }
+    ticket = Ticket(mask, init, {k: v.detach().cpu() for k, v in run.model.state_dict().items()}, meta)
+    save_ticket(ticket, folder)
+    atomic_write_text(folder / "curves.json", json.dumps(module.history, indent=1))
+    run.pm.hook.on_round_end(context=ctx, ticket=ticket, metrics=row)
+    tracking.log_round(run.logger, row, name)
+    return ticket, row
+
+
+def _control_specs(run: Run) -> list[dict]:
+    specs = []
+    for c in run.recipe["controls"]:
+        if set(c) == {"name"}:
+            entry = run.registry.get("controls", c["name"])
+            specs.append({"name": c["name"], "criterion": entry.extra.get("criterion"), "rewind": entry.extra.get("rewind")})
+        else:
+            specs.append({"name": c["name"], "criterion": c.get("criterion"), "rewind": c.get("rewind")})
+    return specs
+
+
+def prepare_out_dir(recipe: Recipe, out_dir: Path) -> None:
+    """Refuse to mix two different recipes in one folder; record what produced the run."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_json = out_dir / "run.json"
+    if run_json.is_file():
+        try:
+            previous = json.loads(run_json.read_text()).get("recipe_hash")
+        except json.JSONDecodeError:
+            previous = None
+        if previous and previous != recipe.hash():
+            raise LthError(
+                f"{out_dir} holds a run of a different recipe (hash {previous}, this one {recipe.hash()}); "
+                "choose another --out or delete that folder"
+            )
+    atomic_write_text(out_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    atomic_write_text(
+        run_json,
+        json.dumps(
+            {"recipe_hash": recipe.hash(), "recipe_source": recipe.source, "lth_version": __version__,
+             "command": " ".join(sys.argv), "torch": torch.__version__, "pytorch_lightning": pl.__version__},
+            indent=2,
+        ),
+    )
+
+
+def run_lottery(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] = print, pm=None) -> dict:
+    """Run a whole lottery and return (and write) ``summary.json``."""
+    out_dir = Path(out_dir)
+    pm = pm or get_plugin_manager()
+    registry = get_registry(pm)
+    check_against_plugins(recipe, registry)
+    data = load_data(recipe, registry)
+    model = build_model(recipe, registry, data, recipe["seed"])
+    prepare_out_dir(recipe, out_dir)
+    initial = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    run = Run(recipe, out_dir, registry, pm, data, model, initial, say=say)
+    lot = recipe["lottery"]
+    dense = Mask.ones_like(model)
+    rates, pooled = layer_rates(recipe, dense)
+    controls = _control_specs(run)
+    run.logger = tracking.make_logger(recipe, out_dir, say)
+    total = lot["rounds"]
+    start = time.time()
+
+    say(f"round 0/{total}: dense network, {dense.total()} prunable weights")
+    ticket, row = train(run, 0, "ticket", dense, initial, out_dir / "round_0")
+    run.rows.append(row)
+    _progress(run, row, "ticket", total)
+    dense_final = ticket.final
+    mask, final = dense, ticket.final
+    for k in range(1, total + 1):
+        if lot["mode"] == "one_shot":
+            source_mask, source_final, step_rates = dense, dense_final, compound(rates, k)
+        else:
+            source_mask, source_final, step_rates = mask, final, rates
+        run.model.load_state_dict(source_final)
+        scores = score(run, lot["criterion"], run.model, source_mask, k, state={})
+        mask = prune_by_scores(scores, source_mask, step_rates, lot["scope"], pooled)
+        init = rewind(run, lot["rewind"], run.model, mask, k)
+        say(f"round {k}/{total}: pruned to {mask.density():.2%} of weights")
+        ticket, row = train(run, k, "ticket", mask, init, out_dir / f"round_{k}")
+        run.rows.append(row)
+        _progress(run, row, "ticket", total)
+        final = ticket.final
+        for c in controls:
+            c_mask = mask
+            if c["criterion"]:
+                run.model.load_state_dict(source_final)
+                c_mask = match_density(score(run, c["criterion"], run.model, source_mask, k, state={}), mask)
+            c_init = init
+            if c["rewind"]:
+                run.model.load_state_dict(final)
+                c_init = rewind(run, c["rewind"], run.model, c_mask, k)
+            _, c_row = train(run, k, c["name"], c_mask, c_init, out_dir / f"round_{k}" / f"control_{c['name']}")
+            run.controls.setdefault(c["name"], []).append(c_row)
+            _progress(run, c_row, c["name"], total)
+    summary = {
+        "recipe": recipe.to_dict(),
+        "recipe_hash": recipe.hash(),
+        "rounds": run.rows,
+        "controls": run.controls,
+        "wall_time_s": round(time.time() - start, 2),
+        "lth_version": __version__,
+    }
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
+    pm.hook.on_run_end(summary=summary, out_dir=out_dir)
+    tracking.finish(run.logger, summary)
+    say(format_table(summary))
+    return summary
+
+
+def _progress(run: Run, row: dict, name: str, total: int) -> None:
+    run.say(
+        f"round {row['round']}/{total} [{name}] weights remaining {row['weights_remaining']:.2%}  "
+        f"test acc {row['test_acc']:.4f} (early stop @ step {row['early_stop_step']}), "
+        f"final {row['test_acc_final']:.4f}"
+    )
+
+
+def format_table(summary: dict) -> str:
+    """All rounds, the ticket and every control side by side, as plain text."""
+    names = ["ticket"] + list(summary["controls"])
+    by_round: dict[int, dict[str, dict]] = {}
+    for r in summary["rounds"]:
+        by_round.setdefault(r["round"], {})["ticket"] = r
+    for name, rows in summary["controls"].items():
+        for r in rows:
+            by_round.setdefault(r["round"], {})[name] = r
+    header = f"{'round':>5} {'remaining':>9} " + " ".join(f"{n + ' acc':>22} {'stop':>6}" for n in names)
+    lines = [header, "-" * len(header)]
+    for k in sorted(by_round):
+        cells = by_round[k]
+        wr = cells["ticket"]["weights_remaining"]
+        parts = []
+        for n in names:
+            r = cells.get(n)
+            parts.append(f"{r['test_acc']:>22.4f} {r['early_stop_step']:>6d}" if r else f"{'-':>22} {'-':>6}")
+        lines.append(f"{k:>5} {wr:>9.2%} " + " ".join(parts))
+    return "\n".join(lines)

@@ -1,0 +1,89 @@
+"""The LightningModule that trains one round: a classifier with a mask held at zero."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import MeanMetric
+
+from lth_core.masks import Mask, MaskEnforcer
+
+EVAL_SPLITS = ("val", "test")
+
+
+def build_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
+    name = cfg["name"]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"], nesterov=cfg["nesterov"])
+    if name == "adam":
+        return torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    raise ValueError(f"unknown optimizer {name!r}")  # recipes.validate refuses it first
+
+
+class LotteryModule(pl.LightningModule):
+    """Trains ``model`` with cross-entropy under ``mask``; measures val and test at each eval.
+
+    ``history`` receives one row per evaluation point:
+    ``{"step", "val_loss", "val_acc", "test_loss", "test_acc"}``.
+    """
+
+    def __init__(self, model: nn.Module, mask: Mask, optimizer: dict, num_classes: int, log_prefix: str = ""):
+        super().__init__()
+        self.log_prefix = f"{log_prefix}/" if log_prefix else ""
+        self.model = model
+        self.mask = mask
+        self.optimizer_cfg = optimizer
+        self.enforcer: MaskEnforcer | None = None
+        self.history: list[dict] = []
+        self.acc = nn.ModuleList([MulticlassAccuracy(num_classes, average="micro") for _ in EVAL_SPLITS])
+        self.loss_mean = nn.ModuleList([MeanMetric() for _ in EVAL_SPLITS])
+
+    def forward(self, x):
+        return self.model(x)
+
+    def configure_optimizers(self):
+        # The model is on its device by now: bind the mask to these exact tensors.
+        opt = build_optimizer(self.model.parameters(), self.optimizer_cfg)
+        self.enforcer = MaskEnforcer(self.model, self.mask)
+        self.enforcer.enforce()
+        self.enforcer.attach(opt)
+        warmup = self.optimizer_cfg.get("warmup_steps", 0)
+        if warmup:
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return opt
+
+    def on_fit_end(self) -> None:
+        if self.enforcer is not None:
+            self.enforcer.detach()
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self.model(x), y)
+        self.log(f"{self.log_prefix}train_loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        x, y = batch
+        logits = self.model(x)
+        loss = F.cross_entropy(logits, y, reduction="mean")
+        self.loss_mean[dataloader_idx].update(loss, weight=y.shape[0])
+        self.acc[dataloader_idx].update(logits, y)
+
+    def on_validation_epoch_end(self) -> None:
+        row = {"step": int(self.global_step)}
+        for i, split in enumerate(EVAL_SPLITS):
+            row[f"{split}_loss"] = float(self.loss_mean[i].compute())
+            row[f"{split}_acc"] = float(self.acc[i].compute())
+            self.loss_mean[i].reset()
+            self.acc[i].reset()
+        if self.history and self.history[-1]["step"] == row["step"]:
+            self.history[-1] = row  # a repeated evaluation at the same step (final check)
+        else:
+            self.history.append(row)
+        self.log_dict({f"{self.log_prefix}{k}": v for k, v in row.items() if k != "step"}, add_dataloader_idx=False)

@@ -1,0 +1,175 @@
+"""Finding plugins and collecting what they register.
+
+Bundled and third-party plugins load the same way: from the ``lth`` entry-point group.
+``LTH_DISABLE_PLUGIN_AUTOLOAD=1`` loads only the entry points of the ``lth`` distribution
+itself (the bundled plugins), like pytest's PYTEST_DISABLE_PLUGIN_AUTOLOAD.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pluggy
+
+from lth_core import hookspecs
+from lth_core.errors import PluginError, choices
+
+BUNDLED_DISTRIBUTION = "lth"
+AUTOLOAD_ENV = "LTH_DISABLE_PLUGIN_AUTOLOAD"
+
+#: registration hook -> (kind shown to users, singular noun for messages)
+KINDS = {
+    "register_criteria": ("criteria", "criterion"),
+    "register_rewind_policies": ("rewind_policies", "rewind policy"),
+    "register_controls": ("controls", "control"),
+    "register_merge_strategies": ("merge_strategies", "merge strategy"),
+    "register_models": ("models", "model"),
+    "register_datasets": ("datasets", "data set"),
+}
+
+
+@dataclass
+class Entry:
+    """One registered thing: its name, the object, and the plugin that registered it."""
+
+    name: str
+    obj: Any
+    plugin: str
+    extra: dict = field(default_factory=dict)
+
+
+class Registry:
+    """Everything the loaded plugins registered, by kind and name."""
+
+    def __init__(self, pm: pluggy.PluginManager):
+        self.pm = pm
+        self.kinds: dict[str, dict[str, Entry]] = {k: {} for k, _ in KINDS.values()}
+        self._collect()
+
+    def _collect(self) -> None:
+        for hook_name, (kind, noun) in KINDS.items():
+            hook = getattr(self.pm.hook, hook_name)
+            for impl in hook.get_hookimpls():
+                plugin_name = self.pm.get_name(impl.plugin) or repr(impl.plugin)
+                impl.function(register=self._registrar(kind, noun, plugin_name))
+
+    def _registrar(self, kind: str, noun: str, plugin: str) -> Callable:
+        table = self.kinds[kind]
+
+        def register(name: str, obj: Any = None, **extra: Any) -> None:
+            if not isinstance(name, str) or not name:
+                raise PluginError(f"plugin {plugin!r} registered a {noun} with an invalid name {name!r}")
+            if name in table:
+                raise PluginError(
+                    f"{noun} {name!r} is registered by two plugins: {table[name].plugin!r} and {plugin!r}; "
+                    "uninstall one of them"
+                )
+            table[name] = Entry(name, obj, plugin, extra)
+
+        return register
+
+    def get(self, kind: str, name: str) -> Entry:
+        """Look up a registered name, or fail listing the valid choices."""
+        noun = {k: n for k, n in KINDS.values()}[kind]
+        table = self.kinds[kind]
+        if name not in table:
+            raise PluginError(f"unknown {noun} {name!r}; installed: {choices(table)}")
+        return table[name]
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.kinds[kind])
+
+
+def _entry_points() -> list[md.EntryPoint]:
+    return list(md.entry_points(group="lth"))
+
+
+def _is_bundled(ep: md.EntryPoint) -> bool:
+    dist = getattr(ep, "dist", None)
+    return dist is not None and dist.metadata["Name"] == BUNDLED_DISTRIBUTION
+
+
+def _dist_name(ep: md.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return dist.metadata["Name"] if dist is not None else "?"
+
+
+def make_plugin_manager(autoload: bool | None = None) -> pluggy.PluginManager:
+    """Create the plugin manager and load every plugin from the ``lth`` entry points.
+
+    A plugin that fails to import, or two distributions claiming the same plugin name,
+    raise :class:`PluginError` naming them.
+    """
+    if autoload is None:
+        autoload = os.environ.get(AUTOLOAD_ENV, "") in ("", "0")
+    pm = pluggy.PluginManager("lth")
+    pm.add_hookspecs(hookspecs)
+    seen: dict[str, md.EntryPoint] = {}
+    for ep in _entry_points():
+        if not autoload and not _is_bundled(ep):
+            continue
+        if ep.name in seen:
+            if seen[ep.name].value == ep.value and _dist_name(seen[ep.name]) == _dist_name(ep):
+                continue  # the same distribution seen twice on sys.path
+            raise PluginError(
+                f"two plugins are named {ep.name!r}: {seen[ep.name].value} (from {_dist_name(seen[ep.name])}) "
+                f"and {ep.value} (from {_dist_name(ep)}); uninstall one of them"
+            )
+        seen[ep.name] = ep
+        try:
+            pm.load_setuptools_entrypoints("lth", name=ep.name)
+        except Exception as exc:  # noqa: BLE001 - any import failure is the plugin's
+            raise PluginError(
+                f"plugin {ep.name!r} ({ep.value}, from {_dist_name(ep)}) failed to load: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin {exc.plugin!r} implements an unknown hook: {exc}") from exc
+    return pm
+
+
+_PM: pluggy.PluginManager | None = None
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager, loaded on first use."""
+    global _PM
+    if _PM is None:
+        _PM = make_plugin_manager()
+    return _PM
+
+
+def get_registry(pm: pluggy.PluginManager | None = None) -> Registry:
+    """A fresh view of what the plugins register (cheap; re-read so tests can add plugins)."""
+    return Registry(pm or get_plugin_manager())
+
+
+def describe_plugins(pm: pluggy.PluginManager | None = None) -> list[dict]:
+    """Every loaded plugin with its version and the names it registers per kind."""
+    pm = pm or get_plugin_manager()
+    registry = get_registry(pm)
+    versions = {
+        pm.get_name(plugin): dist.metadata["Version"] for plugin, dist in pm.list_plugin_distinfo()
+    }
+    dists = {pm.get_name(plugin): dist.metadata["Name"] for plugin, dist in pm.list_plugin_distinfo()}
+    out = []
+    for name, plugin in sorted(pm.list_name_plugin(), key=lambda np: np[0]):
+        registers = {
+            kind: sorted(e.name for e in table.values() if e.plugin == name)
+            for kind, table in registry.kinds.items()
+        }
+        out.append(
+            {
+                "name": name,
+                "version": versions.get(name),
+                "distribution": dists.get(name),
+                "hooks": sorted(h.name for h in pm.get_hookcallers(plugin) or []),
+                "registers": {k: v for k, v in registers.items() if v},
+            }
+        )
+    return out

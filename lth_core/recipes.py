@@ -1,0 +1,345 @@
+"""Recipes: one YAML file = one experiment.
+
+``load_recipe`` reads YAML with ``yaml.safe_load``, applies ``--set key.sub=value``
+overrides, fills defaults and checks every key and type against :data:`SCHEMA`. Plugin
+names and plugin options (``model:``, ``data:``) are checked against the installed
+plugins by :func:`check_against_plugins`. Every mistake is a :class:`LthError` naming the
+key and the valid choices.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.resources
+import inspect
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lth_core.errors import LthError, choices
+
+ANY = object()
+REQUIRED = object()
+
+#: section -> key -> (allowed python types, default). ``dict`` sections marked OPEN take
+#: plugin options beyond the listed keys; those are validated against the plugin.
+SCHEMA: dict[str, dict[str, tuple]] = {
+    "model": {"name": ((str,), REQUIRED)},
+    "data": {
+        "name": ((str,), REQUIRED),
+        "batch_size": ((int,), 60),
+        "eval_batch_size": ((int,), 2000),
+        "val_size": ((int, float), 0.1),
+        "subset": ((int, type(None)), None),
+    },
+    "optimizer": {
+        "name": ((str,), "adam"),
+        "lr": ((float, int), 1e-3),
+        "momentum": ((float, int), 0.0),
+        "weight_decay": ((float, int), 0.0),
+        "nesterov": ((bool,), False),
+        "warmup_steps": ((int,), 0),
+    },
+    "trainer": {},
+    "lottery": {
+        "criterion": ((str,), "magnitude"),
+        "criterion_options": ((dict,), {}),
+        "rewind": ((str,), "init"),
+        "rewind_options": ((dict,), {}),
+        "rounds": ((int,), 5),
+        "rate": ((float, int), 0.2),
+        "layer_rates": ((dict,), {}),
+        "scope": ((str,), "layer"),
+        "mode": ((str,), "iterative"),
+    },
+    "tracking": {
+        "backend": ((str,), "wandb"),
+        "project": ((str,), "lth"),
+        "entity": ((str, type(None)), None),
+        "mode": ((str,), "auto"),
+        "log_every_n_steps": ((int,), 50),
+    },
+}
+OPEN_SECTIONS = {"model", "data", "trainer"}
+TOP_LEVEL = {"name": (str,), "seed": (int,), "controls": (list,), "description": (str,)}
+TOP_LEVEL.update({s: (dict,) for s in SCHEMA})
+CHOICES = {
+    ("optimizer", "name"): ("sgd", "adam", "adamw"),
+    ("lottery", "scope"): ("layer", "global"),
+    ("lottery", "mode"): ("iterative", "one_shot"),
+    ("tracking", "backend"): ("wandb", "none"),
+    ("tracking", "mode"): ("auto", "online", "offline", "disabled"),
+}
+#: Trainer arguments the lottery sets itself; a recipe may not override them.
+RESERVED_TRAINER_KEYS = {
+    "logger", "callbacks", "enable_checkpointing", "default_root_dir", "num_sanity_val_steps",
+    "check_val_every_n_epoch", "limit_test_batches", "plugins",
+}
+TRAINER_DEFAULTS = {"accelerator": "auto", "devices": 1, "max_epochs": -1, "max_steps": 1000, "val_check_interval": 100}
+
+
+@dataclass
+class Recipe:
+    """A validated recipe. Sections are plain dicts so the recipe is its own JSON record."""
+
+    data: dict[str, Any]
+    source: str = "<dict>"
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    @property
+    def name(self) -> str:
+        return self.data["name"]
+
+    def to_dict(self) -> dict:
+        return copy.deepcopy(self.data)
+
+    def hash(self) -> str:
+        """Content hash of everything that changes results (tracking settings excluded)."""
+        content = {k: v for k, v in self.data.items() if k not in ("tracking", "description")}
+        trainer = {k: v for k, v in content.get("trainer", {}).items() if k != "enable_progress_bar"}
+        content["trainer"] = trainer
+        blob = json.dumps(content, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _type_names(types: tuple) -> str:
+    names = {int: "integer", float: "number", str: "string", bool: "true/false", dict: "mapping", list: "list", type(None): "null"}
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def _check_type(where: str, value: Any, types: tuple) -> Any:
+    if isinstance(value, bool) and bool not in types:
+        raise LthError(f"{where} must be a {_type_names(types)}, got {value!r}")
+    if not isinstance(value, types):
+        raise LthError(f"{where} must be a {_type_names(types)}, got {type(value).__name__} {value!r}")
+    if float in types and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"lottery.rate=0.1"`` -> (["lottery", "rate"], 0.1); the value is read as YAML."""
+    if "=" not in text:
+        raise LthError(f"--set {text!r} must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    path = [p for p in key.strip().split(".")]
+    if not all(path):
+        raise LthError(f"--set {text!r} has an empty key part")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise LthError(f"--set {text!r}: value is not valid YAML: {exc}") from exc
+    return path, value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    raw = copy.deepcopy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        if path[0] not in TOP_LEVEL:
+            raise LthError(f"--set {text!r}: unknown key {path[0]!r}; valid: {choices(TOP_LEVEL)}")
+        node = raw
+        for part in path[:-1]:
+            if node.get(part) is None:
+                node[part] = {}
+            if not isinstance(node[part], dict):
+                raise LthError(f"--set {text!r}: {part!r} is not a mapping")
+            node = node[part]
+        node[path[-1]] = value
+    return raw
+
+
+def _shorthand(raw: dict) -> dict:
+    """Accept ``model: lenet300`` for ``model: {name: lenet300}`` and ``tracking: none``."""
+    for section in ("model", "data"):
+        if isinstance(raw.get(section), str):
+            raw[section] = {"name": raw[section]}
+    if raw.get("tracking") in ("none", None, False) and "tracking" in raw:
+        raw["tracking"] = {"backend": "none"}
+    elif isinstance(raw.get("tracking"), str):
+        raw["tracking"] = {"backend": raw["tracking"]}
+    return raw
+
+
+def validate(raw: Any, source: str = "<dict>", name: str | None = None) -> Recipe:
+    """Check keys, types and choices; fill defaults. Plugin names are checked later."""
+    if not isinstance(raw, dict):
+        raise LthError(f"{source}: a recipe must be a YAML mapping of sections, got {type(raw).__name__}")
+    raw = _shorthand(copy.deepcopy(raw))
+    for key in raw:
+        if key not in TOP_LEVEL:
+            raise LthError(f"{source}: unknown key {key!r}; valid: {choices(TOP_LEVEL)}")
+        _check_type(f"{source}: {key}", raw[key], TOP_LEVEL[key])
+    out: dict[str, Any] = {
+        "name": raw.get("name") or name or "recipe",
+        "seed": raw.get("seed", 0),
+        "description": raw.get("description", ""),
+    }
+    for section, fields in SCHEMA.items():
+        given = dict(raw.get(section) or {})
+        if section in ("model", "data") and "name" not in given:
+            raise LthError(f"{source}: {section}.name is required (a registered {section} name; see `lth plugins`)")
+        result = {}
+        for key, (types, default) in fields.items():
+            if key in given:
+                value = given.pop(key)
+                if value is None and type(None) not in types and default is not REQUIRED and default is not None:
+                    value = default
+                result[key] = _check_type(f"{source}: {section}.{key}", value, types)
+            else:
+                result[key] = copy.deepcopy(default)
+            allowed = CHOICES.get((section, key))
+            if allowed and result[key] not in allowed:
+                raise LthError(f"{source}: {section}.{key} is {result[key]!r}; valid: {choices(allowed)}")
+        if given and section not in OPEN_SECTIONS:
+            raise LthError(f"{source}: unknown key {section}.{sorted(given)[0]}; valid: {choices(fields)}")
+        if section == "trainer":
+            given = {**TRAINER_DEFAULTS, **given}
+        result.update(given)
+        out[section] = result
+    _check_values(out, source)
+    controls = raw.get("controls") or []
+    out["controls"] = [_control(c, source) for c in controls]
+    return Recipe(out, source)
+
+
+def _control(spec: Any, source: str) -> dict:
+    if isinstance(spec, str):
+        return {"name": spec}
+    if isinstance(spec, dict) and isinstance(spec.get("name"), str):
+        unknown = set(spec) - {"name", "criterion", "rewind"}
+        if unknown:
+            raise LthError(f"{source}: control {spec['name']!r} has unknown key {sorted(unknown)[0]!r}; valid: criterion, name, rewind")
+        return dict(spec)
+    raise LthError(f"{source}: each control must be a registered control name or {{name, criterion, rewind}}, got {spec!r}")
+
+
+def _check_values(r: dict, source: str) -> None:
+    lot = r["lottery"]
+    if lot["rounds"] < 0:
+        raise LthError(f"{source}: lottery.rounds must be >= 0 (0 trains only the dense network), got {lot['rounds']}")
+    if not 0.0 < lot["rate"] < 1.0:
+        raise LthError(f"{source}: lottery.rate must be in (0, 1) (a fraction of remaining weights), got {lot['rate']}")
+    for layer, rate in lot["layer_rates"].items():
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+            raise LthError(f"{source}: lottery.layer_rates.{layer} must be a number in [0, 1), got {rate!r}")
+    d = r["data"]
+    if d["batch_size"] < 1 or d["eval_batch_size"] < 1:
+        raise LthError(f"{source}: data.batch_size and data.eval_batch_size must be >= 1")
+    if isinstance(d["val_size"], float) and not 0.0 < d["val_size"] < 1.0:
+        raise LthError(f"{source}: data.val_size as a fraction must be in (0, 1), got {d['val_size']}")
+    if isinstance(d["val_size"], int) and d["val_size"] < 1:
+        raise LthError(f"{source}: data.val_size as a count must be >= 1, got {d['val_size']}")
+    if r["optimizer"]["lr"] <= 0:
+        raise LthError(f"{source}: optimizer.lr must be > 0, got {r['optimizer']['lr']}")
+    t = r["trainer"]
+    bad = sorted(set(t) & RESERVED_TRAINER_KEYS)
+    if bad:
+        raise LthError(f"{source}: trainer.{bad[0]} is set by lth itself and cannot be given in a recipe")
+    _check_trainer_keys(t, source)
+    vci = t.get("val_check_interval")
+    if not isinstance(vci, int) or isinstance(vci, bool) or vci < 1:
+        raise LthError(f"{source}: trainer.val_check_interval must be a whole number of steps >= 1, got {vci!r}")
+
+
+def _check_trainer_keys(t: dict, source: str) -> None:
+    import pytorch_lightning as pl
+
+    params = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self"} - RESERVED_TRAINER_KEYS
+    for key in t:
+        if key not in params:
+            raise LthError(f"{source}: unknown key trainer.{key}; valid: {choices(params)}")
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise LthError(f"cannot read recipe {path}: {exc.strerror}") from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise LthError(f"{path} is not valid YAML{at}: {problem}") from exc
+
+
+def bundled_recipes() -> dict[str, Path]:
+    """Recipes shipped with lth (the repository's ``recipes/`` folder), by name."""
+    root = importlib.resources.files("lth_recipes")
+    return {
+        Path(str(p)).stem: Path(str(p))
+        for p in root.iterdir()
+        if str(p).endswith(".yaml")
+    }
+
+
+def resolve_recipe_path(spec: str) -> Path:
+    """A path to a YAML file, or the name of a bundled recipe."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    bundled = bundled_recipes()
+    if spec in bundled:
+        return bundled[spec]
+    if path.suffix in (".yaml", ".yml") and path.name and Path(path.name).stem in bundled and not path.exists():
+        return bundled[Path(path.name).stem]
+    raise LthError(f"recipe {spec!r} not found: not a file and not a bundled recipe ({choices(bundled)})")
+
+
+def load_recipe(spec: str | Path, overrides: list[str] | None = None) -> Recipe:
+    path = resolve_recipe_path(str(spec))
+    raw = read_yaml(path)
+    if raw is None:
+        raise LthError(f"{path} is empty")
+    if not isinstance(raw, dict):
+        raise LthError(f"{path}: a recipe must be a YAML mapping of sections, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides or [])
+    return validate(raw, source=str(path), name=path.stem)
+
+
+def check_options(fn: Any, options: dict, where: str, skip: tuple = ()) -> None:
+    """Check plugin options against ``fn``'s keyword parameters (names and simple types)."""
+    sig = inspect.signature(fn)
+    params = {n: p for n, p in sig.parameters.items() if n not in skip and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    if any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    for key, value in options.items():
+        if key not in params:
+            raise LthError(f"unknown option {where}.{key}; valid: {choices(params)}")
+        ann = params[key].annotation
+        types = {"int": (int,), "float": (float, int), "str": (str,), "bool": (bool,)}.get(
+            ann if isinstance(ann, str) else getattr(ann, "__name__", ""), None
+        )
+        if types and value is not None:
+            _check_type(f"{where}.{key}", value, types)
+    for name, p in params.items():
+        if p.default is p.empty and name not in options:
+            raise LthError(f"{where}.{name} is required")
+
+
+def check_against_plugins(recipe: Recipe, registry) -> None:
+    """Every plugin name in the recipe is registered; plugin options fit their factories."""
+    r = recipe.data
+    model = registry.get("models", r["model"]["name"])
+    check_options(model.obj, {k: v for k, v in r["model"].items() if k != "name"}, "model", skip=("input_shape", "num_classes"))
+    data = registry.get("datasets", r["data"]["name"])
+    core_keys = set(SCHEMA["data"])
+    check_options(data.obj, {k: v for k, v in r["data"].items() if k not in core_keys}, "data")
+    registry.get("criteria", r["lottery"]["criterion"])
+    registry.get("rewind_policies", r["lottery"]["rewind"])
+    for c in r["controls"]:
+        if set(c) == {"name"}:
+            registry.get("controls", c["name"])
+        else:
+            if c.get("criterion"):
+                registry.get("criteria", c["criterion"])
+            if c.get("rewind"):
+                registry.get("rewind_policies", c["rewind"])

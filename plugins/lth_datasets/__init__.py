@@ -1,0 +1,118 @@
+"""Data sets, each loaded once into tensors.
+
+- ``digits``: scikit-learn's 1,797 real 8x8 handwritten digits, shipped inside the
+  package (offline, no download). Fixed stratified 80/20 train/test split.
+- ``mnist``, ``fashion_mnist``, ``cifar10``: through torchvision. ``root`` is where the
+  files live (default ``$LTH_DATA`` or ``~/.cache/lth/data``); ``download`` fetches them
+  when missing and online. ``fashion_mnist`` first looks for Debian's
+  ``dataset-fashion-mnist`` package (``/usr/share/datasets/fashion-mnist``).
+
+Inputs are standardised with the training split's statistics (per channel for CIFAR-10).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from lth_core import hookimpl
+from lth_core.data import DataBundle
+from lth_core.errors import LthError
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("LTH_DATA", Path.home() / ".cache" / "lth" / "data"))
+
+
+def _standardise(train: torch.Tensor, test: torch.Tensor, dims: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = train.mean(dim=dims, keepdim=True)
+    std = train.std(dim=dims, keepdim=True).clamp_min(1e-8)
+    return (train - mean) / std, (test - mean) / std
+
+
+def digits() -> DataBundle:
+    """scikit-learn's handwritten digits: 1x8x8 images, 10 classes."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(d.target, dtype=torch.long)
+    tr, te = train_test_split(torch.arange(len(y)).numpy(), test_size=0.2, random_state=0, stratify=d.target)
+    xtr, xte = _standardise(x[tr], x[te], dims=(0, 1, 2, 3))
+    return DataBundle(xtr, y[tr], xte, y[te], 10, "digits")
+
+
+def _torchvision_set(cls_name: str, root: Path, download: bool):
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, cls_name)
+    try:
+        return cls(str(root), train=True, download=download), cls(str(root), train=False, download=download)
+    except RuntimeError as exc:  # torchvision: "Dataset not found. You can use download=True ..."
+        raise LthError(
+            f"{cls_name} not found under {root} (set data.root to a folder holding it, or data.download: true when online): {exc}"
+        ) from exc
+    except OSError as exc:  # offline download
+        raise LthError(f"{cls_name} could not be downloaded to {root} ({exc}); set data.root to a folder holding it") from exc
+
+
+def _grey_bundle(cls_name: str, name: str, root: Path, download: bool) -> DataBundle:
+    train, test = _torchvision_set(cls_name, root, download)
+    xtr = train.data.unsqueeze(1).float() / 255.0
+    xte = test.data.unsqueeze(1).float() / 255.0
+    xtr, xte = _standardise(xtr, xte, dims=(0, 1, 2, 3))
+    return DataBundle(xtr, train.targets.long(), xte, test.targets.long(), 10, name)
+
+
+def mnist(root: str = "", download: bool = True) -> DataBundle:
+    """MNIST (60k/10k, 1x28x28) through torchvision."""
+    return _grey_bundle("MNIST", "mnist", Path(root) if root else default_root(), download)
+
+
+def prepare_debian_fashion_mnist(source: Path, root: Path) -> bool:
+    """Unpack Debian's gzipped IDX files where torchvision expects them; True if done."""
+    if not all((source / f"{f}.gz").is_file() for f in IDX_FILES):
+        return False
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for f in IDX_FILES:
+        target = raw / f
+        if not target.is_file():
+            tmp = raw / f".{f}.tmp"
+            with gzip.open(source / f"{f}.gz", "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            os.replace(tmp, target)
+    return True
+
+
+def fashion_mnist(root: str = "", download: bool = True) -> DataBundle:
+    """Fashion-MNIST (60k/10k, 1x28x28) through torchvision; Debian's copy when present."""
+    where = Path(root) if root else default_root()
+    if not root and not (where / "FashionMNIST" / "raw" / IDX_FILES[0]).is_file():
+        prepare_debian_fashion_mnist(DEBIAN_FASHION_MNIST, where)
+    return _grey_bundle("FashionMNIST", "fashion_mnist", where, download)
+
+
+def cifar10(root: str = "", download: bool = True) -> DataBundle:
+    """CIFAR-10 (50k/10k, 3x32x32) through torchvision, standardised per channel."""
+    train, test = _torchvision_set("CIFAR10", Path(root) if root else default_root(), download)
+    xtr = torch.tensor(train.data).permute(0, 3, 1, 2).float() / 255.0
+    xte = torch.tensor(test.data).permute(0, 3, 1, 2).float() / 255.0
+    xtr, xte = _standardise(xtr, xte, dims=(0, 2, 3))
+    return DataBundle(xtr, torch.tensor(train.targets), xte, torch.tensor(test.targets), 10, "cifar10")
+
+
+@hookimpl
+def register_datasets(register):
+    register("digits", digits)
+    register("mnist", mnist)
+    register("fashion_mnist", fashion_mnist)
+    register("cifar10", cifar10)

@@ -1,0 +1,22 @@
+"""Magnitude pruning, the Lottery Ticket paper's criterion: prune the smallest |w|."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from lth_core import hookimpl
+from lth_core.context import PruneContext
+from lth_core.masks import Mask
+
+
+def magnitude_scores(model: nn.Module, mask: Mask, context: PruneContext) -> dict[str, Tensor]:
+    """Score = |w| of the trained weights ("large_final" in Zhou et al. 2019)."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        return {name: params[name].detach().abs().cpu() for name in mask}
+
+
+@hookimpl
+def register_criteria(register):
+    register("magnitude", magnitude_scores)
