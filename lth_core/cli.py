@@ -131,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     except LthError as exc:
         print(f"lth: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:  # `lth plugins --json | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("lth: interrupted; finished rounds are kept, rerun the same command to continue", file=sys.stderr)
         return 130

@@ -260,7 +260,9 @@ def train(run: Run, round_: int, name: str, mask: Mask, init: dict[str, Tensor],
         "metrics": row,
         "lth_version": __version__,
     }
-    ticket = Ticket(mask, init, {k: v.detach().cpu() for k, v in run.model.state_dict().items()}, meta)
+    # Clone: on the CPU ``.cpu()`` aliases the live parameters, which the next round overwrites.
+    trained = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
+    ticket = Ticket(mask, init, trained, meta)
     save_ticket(ticket, folder)
     atomic_write_text(folder / "curves.json", json.dumps(module.history, indent=1))
     run.pm.hook.on_round_end(context=ctx, ticket=ticket, metrics=row)
@@ -350,7 +352,7 @@ def run_lottery(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] 
                 c_mask = match_density(score(run, c["criterion"], run.model, source_mask, k, state={}), mask)
             c_init = init
             if c["rewind"]:
-                run.model.load_state_dict(final)
+                run.model.load_state_dict(source_final)  # what the main rewind saw
                 c_init = rewind(run, c["rewind"], run.model, c_mask, k)
             _, c_row = train(run, k, c["name"], c_mask, c_init, out_dir / f"round_{k}" / f"control_{c['name']}")
             run.controls.setdefault(c["name"], []).append(c_row)

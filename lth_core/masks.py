@@ -3,7 +3,7 @@
 A :class:`Mask` knows nothing about training. :func:`prunable_parameters` says which
 weights can be pruned (the weights of linear and convolutional layers; never biases or
 normalisation parameters), :func:`prune_by_scores` turns a criterion's scores into a new
-mask, and :class:`MaskEnforcer` (a Lightning callback) keeps pruned weights at exactly zero
+mask, and :class:`MaskEnforcer` (attached to the optimiser) keeps pruned weights at exactly zero
 while a round trains.
 """
 
@@ -172,7 +172,12 @@ def prune_by_scores(
     """
     new: dict[str, Tensor] = {}
     counts = keep_counts(mask, rates)
-    pooled = list(global_layers or []) if scope == "global" else []
+    if scope != "global":
+        pooled = []
+    elif global_layers is None:
+        pooled = [n for n in mask if n in rates]  # the documented default: all with a rate
+    else:
+        pooled = list(global_layers)
     for n in mask:
         if n not in pooled:
             new[n] = _topk_mask(scores[n].cpu(), mask[n], counts[n])
@@ -212,11 +217,12 @@ class _Bound:
 class MaskEnforcer:
     """Keeps pruned weights at exactly zero after every optimiser step.
 
-    Registered as an optimiser step post-hook (torch's ``register_step_post_hook``), so it
-    runs after *every* step whatever the optimiser (momentum, Adam moments and weight
-    decay cannot resurrect a weight), and masks gradients before the step so optimiser
-    state of pruned weights stays zero. The cost is one fused multiply per step
-    (``torch._foreach_mul_``) over the masked tensors: no copy of the model.
+    An optimiser step post-hook (torch's ``register_step_post_hook``) zeroes pruned weights
+    after *every* step whatever the optimiser, so momentum, Adam moments and weight decay
+    cannot resurrect a weight; a per-parameter gradient hook masks each gradient as
+    backward accumulates it, so the optimiser state of pruned weights stays zero. The cost
+    is one fused multiply per step (``torch._foreach_mul_``) plus one multiply per masked
+    gradient, in place on the model's own tensors: no copy of the model.
     """
 
     def __init__(self, model: nn.Module, mask: Mask):
@@ -233,15 +239,19 @@ class MaskEnforcer:
             with torch.no_grad():
                 torch._foreach_mul_(self.bound.params, self.bound.masks)
 
-    def mask_grads(self) -> None:
-        grads = [p.grad for p in self.bound.params]
-        if self.bound.params and all(g is not None for g in grads):
-            with torch.no_grad():
-                torch._foreach_mul_(grads, self.bound.masks)
+    def _mask_grad(self, param: Tensor, mask: Tensor) -> None:
+        with torch.no_grad():
+            param.grad.mul_(mask)
 
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
-        """Hook into ``optimizer`` so the mask holds after each of its steps."""
-        self._handles.append(optimizer.register_step_pre_hook(lambda *_: self.mask_grads()))
+        """Hook into ``optimizer`` so the mask holds after each of its steps.
+
+        Gradients are masked as backward accumulates them (a per-parameter hook), not in an
+        optimiser pre-step hook: Lightning, like any closure-based ``step``, runs backward
+        *inside* ``optimizer.step``, after pre-step hooks have fired.
+        """
+        for p, m in zip(self.bound.params, self.bound.masks):
+            self._handles.append(p.register_post_accumulate_grad_hook(lambda param, m=m: self._mask_grad(param, m)))
         self._handles.append(optimizer.register_step_post_hook(lambda *_: self.enforce()))
 
     def detach(self) -> None:

@@ -62,6 +62,10 @@ class LotteryModule(pl.LightningModule):
         if self.enforcer is not None:
             self.enforcer.detach()
 
+    def on_exception(self, exception: BaseException) -> None:
+        # The gradient hooks live on the model's parameters: never leave them behind.
+        self.on_fit_end()
+
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = F.cross_entropy(self.model(x), y)

@@ -14,6 +14,7 @@ import hashlib
 import importlib.resources
 import inspect
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,8 +105,17 @@ class Recipe:
         content = {k: v for k, v in self.data.items() if k not in ("tracking", "description")}
         trainer = {k: v for k, v in content.get("trainer", {}).items() if k != "enable_progress_bar"}
         content["trainer"] = trainer
-        blob = json.dumps(content, sort_keys=True, default=str)
+        blob = json.dumps(_str_keys(content), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _str_keys(obj: Any) -> Any:
+    """YAML allows non-string keys (``1: x``); json's sort_keys cannot order mixed ones."""
+    if isinstance(obj, dict):
+        return {str(k): _str_keys(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_str_keys(v) for v in obj]
+    return obj
 
 
 def _type_names(types: tuple) -> str:
@@ -113,12 +123,23 @@ def _type_names(types: tuple) -> str:
     return " or ".join(names.get(t, t.__name__) for t in types)
 
 
+#: ``1e-3`` is a string to YAML 1.1 (PyYAML wants ``1.0e-3``); read it as the number users mean.
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _yaml11_number(value: Any, types: tuple) -> Any:
+    if float in types and isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
 def _check_type(where: str, value: Any, types: tuple) -> Any:
     if isinstance(value, bool) and bool not in types:
         raise LthError(f"{where} must be a {_type_names(types)}, got {value!r}")
     if not isinstance(value, types):
         raise LthError(f"{where} must be a {_type_names(types)}, got {type(value).__name__} {value!r}")
-    if float in types and isinstance(value, int) and not isinstance(value, bool):
+    # (float, int): a number, stored as float. (int, float) keeps ints: data.val_size 1000 is a count.
+    if types[0] is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
 
@@ -191,14 +212,14 @@ def validate(raw: Any, source: str = "<dict>", name: str | None = None) -> Recip
                 value = given.pop(key)
                 if value is None and type(None) not in types and default is not REQUIRED and default is not None:
                     value = default
-                result[key] = _check_type(f"{source}: {section}.{key}", value, types)
+                result[key] = _check_type(f"{source}: {section}.{key}", _yaml11_number(value, types), types)
             else:
                 result[key] = copy.deepcopy(default)
             allowed = CHOICES.get((section, key))
             if allowed and result[key] not in allowed:
                 raise LthError(f"{source}: {section}.{key} is {result[key]!r}; valid: {choices(allowed)}")
         if given and section not in OPEN_SECTIONS:
-            raise LthError(f"{source}: unknown key {section}.{sorted(given)[0]}; valid: {choices(fields)}")
+            raise LthError(f"{source}: unknown key {section}.{sorted(given, key=str)[0]}; valid: {choices(fields)}")
         if section == "trainer":
             given = {**TRAINER_DEFAULTS, **given}
         result.update(given)
@@ -215,7 +236,7 @@ def _control(spec: Any, source: str) -> dict:
     if isinstance(spec, dict) and isinstance(spec.get("name"), str):
         unknown = set(spec) - {"name", "criterion", "rewind"}
         if unknown:
-            raise LthError(f"{source}: control {spec['name']!r} has unknown key {sorted(unknown)[0]!r}; valid: criterion, name, rewind")
+            raise LthError(f"{source}: control {spec['name']!r} has unknown key {sorted(unknown, key=str)[0]!r}; valid: criterion, name, rewind")
         return dict(spec)
     raise LthError(f"{source}: each control must be a registered control name or {{name, criterion, rewind}}, got {spec!r}")
 
@@ -313,7 +334,8 @@ def check_options(fn: Any, options: dict, where: str, skip: tuple = ()) -> None:
         return
     for key, value in options.items():
         if key not in params:
-            raise LthError(f"unknown option {where}.{key}; valid: {choices(params)}")
+            valid = choices(params) if params else "none (it takes no options)"
+            raise LthError(f"unknown option {where}.{key}; valid: {valid}")
         ann = params[key].annotation
         types = {"int": (int,), "float": (float, int), "str": (str,), "bool": (bool,)}.get(
             ann if isinstance(ann, str) else getattr(ann, "__name__", ""), None

@@ -47,25 +47,28 @@ def make_logger(recipe: Recipe, out_dir: Path, say=print) -> Any | None:
     if mode == "disabled":
         return None
     os.environ.setdefault("WANDB_SILENT", "true")
+    import wandb
     from pytorch_lightning.loggers import WandbLogger
 
-    logger = WandbLogger(
+    # Start the run ourselves so its settings are exactly ours (mode, folder, no prompt).
+    run = wandb.init(
         project=cfg["project"],
         entity=cfg["entity"],
         name=f"{recipe.name}-{recipe.hash()}",
-        save_dir=str(out_dir),
-        offline=(mode == "offline"),
+        dir=str(out_dir),
+        mode=mode,
         config=recipe.to_dict(),
         tags=["lth", recipe["lottery"]["criterion"], recipe["lottery"]["rewind"]],
     )
+    logger = WandbLogger(experiment=run, save_dir=str(out_dir))
     if mode == "offline":
-        run_dir = Path(logger.experiment.dir).parent
+        run_dir = Path(run.dir).parent
         say(f"W&B is offline (no credentials); upload later with: wandb sync {run_dir}")
     return logger
 
 
 def log_round(logger, row: dict, run_name: str) -> None:
-    """Per-round summary point, against weights remaining (the paper's x axis)."""
+    """One summary point per round (test accuracy, weights remaining, early-stop step...)."""
     if logger is None:
         return
     exp = logger.experiment
