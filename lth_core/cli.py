@@ -30,15 +30,33 @@ def _quiet_lightning() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from lth_core.lottery import run_lottery
     from lth_core.recipes import load_recipe
+    from lth_core.trials import run_experiment
 
     _quiet_lightning()
     recipe = load_recipe(args.recipe, args.set)
     out = Path(args.out) if args.out else Path("runs") / f"{recipe.name}-{recipe.hash()}"
     print(f"lth: recipe {recipe.source} (hash {recipe.hash()}) -> {out}", file=sys.stderr)
-    run_lottery(recipe, out, say=lambda s: print(s, file=sys.stderr, flush=True))
+    run_experiment(recipe, out, say=lambda s: print(s, file=sys.stderr, flush=True))
     print(out / "summary.json")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from lth_core.report import write_report
+
+    rounds = None
+    if args.rounds:
+        try:
+            rounds = [int(r) for r in args.rounds.split(",")]
+        except ValueError:
+            raise LthError(f"--rounds {args.rounds!r} must be comma-separated round numbers, e.g. 0,3,7") from None
+    report = write_report(args.dirs, args.out, rounds)
+    if args.wandb:
+        from lth_core.tracking import log_report_run
+
+        log_report_run(args.dirs, args.out, project=args.project)
+    print(report)
     return 0
 
 
@@ -102,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run folder (default: runs/NAME-HASH); rerunning into it resumes")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key, e.g. lottery.rate=0.1")
     run.set_defaults(func=cmd_run)
+
+    report = sub.add_parser("report", help="figures and report.md from run folders")
+    report.add_argument("dirs", nargs="+", metavar="DIR")
+    report.add_argument("--out", required=True, help="folder for the PNG figures and report.md")
+    report.add_argument("--rounds", help="rounds for the training-curve figure, e.g. 0,3,7 (default: closest to the paper's levels)")
+    report.add_argument("--wandb", action="store_true", help="also log the figures and tables to a W&B run")
+    report.add_argument("--project", default="lth", help="W&B project for --wandb")
+    report.set_defaults(func=cmd_report)
 
     plugins = sub.add_parser("plugins", help="list installed plugins and what they register")
     plugins.add_argument("--json", action="store_true", help="print JSON")

@@ -267,6 +267,7 @@ def train(run: Run, round_: int, name: str, mask: Mask, init: dict[str, Tensor],
     atomic_write_text(folder / "curves.json", json.dumps(module.history, indent=1))
     run.pm.hook.on_round_end(context=ctx, ticket=ticket, metrics=row)
     tracking.log_round(run.logger, row, name)
+    tracking.log_ticket(run.logger, folder, run.recipe, row, name)
     return ticket, row
 
 
@@ -306,57 +307,83 @@ def prepare_out_dir(recipe: Recipe, out_dir: Path) -> None:
     )
 
 
-def run_lottery(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] = print, pm=None) -> dict:
-    """Run a whole lottery and return (and write) ``summary.json``."""
+def _transfer_source(recipe: Recipe, model: nn.Module) -> Ticket | None:
+    """The ticket named by ``ticket:`` (found elsewhere), checked against this model."""
+    if not recipe["ticket"]:
+        return None
+    return load_ticket(recipe["ticket"], model)
+
+
+def _prune_step(run: Run, k: int, mask: Mask, final: dict, dense: Mask, dense_final: dict, rates: dict, pooled: list):
+    """Round ``k``'s mask and start weights, plus what they were derived from."""
+    lot = run.recipe["lottery"]
+    if lot["mode"] == "one_shot":
+        source_mask, source_final, step_rates = dense, dense_final, compound(rates, k)
+    else:
+        source_mask, source_final, step_rates = mask, final, rates
+    run.model.load_state_dict(source_final)
+    scores = score(run, lot["criterion"], run.model, source_mask, k, state={})
+    new_mask = prune_by_scores(scores, source_mask, step_rates, lot["scope"], pooled)
+    init = rewind(run, lot["rewind"], run.model, new_mask, k)
+    return new_mask, init, source_mask, source_final
+
+
+def _run_controls(run: Run, k: int, total: int, mask: Mask, init: dict, source_mask: Mask, source_final: dict) -> None:
+    for c in _control_specs(run):
+        c_mask = mask
+        if c["criterion"]:
+            run.model.load_state_dict(source_final)
+            c_mask = match_density(score(run, c["criterion"], run.model, source_mask, k, state={}), mask)
+        c_init = init
+        if c["rewind"]:
+            run.model.load_state_dict(source_final)  # what the main rewind saw
+            c_init = rewind(run, c["rewind"], run.model, c_mask, k)
+        _, c_row = train(run, k, c["name"], c_mask, c_init, run.out_dir / f"round_{k}" / f"control_{c['name']}")
+        run.controls.setdefault(c["name"], []).append(c_row)
+        _progress(run, c_row, c["name"], total)
+
+
+def run_lottery(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] = print, pm=None, group: str | None = None) -> dict:
+    """Run a whole lottery and return (and write) ``summary.json``.
+
+    With ``ticket: PATH`` in the recipe it does not search: round 0 trains the dense
+    network from that ticket's start weights on this recipe's data, round 1 trains the
+    transferred ticket itself (mask and start weights), with the controls beside it.
+    """
     out_dir = Path(out_dir)
     pm = pm or get_plugin_manager()
     registry = get_registry(pm)
     check_against_plugins(recipe, registry)
     data = load_data(recipe, registry)
     model = build_model(recipe, registry, data, recipe["seed"])
+    source = _transfer_source(recipe, model)
     prepare_out_dir(recipe, out_dir)
-    initial = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    initial = source.init if source else {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     run = Run(recipe, out_dir, registry, pm, data, model, initial, say=say)
-    lot = recipe["lottery"]
     dense = Mask.ones_like(model)
     rates, pooled = layer_rates(recipe, dense)
-    controls = _control_specs(run)
-    run.logger = tracking.make_logger(recipe, out_dir, say)
-    total = lot["rounds"]
+    run.logger = tracking.make_logger(recipe, out_dir, say, group=group)
+    total = 1 if source else recipe["lottery"]["rounds"]
     start = time.time()
 
     say(f"round 0/{total}: dense network, {dense.total()} prunable weights")
     ticket, row = train(run, 0, "ticket", dense, initial, out_dir / "round_0")
     run.rows.append(row)
     _progress(run, row, "ticket", total)
-    dense_final = ticket.final
-    mask, final = dense, ticket.final
+    dense_final = mask_final = ticket.final
+    mask = dense
     for k in range(1, total + 1):
-        if lot["mode"] == "one_shot":
-            source_mask, source_final, step_rates = dense, dense_final, compound(rates, k)
+        if source:
+            mask, init, source_mask, source_final = source.mask, source.init, dense, dense_final
+            say(f"round 1/1: the transferred ticket from {recipe['ticket']} ({mask.density():.2%} of weights)")
         else:
-            source_mask, source_final, step_rates = mask, final, rates
-        run.model.load_state_dict(source_final)
-        scores = score(run, lot["criterion"], run.model, source_mask, k, state={})
-        mask = prune_by_scores(scores, source_mask, step_rates, lot["scope"], pooled)
-        init = rewind(run, lot["rewind"], run.model, mask, k)
-        say(f"round {k}/{total}: pruned to {mask.density():.2%} of weights")
+            mask, init, source_mask, source_final = _prune_step(run, k, mask, mask_final, dense, dense_final, rates, pooled)
+            say(f"round {k}/{total}: pruned to {mask.density():.2%} of weights")
         ticket, row = train(run, k, "ticket", mask, init, out_dir / f"round_{k}")
         run.rows.append(row)
         _progress(run, row, "ticket", total)
-        final = ticket.final
-        for c in controls:
-            c_mask = mask
-            if c["criterion"]:
-                run.model.load_state_dict(source_final)
-                c_mask = match_density(score(run, c["criterion"], run.model, source_mask, k, state={}), mask)
-            c_init = init
-            if c["rewind"]:
-                run.model.load_state_dict(source_final)  # what the main rewind saw
-                c_init = rewind(run, c["rewind"], run.model, c_mask, k)
-            _, c_row = train(run, k, c["name"], c_mask, c_init, out_dir / f"round_{k}" / f"control_{c['name']}")
-            run.controls.setdefault(c["name"], []).append(c_row)
-            _progress(run, c_row, c["name"], total)
+        mask_final = ticket.final
+        _run_controls(run, k, total, mask, init, source_mask, source_final)
     summary = {
         "recipe": recipe.to_dict(),
         "recipe_hash": recipe.hash(),
@@ -365,9 +392,11 @@ def run_lottery(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] 
         "wall_time_s": round(time.time() - start, 2),
         "lth_version": __version__,
     }
+    if source:
+        summary["transferred_from"] = {"path": str(recipe["ticket"]), **{k: source.meta.get(k) for k in ("round", "data", "recipe_hash", "seed", "weights_remaining")}}
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
     pm.hook.on_run_end(summary=summary, out_dir=out_dir)
-    tracking.finish(run.logger, summary)
+    tracking.finish(run.logger, summary, out_dir)
     say(format_table(summary))
     return summary
 

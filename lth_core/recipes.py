@@ -66,7 +66,10 @@ SCHEMA: dict[str, dict[str, tuple]] = {
     },
 }
 OPEN_SECTIONS = {"model", "data", "trainer"}
-TOP_LEVEL = {"name": (str,), "seed": (int,), "controls": (list,), "description": (str,)}
+TOP_LEVEL = {
+    "name": (str,), "seed": (int,), "controls": (list,), "description": (str,),
+    "trials": (int,), "ticket": (str, type(None)),
+}
 TOP_LEVEL.update({s: (dict,) for s in SCHEMA})
 CHOICES = {
     ("optimizer", "name"): ("sgd", "adam", "adamw"),
@@ -100,9 +103,17 @@ class Recipe:
     def to_dict(self) -> dict:
         return copy.deepcopy(self.data)
 
+    def for_trial(self, index: int) -> "Recipe":
+        """Trial ``index`` of a multi-trial recipe: its own seed, hence its own θ0."""
+        data = self.to_dict()
+        data["seed"] = self.data["seed"] + index
+        data["trials"] = 1
+        data["name"] = f"{self.name}-trial{index}"
+        return Recipe(data, self.source)
+
     def hash(self) -> str:
-        """Content hash of everything that changes results (tracking settings excluded)."""
-        content = {k: v for k, v in self.data.items() if k not in ("tracking", "description")}
+        """Content hash of everything that changes results (name and tracking excluded)."""
+        content = {k: v for k, v in self.data.items() if k not in ("tracking", "description", "name")}
         trainer = {k: v for k, v in content.get("trainer", {}).items() if k != "enable_progress_bar"}
         content["trainer"] = trainer
         blob = json.dumps(_str_keys(content), sort_keys=True, default=str)
@@ -200,6 +211,8 @@ def validate(raw: Any, source: str = "<dict>", name: str | None = None) -> Recip
     out: dict[str, Any] = {
         "name": raw.get("name") or name or "recipe",
         "seed": raw.get("seed", 0),
+        "trials": raw.get("trials", 1),
+        "ticket": raw.get("ticket"),
         "description": raw.get("description", ""),
     }
     for section, fields in SCHEMA.items():
@@ -242,6 +255,8 @@ def _control(spec: Any, source: str) -> dict:
 
 
 def _check_values(r: dict, source: str) -> None:
+    if r["trials"] < 1:
+        raise LthError(f"{source}: trials must be >= 1, got {r['trials']}")
     lot = r["lottery"]
     if lot["rounds"] < 0:
         raise LthError(f"{source}: lottery.rounds must be >= 0 (0 trains only the dense network), got {lot['rounds']}")

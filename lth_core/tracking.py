@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import netrc
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ def resolve_mode(configured: str) -> str:
     return "online" if has_wandb_credentials() else "offline"
 
 
-def make_logger(recipe: Recipe, out_dir: Path, say=print) -> Any | None:
+def make_logger(recipe: Recipe, out_dir: Path, say=print, group: str | None = None) -> Any | None:
     """A WandbLogger for the whole lottery (all rounds share one W&B run), or None."""
     cfg = recipe["tracking"]
     if cfg["backend"] == "none":
@@ -56,6 +57,7 @@ def make_logger(recipe: Recipe, out_dir: Path, say=print) -> Any | None:
         entity=cfg["entity"],
         name=f"{recipe.name}-{recipe.hash()}",
         dir=str(out_dir),
+        group=group,
         mode=mode,
         config=recipe.to_dict(),
         tags=["lth", recipe["lottery"]["criterion"], recipe["lottery"]["rewind"]],
@@ -77,10 +79,27 @@ def log_round(logger, row: dict, run_name: str) -> None:
     exp.log({f"{prefix}/{k}": v for k, v in row.items() if isinstance(v, (int, float))})
 
 
-def finish(logger, summary: dict) -> None:
+def log_ticket(logger, folder: Path, recipe: Recipe, row: dict, run_name: str) -> None:
+    """Each finished ticket becomes a W&B artifact (mask, weights, metadata)."""
     if logger is None:
         return
     import wandb
+
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", f"ticket-{recipe.name}-{recipe.hash()}-round{row['round']}-{run_name}")
+    artifact = wandb.Artifact(name=name, type="ticket", metadata={k: v for k, v in row.items() if not isinstance(v, dict)})
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and not f.name.startswith("."):
+            artifact.add_file(str(f))
+    logger.experiment.log_artifact(artifact)
+
+
+def log_report(logger, summary: dict, out_dir: Path) -> None:
+    """The run's report figures as images and its rounds as tables."""
+    if logger is None:
+        return
+    import wandb
+
+    from lth_core.report import Series, make_figures
 
     exp = logger.experiment
     columns = ["run", "round", "weights_remaining", "early_stop_step", "val_loss_min", "test_acc", "test_acc_final"]
@@ -88,9 +107,43 @@ def finish(logger, summary: dict) -> None:
     for name, rows in [("ticket", summary["rounds"])] + list(summary["controls"].items()):
         for r in rows:
             table.add_data(name, *(r[c] for c in columns[1:]))
-    exp.log({"lottery/summary": table})
+    figures = make_figures([Series.from_dir(out_dir)], out_dir / "report")
+    exp.log({"lottery/summary": table, **{f"report/{k}": wandb.Image(str(v)) for k, v in figures.items()}})
+
+
+def finish(logger, summary: dict, out_dir: Path) -> None:
+    if logger is None:
+        return
+    import wandb
+
+    log_report(logger, summary, out_dir)
+    exp = logger.experiment
     exp.summary["weights_remaining_final"] = summary["rounds"][-1]["weights_remaining"]
     exp.summary["test_acc_final_round"] = summary["rounds"][-1]["test_acc"]
     logger.finalize("success")
     wandb.finish()
     sys.stdout.flush()
+
+
+def log_report_run(dirs: list, out: Path, project: str = "lth", group: str | None = None) -> None:
+    """A W&B run holding a report: its figures as images and each series' rows as a table."""
+    import wandb
+
+    from lth_core.report import Series
+
+    mode = resolve_mode("auto")
+    if mode == "disabled":
+        return
+    out = Path(out)
+    run = wandb.init(project=project, name=f"report-{out.name}", dir=str(out), group=group, mode=mode, job_type="report")
+    columns = ["series", "run", "round", "weights_remaining", "test_acc", "test_acc_min", "test_acc_max", "early_stop_step"]
+    table = wandb.Table(columns=columns)
+    for d in dirs:
+        s = Series.from_dir(d)
+        for name, rows in s.runs().items():
+            for r in rows:
+                st = r.get("stats", {}).get("test_acc", {"min": r["test_acc"], "max": r["test_acc"]})
+                table.add_data(s.label, name, r["round"], r["weights_remaining"], r["test_acc"], st["min"], st["max"], r["early_stop_step"])
+    images = {f"report/{p.stem}": wandb.Image(str(p)) for p in sorted(out.glob("*.png"))}
+    run.log({"report/rows": table, **images})
+    run.finish()

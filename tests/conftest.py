@@ -34,6 +34,12 @@ def tiny_raw() -> dict:
     return copy.deepcopy(TINY)
 
 
+@pytest.fixture(scope="session")
+def make_tiny():
+    """For module-scoped fixtures: a function returning fresh copies of the tiny recipe."""
+    return lambda: copy.deepcopy(TINY)
+
+
 @pytest.fixture
 def pm():
     """A freshly loaded plugin manager, installed as the process-wide one for the test."""

@@ -29,7 +29,8 @@ from lth_core.lottery import run_lottery
 from lth_core.plugins import make_plugin_manager
 from lth_core.recipes import validate
 
-LTH = Path(sys.executable).with_name("lth")
+_SCRIPT = Path(sys.executable).with_name("lth")
+LTH = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "lth_core.cli"]
 ROW_KEYS = {"round", "weights_remaining", "early_stop_step", "val_loss_min", "val_acc", "test_acc", "test_acc_final", "steps"}
 SUMMARY_KEYS = {"recipe", "recipe_hash", "rounds", "controls", "wall_time_s", "lth_version"}
 TICKET_FILES = {"ticket.json", "mask.safetensors", "init.safetensors", "final.safetensors", "curves.json"}
@@ -53,6 +54,17 @@ class StartRecorder:
                     starts[key] = {k: v.detach().cpu().clone() for k, v in pl_module.model.state_dict().items()}
 
         return [Record()]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Train with one intra-op thread. On a small shared machine torch's default (one
+    thread per core) spends most of its time waiting at OpenMP barriers whenever another
+    process holds a core: a LeNet-300-100 round took 14 s instead of 0.7 s."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def recipe_dict(**lottery) -> dict:
@@ -322,20 +334,34 @@ def test_global_scope_exact_total_and_uneven_layers(tmp_path: Path) -> None:
 # --- (6) repeatability and (7) resuming -----------------------------------------------------
 
 
-def test_same_recipe_and_seed_repeat_exactly_through_the_cli(main_run, tmp_path: Path) -> None:
-    """The same recipe and seed give identical rows on CPU, even in another process via
-    ``lth run``: results are a function of the recipe."""
-    summary, _, _, raw = main_run
-    path = tmp_path / "tiny.yaml"
+@pytest.fixture(scope="module")
+def cli_run(main_run, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """The main lottery again, through ``lth run`` in a fresh process, with W&B tracking
+    offline (tracking does not enter the recipe hash, so results must not change)."""
+    _, _, _, raw = main_run
+    raw = copy.deepcopy(raw)
+    raw["tracking"] = {"backend": "wandb", "project": "lth-tests"}
+    tmp = tmp_path_factory.mktemp("cli")
+    path = tmp / "tiny.yaml"
     path.write_text(yaml.safe_dump(raw))
-    env = {**os.environ, "WANDB_MODE": "offline"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(WANDB_MODE="offline", NETRC=str(tmp / "no-netrc"), WANDB_CONFIG_DIR=str(tmp / "wandb-config"), OMP_NUM_THREADS="1")
+    out = tmp / "out"
     proc = subprocess.run(
-        [str(LTH), "run", str(path), "--out", str(tmp_path / "again")],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=600,
+        [*LTH, "run", str(path), "--out", str(out)],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=900,
     )
+    return proc, out
+
+
+def test_same_recipe_and_seed_repeat_exactly_in_another_process(main_run, cli_run) -> None:
+    """The same recipe and seed give identical rows on CPU, even in another process via
+    ``lth run`` and with tracking on: results are a function of the recipe alone."""
+    summary, _, _, _ = main_run
+    proc, out = cli_run
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == str(tmp_path / "again" / "summary.json")
-    again = json.loads((tmp_path / "again" / "summary.json").read_text())
+    assert proc.stdout.strip() == str(out / "summary.json")
+    again = json.loads((out / "summary.json").read_text())
     assert again["recipe_hash"] == summary["recipe_hash"]
     assert again["rounds"] == summary["rounds"]
     assert again["controls"] == summary["controls"]
@@ -436,22 +462,11 @@ def read_wandb_records(path: Path) -> list:
     return records
 
 
-def test_wandb_offline_run_holds_lottery_metrics(tmp_path: Path) -> None:
+def test_wandb_offline_run_holds_lottery_metrics(cli_run) -> None:
     """With W&B offline the run never asks for a login (stdin closed, no credentials), and
     the offline run folder under --out records every round's lottery metrics, ready for
     ``wandb sync``."""
-    raw = recipe_dict(rounds=1, rate=0.5)
-    raw["controls"] = ["random_pruning"]
-    raw["tracking"] = {"backend": "wandb", "project": "lth-tests"}
-    path = tmp_path / "wb.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(WANDB_MODE="offline", NETRC=str(tmp_path / "no-netrc"), WANDB_CONFIG_DIR=str(tmp_path / "wandb-config"))
-    out = tmp_path / "out"
-    proc = subprocess.run(
-        [str(LTH), "run", str(path), "--out", str(out)],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=600,
-    )
+    proc, out = cli_run
     assert proc.returncode == 0, proc.stderr
     assert "login" not in (proc.stdout + proc.stderr).lower()
     assert "wandb sync" in proc.stderr
@@ -473,13 +488,14 @@ def test_wandb_offline_run_holds_lottery_metrics(tmp_path: Path) -> None:
     for r in records:
         if r.WhichOneof("record_type") == "history":
             history.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item})
-    for prefix, rows in [("lottery", summary["rounds"]), ("control/random_pruning", summary["controls"]["random_pruning"])]:
+    expected = [("lottery", summary["rounds"])] + [(f"control/{c}", summary["controls"][c]) for c in CONTROLS]
+    for prefix, rows in expected:
         logged = [h for h in history if f"{prefix}/test_acc" in h]
         assert [h[f"{prefix}/round"] for h in logged] == [r["round"] for r in rows], prefix
         for h, row in zip(logged, rows):
             for key in ("weights_remaining", "early_stop_step", "test_acc", "test_acc_final", "val_loss_min"):
                 assert h[f"{prefix}/{key}"] == pytest.approx(row[key], rel=1e-12, abs=1e-12), (prefix, key)
     # per-step training curves arrive too, under the round's prefix
-    assert any(any(k.startswith("round_1/ticket/") for k in h) for h in history)
+    assert any(any(k.startswith("round_2/ticket/") for k in h) for h in history)
     exit_record = next(r.exit for r in records if r.WhichOneof("record_type") == "exit")
     assert exit_record.exit_code == 0

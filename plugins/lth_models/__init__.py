@@ -2,6 +2,8 @@
 
 ``lenet300`` is LeNet-300-100 (784-300-100-10 on MNIST); ``mlp`` takes any hidden sizes.
 Weights use Gaussian Glorot initialisation as in the paper, biases start at zero.
+The convolutional models (``conv2``, ``conv4``, ``conv6``, ``vgg19``, ``resnet20``) live in
+:mod:`lth_models.convnets`, which documents their parameter names.
 """
 
 from __future__ import annotations
@@ -46,9 +48,15 @@ def lenet300(input_shape: tuple, num_classes: int, dropout: float = 0.0) -> nn.M
 
 
 from lth_core import hookimpl  # noqa: E402
+from lth_models.convnets import conv2, conv4, conv6, resnet20, vgg19  # noqa: E402
 
 
 @hookimpl
 def register_models(register):
     register("lenet300", lenet300)
     register("mlp", mlp)
+    register("conv2", conv2)
+    register("conv4", conv4)
+    register("conv6", conv6)
+    register("vgg19", vgg19)
+    register("resnet20", resnet20)

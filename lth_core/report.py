@@ -1,0 +1,236 @@
+"""``lth report``: the paper's figures and tables from one or more run folders.
+
+A *series* is one run folder (one lottery, or several trials of one). Figures:
+
+- ``accuracy_vs_weights.png``: test accuracy at the early-stopping step against percent of
+  weights remaining (log x axis, as in the paper), ticket and every control, error bars
+  min..max over trials;
+- ``early_stop_vs_weights.png``: the early-stopping step against weights remaining;
+- ``curves.png``: test accuracy against training step for chosen rounds;
+- ``oneshot_vs_iterative.png`` when both modes are among the series.
+
+``report.md`` holds the figures, a results table per series, and the per-layer sparsity.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lth_core.errors import LthError
+
+#: The paper's highlighted levels of weights remaining (Frankle & Carbin, Figure 3).
+PAPER_LEVELS = (1.0, 0.513, 0.211, 0.07, 0.036)
+
+
+@dataclass
+class Series:
+    """One run folder: its summary and the folders of its trials."""
+
+    label: str
+    path: Path
+    summary: dict
+    trial_dirs: list[Path] = field(default_factory=list)
+
+    @classmethod
+    def from_dir(cls, path: str | Path, label: str | None = None) -> "Series":
+        path = Path(path)
+        summary_path = path / "summary.json"
+        if not summary_path.is_file():
+            raise LthError(f"{path} is not a finished run: no summary.json (run `lth run RECIPE --out {path}` first)")
+        try:
+            summary = json.loads(summary_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise LthError(f"{summary_path} is corrupt: {exc}") from exc
+        trials = [path / t for t in summary.get("trials", [])] or [path]
+        recipe = summary.get("recipe", {})
+        mode = recipe.get("lottery", {}).get("mode", "iterative")
+        name = label or f"{recipe.get('name', path.name)} ({mode})"
+        return cls(name, path, summary, trials)
+
+    @property
+    def mode(self) -> str:
+        return self.summary.get("recipe", {}).get("lottery", {}).get("mode", "iterative")
+
+    def runs(self) -> dict[str, list[dict]]:
+        """Rows of the ticket and every control, by run name."""
+        return {"ticket": self.summary["rounds"], **self.summary.get("controls", {})}
+
+
+def _stat(row: dict, metric: str) -> tuple[float, float, float]:
+    """(mean, min, max) of a metric in a summary row; min = max = value for one trial."""
+    st = row.get("stats", {}).get(metric)
+    if st:
+        return st["mean"], st["min"], st["max"]
+    v = row[metric]
+    return v, v, v
+
+
+def _plot_metric(ax, series: list[Series], metric: str, scale: float, controls: bool = True) -> None:
+    for s in series:
+        for run, rows in s.runs().items():
+            if run != "ticket" and not controls:
+                continue
+            rows = sorted(rows, key=lambda r: -r["weights_remaining"])
+            x = [100 * r["weights_remaining"] for r in rows]
+            stats = [_stat(r, metric) for r in rows]
+            y = [scale * m for m, _, _ in stats]
+            err = [[scale * (m - lo) for m, lo, _ in stats], [scale * (hi - m) for m, _, hi in stats]]
+            style = "-o" if run == "ticket" else "--s"
+            ax.errorbar(x, y, yerr=err, fmt=style, capsize=3, markersize=4, label=f"{s.label}: {run}")
+    from matplotlib.ticker import FixedLocator, NullFormatter
+
+    ax.set_xscale("log")
+    xs = sorted({100 * r["weights_remaining"] for s in series for r in s.summary["rounds"]}, reverse=True)
+    ax.xaxis.set_major_locator(FixedLocator(xs if len(xs) <= 12 else xs[:: max(1, len(xs) // 10)]))
+    ax.xaxis.set_major_formatter(lambda v, _: f"{v:.3g}")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.invert_xaxis()
+    ax.set_xlabel("percent of weights remaining")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def _mean_curve(dirs: list[Path], round_: int) -> tuple[list[int], list[float]]:
+    curves = []
+    for d in dirs:
+        f = d / f"round_{round_}" / "curves.json"
+        if f.is_file():
+            curves.append({row["step"]: row["test_acc"] for row in json.loads(f.read_text())})
+    if not curves:
+        return [], []
+    steps = sorted(set.intersection(*(set(c) for c in curves)))
+    return steps, [statistics.fmean(c[s] for c in curves) for s in steps]
+
+
+def choose_rounds(rows: list[dict], targets=PAPER_LEVELS) -> list[int]:
+    """The rounds closest to the paper's highlighted levels of weights remaining."""
+    chosen = []
+    for t in targets:
+        best = min(rows, key=lambda r: abs(r["weights_remaining"] - t))
+        if best["round"] not in chosen:
+            chosen.append(best["round"])
+    return chosen
+
+
+def make_figures(series: list[Series], out: Path, rounds: list[int] | None = None) -> dict[str, Path]:
+    """Write the report's PNG figures into ``out``; returns name -> path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, Path] = {}
+
+    def save(fig, name: str) -> None:
+        path = out / f"{name}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        figures[name] = path
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    _plot_metric(ax, series, "test_acc", 100)
+    ax.set_ylabel("test accuracy at early stop (%)")
+    ax.set_title("Test accuracy vs weights remaining (error bars: min..max over trials)")
+    save(fig, "accuracy_vs_weights")
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    _plot_metric(ax, series, "early_stop_step", 1)
+    ax.set_ylabel("early-stopping step (min validation loss)")
+    ax.set_title("Early-stopping step vs weights remaining")
+    save(fig, "early_stop_vs_weights")
+
+    first = series[0]
+    chosen = rounds if rounds is not None else choose_rounds(first.summary["rounds"])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    remaining = {r["round"]: r["weights_remaining"] for r in first.summary["rounds"]}
+    for k in chosen:
+        steps, acc = _mean_curve(first.trial_dirs, k)
+        if steps:
+            ax.plot(steps, [100 * a for a in acc], label=f"round {k} ({100 * remaining.get(k, float('nan')):.1f}%)")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{first.label}: test accuracy during training")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    save(fig, "curves")
+
+    modes = {s.mode for s in series}
+    if {"iterative", "one_shot"} <= modes:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        _plot_metric(ax, series, "test_acc", 100, controls=False)
+        ax.set_ylabel("test accuracy at early stop (%)")
+        ax.set_title("One-shot vs iterative pruning")
+        save(fig, "oneshot_vs_iterative")
+    return figures
+
+
+def _fmt(row: dict | None, metric: str, scale: float = 100, digits: int = 2) -> str:
+    if row is None:
+        return "-"
+    m, lo, hi = _stat(row, metric)
+    if row.get("stats") and lo != hi:
+        return f"{scale * m:.{digits}f} [{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
+    return f"{scale * m:.{digits}f}"
+
+
+def results_table(s: Series) -> str:
+    runs = s.runs()
+    names = list(runs)
+    header = "| round | weights remaining (%) | " + " | ".join(f"{n} test acc (%) | {n} early stop" for n in names) + " |"
+    lines = [header, "|" + "---|" * (2 + 2 * len(names))]
+    by_round = {n: {r["round"]: r for r in rows} for n, rows in runs.items()}
+    for row in s.summary["rounds"]:
+        k = row["round"]
+        cells = []
+        for n in names:
+            r = by_round[n].get(k)
+            cells += [_fmt(r, "test_acc"), _fmt(r, "early_stop_step", 1, 0)]
+        lines.append(f"| {k} | {100 * row['weights_remaining']:.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def sparsity_table(s: Series) -> str:
+    """Per-layer percent of weights remaining in each round (first trial)."""
+    d = s.trial_dirs[0]
+    per_round = {}
+    for row in s.summary["rounds"]:
+        f = d / f"round_{row['round']}" / "ticket.json"
+        if f.is_file():
+            per_round[row["round"]] = json.loads(f.read_text()).get("sparsity", {})
+    if not per_round:
+        return "(no ticket files found)"
+    layers = list(next(iter(per_round.values())))
+    lines = ["| round | " + " | ".join(layers) + " | total |", "|" + "---|" * (len(layers) + 2)]
+    for k, sp in per_round.items():
+        kept = sum(v["kept"] for v in sp.values())
+        total = sum(v["total"] for v in sp.values())
+        lines.append(f"| {k} | " + " | ".join(f"{100 * sp[l]['density']:.1f}" for l in layers) + f" | {100 * kept / max(total, 1):.1f} |")
+    return "\n".join(lines)
+
+
+def write_report(dirs: list[str | Path], out: str | Path, rounds: list[int] | None = None) -> Path:
+    """Build figures and ``report.md`` for the given run folders; returns report.md's path."""
+    if not dirs:
+        raise LthError("lth report needs at least one run folder")
+    out = Path(out)
+    series = [Series.from_dir(d) for d in dirs]
+    labels = [s.label for s in series]
+    for s in series:  # two runs of one recipe: tell them apart by folder
+        if labels.count(s.label) > 1:
+            s.label = f"{s.label} [{s.path.name}]"
+    figures = make_figures(series, out, rounds)
+    parts = ["# Lottery ticket report", ""]
+    parts += [f"Runs: " + ", ".join(f"`{s.path}` ({s.label}, {len(s.trial_dirs)} trial(s))" for s in series), ""]
+    for name, path in figures.items():
+        parts += [f"## {name.replace('_', ' ')}", "", f"![{name}]({path.name})", ""]
+    for s in series:
+        parts += [f"## Results: {s.label}", "", "Test accuracy at the early-stopping step; mean [min, max] over trials.", "", results_table(s), ""]
+        parts += [f"### Per-layer weights remaining (%): {s.label}", "", sparsity_table(s), ""]
+    report = out / "report.md"
+    report.write_text("\n".join(parts))
+    return report

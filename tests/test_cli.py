@@ -1,0 +1,261 @@
+"""The ``lth`` command as a user runs it: real subprocesses, real exit codes, real stderr.
+
+A user's mistake must end in one readable line and exit status 2, never a traceback; and
+the command must never destroy a finished run.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import TINY
+from lth_core import cli
+from lth_core.lottery import run_lottery
+from lth_core.recipes import bundled_recipes, validate
+
+_SCRIPT = Path(sys.executable).with_name("lth")
+LTH = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "lth_core.cli"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Train with one intra-op thread. On a small shared machine torch's default (one
+    thread per core) spends most of its time waiting at OpenMP barriers whenever another
+    process holds a core: a LeNet-300-100 round took 14 s instead of 0.7 s."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _env(**extra: str) -> dict:
+    env = {**os.environ, "WANDB_MODE": "offline", "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "OMP_NUM_THREADS": "1"}
+    env.update(extra)
+    return env
+
+
+def lth(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*LTH, *args], cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=_env(**env), timeout=600
+    )
+
+
+def tiny_yaml(folder: Path, name: str = "tiny.yaml", **changes) -> Path:
+    raw = copy.deepcopy(TINY)
+    for dotted, value in changes.items():
+        section, _, key = dotted.partition("__")
+        if key:
+            raw[section][key] = value
+        else:
+            raw[section] = value
+    path = folder / name
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, *needles: str, only_line: bool = True) -> str:
+    """Exit 2, one ``lth: error:`` line (the only stderr line for recipe mistakes), no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    lines = proc.stderr.splitlines()
+    errors = [line for line in lines if line.startswith("lth: error:")]
+    assert len(errors) == 1, lines
+    if only_line:
+        assert lines == errors, lines
+    assert lines[-1] == errors[0]
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+    return errors[0]
+
+
+# --- listing --------------------------------------------------------------------------------
+
+
+def test_recipes_lists_quickstart_with_description() -> None:
+    """``lth recipes`` shows the bundled recipes, each with its description's first line."""
+    proc = lth("recipes", "--paths")
+    assert proc.returncode == 0, proc.stderr
+    path = bundled_recipes()["quickstart"]
+    description = yaml.safe_load(path.read_text())["description"].splitlines()[0]
+    first = next(line for line in proc.stdout.splitlines() if line.startswith("quickstart"))
+    assert description in first
+    assert str(path) in proc.stdout
+
+
+# --- user mistakes end in one line ----------------------------------------------------------
+
+#: Run as real subprocesses: what a user sees, exit status and stderr included.
+PROCESS_CASES = {
+    "unknown_key": (lambda d: ["run", str(tiny_yaml(d, lotery={"rate": 0.2}))], ("'lotery'", "lottery")),
+    "set_rate_2": (lambda d: ["run", str(tiny_yaml(d)), "--set", "lottery.rate=2"], ("lottery.rate", "(0, 1)")),
+    "missing_path": (lambda d: ["run", str(d / "does-not-exist.yaml")], ("does-not-exist.yaml", "not found", "quickstart")),
+}
+#: The same contract through ``lth_core.cli.main`` in this process (each subprocess pays
+#: several seconds of importing torch and Lightning).
+IN_PROCESS_CASES = {
+    "set_unknown_section": (lambda d: ["run", str(tiny_yaml(d)), "--set", "lotery.rate=0.2"], ("'lotery'",)),
+    "set_malformed": (lambda d: ["run", str(tiny_yaml(d)), "--set", "lottery.rate"], ("key.sub=value",)),
+    "bad_yaml": (
+        lambda d: ["run", str(_write(d / "broken.yaml", "model: mlp\ndata: digits\nlottery: {rate: 0.2\n"))],
+        ("not valid YAML", "line 4"),
+    ),
+    "python_tag": (
+        lambda d: ["run", str(_write(d / "evil.yaml", "model: !!python/object/apply:os.getcwd []\ndata: digits\n"))],
+        ("not valid YAML", "line 1"),
+    ),
+    "empty": (lambda d: ["run", str(_write(d / "empty.yaml", ""))], ("empty",)),
+    "wrong_type": (lambda d: ["run", str(tiny_yaml(d, lottery__rounds="five"))], ("lottery.rounds", "integer")),
+    "reserved_trainer_key": (lambda d: ["run", str(tiny_yaml(d)), "--set", "trainer.logger=true"], ("trainer.logger",)),
+}
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def error_runs(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+    """The mistaken ``lth run`` invocations, started side by side to keep the suite short."""
+    procs = {}
+    for name, (make_args, _) in PROCESS_CASES.items():
+        folder = tmp_path_factory.mktemp(name)
+        procs[name] = subprocess.Popen(
+            [*LTH, *make_args(folder), "--out", str(folder / "out")],
+            cwd=folder, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+        )
+    results = {}
+    for name, p in procs.items():
+        out, err = p.communicate(timeout=600)
+        results[name] = subprocess.CompletedProcess(p.args, p.returncode, out, err)
+    return results
+
+
+@pytest.mark.parametrize("case", sorted(PROCESS_CASES))
+def test_recipe_mistake_is_one_line_exit_2(error_runs, case: str) -> None:
+    """Bad recipes, bad ``--set`` values and missing files: exit 2, one line, no traceback,
+    nothing written."""
+    proc = error_runs[case]
+    assert_user_error(proc, *PROCESS_CASES[case][1])
+    assert proc.stdout == ""
+    out = Path(proc.args[-1])
+    assert not out.exists(), "a refused recipe must not create its run folder"
+
+
+@pytest.mark.parametrize("case", sorted(IN_PROCESS_CASES))
+def test_recipe_mistake_in_process(tmp_path: Path, capsys, case: str) -> None:
+    """More recipe mistakes through the CLI's own entry point: status 2 and one line."""
+    make_args, needles = IN_PROCESS_CASES[case]
+    args = [*make_args(tmp_path), "--out", str(tmp_path / "out")]
+    status = cli.main(args)
+    captured = capsys.readouterr()
+    assert_user_error(subprocess.CompletedProcess(args, status, captured.out, captured.err), *needles)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_plugin_name_is_one_error_line(tmp_path: Path, capsys) -> None:
+    """A model nobody installed is caught before any folder is made, naming the installed ones."""
+    args = ["run", str(tiny_yaml(tmp_path)), "--set", "model.name=resnet9000", "--out", str(tmp_path / "out")]
+    status = cli.main(args)
+    captured = capsys.readouterr()
+    proc = subprocess.CompletedProcess(args, status, captured.out, captured.err)
+    assert_user_error(proc, "'resnet9000'", "lenet300", "mlp", only_line=False)
+    assert not (tmp_path / "out").exists()
+
+
+# --- never overwrite another recipe's run -----------------------------------------------------
+
+
+def test_run_refuses_folder_of_a_different_recipe(tmp_path: Path) -> None:
+    """Pointing ``--out`` at another experiment's folder must not touch its results."""
+    raw = copy.deepcopy(TINY)
+    raw["lottery"]["rounds"] = 0
+    raw["trainer"].update(max_steps=20, val_check_interval=10)
+    out = tmp_path / "existing"
+    run_lottery(validate(raw, name="tiny"), out, say=lambda s: None)
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert out / "summary.json" in files
+
+    other = copy.deepcopy(raw)
+    other["seed"] = 1
+    path = tmp_path / "other.yaml"
+    path.write_text(yaml.safe_dump(other))
+    proc = lth("run", str(path), "--out", str(out))
+    assert_user_error(proc, "different recipe", str(out), validate(raw).hash(), only_line=False)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+
+
+# --- plugin installation ------------------------------------------------------------------------
+
+
+def test_install_and_uninstall_parse() -> None:
+    """``lth install``/``lth uninstall`` exist with their options and refuse a missing package list."""
+    for command, options in (("install", ("--upgrade", "--editable")), ("uninstall", ("--yes",))):
+        proc = lth(command, "--help")
+        assert proc.returncode == 0, proc.stderr
+        for option in options:
+            assert option in proc.stdout
+        bare = lth(command)
+        assert bare.returncode == 2
+        assert "packages" in bare.stderr and "Traceback" not in bare.stderr
+
+
+def test_uninstall_of_absent_plugin_reaches_pip() -> None:
+    """``lth uninstall`` runs pip inside lth's own interpreter (nothing is removed here)."""
+    proc = lth("uninstall", "-y", "lth-no-such-plugin-for-tests")
+    assert proc.returncode == 0, proc.stderr
+    assert "not installed" in (proc.stdout + proc.stderr)
+
+
+def _wheel(folder: Path) -> Path:
+    """A minimal pure-Python plugin wheel, built by hand (no build backend, no network)."""
+    dist, version, module = "lth_cli_test_plugin", "0.0.1", "lth_cli_test_plugin"
+    files = {
+        f"{module}.py": (
+            "from lth_core import hookimpl\n\n\n"
+            "@hookimpl\n"
+            "def register_criteria(register):\n"
+            "    register('cli_test_criterion', lambda model, mask, context: {n: m.float() for n, m in mask.items()})\n"
+        ),
+        f"{dist}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: lth-cli-test-plugin\nVersion: {version}\n",
+        f"{dist}-{version}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: lth-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        f"{dist}-{version}.dist-info/entry_points.txt": f"[lth]\ncli_test = {module}\n",
+    }
+    record = []
+    for name, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(text.encode())}")
+    record.append(f"{dist}-{version}.dist-info/RECORD,,")
+    files[f"{dist}-{version}.dist-info/RECORD"] = "\n".join(record) + "\n"
+    path = folder / f"{dist}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, text in files.items():
+            zf.writestr(name, text)
+    return path
+
+
+def test_install_local_wheel_registers_plugin(tmp_path: Path) -> None:
+    """``lth install`` of a local wheel (offline: PIP_NO_INDEX, into a PIP_TARGET folder so
+    the shared environment is untouched) makes its entry point show in ``lth plugins``."""
+    target = tmp_path / "site"
+    proc = lth("install", str(_wheel(tmp_path)), PIP_TARGET=str(target))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (target / "lth_cli_test_plugin.py").is_file()
+    listed = lth("plugins", "--json", PYTHONPATH=str(target))
+    assert listed.returncode == 0, listed.stderr
+    plugins = {p["name"]: p for p in json.loads(listed.stdout)}
+    assert plugins["cli_test"]["distribution"] == "lth-cli-test-plugin"
+    assert plugins["cli_test"]["registers"] == {"criteria": ["cli_test_criterion"]}
+    assert "magnitude" in plugins  # the bundled plugins load beside it
