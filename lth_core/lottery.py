@@ -13,8 +13,8 @@ rerun with the same recipe into the same folder reuses finished tickets and cont
 
 from __future__ import annotations
 
+import fnmatch
 import json
-import logging
 import math
 import sys
 import time
@@ -92,28 +92,37 @@ def load_data(recipe: Recipe, registry: Registry) -> DataModule:
     return DataModule(bundle, spec["batch_size"], spec["eval_batch_size"], spec["val_size"], recipe["seed"], spec["subset"])
 
 
+def _resolve_layer_key(key: str, names: list[str]) -> list[str]:
+    """Parameter names a ``layer_rates`` key means: exact name, module, ``last`` or a glob."""
+    if key in names:
+        return [key]
+    if f"{key}.weight" in names:
+        return [f"{key}.weight"]
+    if key == LAST_LAYER_ALIAS:
+        return [names[-1]]
+    matched = [n for n in names if fnmatch.fnmatchcase(n, key) or fnmatch.fnmatchcase(n.rsplit(".", 1)[0], key)]
+    if not matched:
+        raise LthError(f"lottery.layer_rates.{key}: no such prunable layer; valid: {', '.join(names)}, {LAST_LAYER_ALIAS}, or a glob such as conv*")
+    return matched
+
+
 def layer_rates(recipe: Recipe, mask: Mask) -> tuple[dict[str, float], list[str]]:
     """Per-parameter pruning rates, and the layers pooled by global pruning.
 
     ``lottery.layer_rates`` keys are parameter names (``fc3.weight``), module names
-    (``fc3``) or ``last`` (the last prunable layer, e.g. the paper's output layer at half
-    rate). Layers with an override keep their own rate under global pruning too.
+    (``fc3``), ``last`` (the last prunable layer, e.g. the paper's output layer at half
+    rate) or glob patterns over module names (``conv*``: the paper's Conv-2/4/6 prune
+    convolutions at their own rate). Later keys win. Layers with an override keep their
+    own rate under global pruning too.
     """
     lot = recipe["lottery"]
     names = list(mask)
     rates = {n: lot["rate"] for n in names}
     overridden = set()
     for key, rate in lot["layer_rates"].items():
-        if key in rates:
-            target = key
-        elif f"{key}.weight" in rates:
-            target = f"{key}.weight"
-        elif key == LAST_LAYER_ALIAS:
-            target = names[-1]
-        else:
-            raise LthError(f"lottery.layer_rates.{key}: no such prunable layer; valid: {', '.join(names)}, {LAST_LAYER_ALIAS}")
-        rates[target] = float(rate)
-        overridden.add(target)
+        for target in _resolve_layer_key(str(key), names):
+            rates[target] = float(rate)
+            overridden.add(target)
     pooled = [n for n in names if n not in overridden] if lot["scope"] == "global" else []
     return rates, pooled
 

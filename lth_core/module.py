@@ -15,14 +15,36 @@ EVAL_SPLITS = ("val", "test")
 
 
 def build_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
-    name = cfg["name"]
+    """The recipe's optimiser, always with the multi-tensor (``foreach``) implementation.
+
+    torch leaves ``foreach`` off for CPU tensors; the per-tensor loop it falls back to cost
+    about 35 ms per LeNet-300-100 Adam step on this 2-core CPU against 2.4 ms with it.
+    """
+    name, common = cfg["name"], {"lr": cfg["lr"], "weight_decay": cfg["weight_decay"], "foreach": True}
     if name == "sgd":
-        return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"], nesterov=cfg["nesterov"])
+        return torch.optim.SGD(params, momentum=cfg["momentum"], nesterov=cfg["nesterov"], **common)
     if name == "adam":
-        return torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        return torch.optim.Adam(params, **common)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        return torch.optim.AdamW(params, **common)
     raise ValueError(f"unknown optimizer {name!r}")  # recipes.validate refuses it first
+
+
+def lr_factor(cfg: dict):
+    """Learning-rate multiplier per step: linear warmup, then x``gamma`` at each milestone.
+
+    ``None`` when the rate is constant. Warmup is what makes IMP work for VGG-19 at the
+    standard learning rate (Frankle & Carbin, Section 5).
+    """
+    warmup, milestones, gamma = cfg.get("warmup_steps", 0), cfg.get("milestones", []), cfg.get("gamma", 0.1)
+    if not warmup and not milestones:
+        return None
+
+    def factor(step: int) -> float:
+        f = min(1.0, (step + 1) / warmup) if warmup else 1.0
+        return f * gamma ** sum(step >= m for m in milestones)
+
+    return factor
 
 
 class LotteryModule(pl.LightningModule):
@@ -52,11 +74,11 @@ class LotteryModule(pl.LightningModule):
         self.enforcer = MaskEnforcer(self.model, self.mask)
         self.enforcer.enforce()
         self.enforcer.attach(opt)
-        warmup = self.optimizer_cfg.get("warmup_steps", 0)
-        if warmup:
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-        return opt
+        factor = lr_factor(self.optimizer_cfg)
+        if factor is None:
+            return opt
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_fit_end(self) -> None:
         if self.enforcer is not None:

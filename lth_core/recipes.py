@@ -44,6 +44,8 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "weight_decay": ((float, int), 0.0),
         "nesterov": ((bool,), False),
         "warmup_steps": ((int,), 0),
+        "milestones": ((list,), []),
+        "gamma": ((float, int), 0.1),
     },
     "trainer": {},
     "lottery": {
@@ -272,6 +274,9 @@ def _check_values(r: dict, source: str) -> None:
         raise LthError(f"{source}: data.val_size as a fraction must be in (0, 1), got {d['val_size']}")
     if isinstance(d["val_size"], int) and d["val_size"] < 1:
         raise LthError(f"{source}: data.val_size as a count must be >= 1, got {d['val_size']}")
+    ms = r["optimizer"]["milestones"]
+    if not all(isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in ms) or ms != sorted(ms):
+        raise LthError(f"{source}: optimizer.milestones must be increasing positive step numbers, got {ms!r}")
     if r["optimizer"]["lr"] <= 0:
         raise LthError(f"{source}: optimizer.lr must be > 0, got {r['optimizer']['lr']}")
     t = r["trainer"]
