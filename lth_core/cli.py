@@ -31,10 +31,14 @@ def _quiet_lightning() -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from lth_core.recipes import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set)  # recipe mistakes fail before torch loads
+    from lth_core.plugins import get_registry
+    from lth_core.recipes import check_against_plugins
     from lth_core.trials import run_experiment
 
+    check_against_plugins(recipe, get_registry())
     _quiet_lightning()
-    recipe = load_recipe(args.recipe, args.set)
     out = Path(args.out) if args.out else Path("runs") / f"{recipe.name}-{recipe.hash()}"
     print(f"lth: recipe {recipe.source} (hash {recipe.hash()}) -> {out}", file=sys.stderr)
     run_experiment(recipe, out, say=lambda s: print(s, file=sys.stderr, flush=True))

@@ -14,6 +14,7 @@ import hashlib
 import importlib.resources
 import inspect
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -277,8 +278,8 @@ def _check_values(r: dict, source: str) -> None:
     ms = r["optimizer"]["milestones"]
     if not all(isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in ms) or ms != sorted(ms):
         raise LthError(f"{source}: optimizer.milestones must be increasing positive step numbers, got {ms!r}")
-    if r["optimizer"]["lr"] <= 0:
-        raise LthError(f"{source}: optimizer.lr must be > 0, got {r['optimizer']['lr']}")
+    if not 0 < r["optimizer"]["lr"] < math.inf:
+        raise LthError(f"{source}: optimizer.lr must be a finite number > 0, got {r['optimizer']['lr']}")
     t = r["trainer"]
     bad = sorted(set(t) & RESERVED_TRAINER_KEYS)
     if bad:

@@ -7,10 +7,17 @@ import os
 
 import pytest
 
+# Tiny models gain nothing from a second thread, and two spinning OpenMP threads slow to a
+# crawl when another process holds a core (20x measured here): one thread per test process.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
+import torch  # noqa: E402
+
 from lth_core import cli  # noqa: E402
+
+torch.set_num_threads(1)
 
 cli._quiet_lightning()
 
