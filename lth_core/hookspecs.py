@@ -101,6 +101,20 @@ def register_datasets(register):
 
 
 @hookspec
+def register_callbacks(register):
+    """Register named Lightning callbacks that a recipe switches on.
+
+    ``register(name, factory)``. ``factory(context, **options)`` receives the
+    :class:`lth_core.context.RoundContext` of each training run (every round and control)
+    and returns a ``pytorch_lightning.Callback`` for it, or ``None`` to stay out of that
+    run. A recipe lists them: ``callbacks: [{name: gradual_pruning, target: 0.1}]``; the
+    options are validated against the factory's keyword parameters. A callback that
+    prunes during training calls ``context.module.set_mask(mask)``; the ticket keeps the
+    mask in force when training ends.
+    """
+
+
+@hookspec
 def round_callbacks(context):
     """Return Lightning callbacks to add to one round's ``Trainer`` (or ``None``).
 

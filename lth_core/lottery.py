@@ -13,6 +13,7 @@ rerun with the same recipe into the same folder reuses finished tickets and cont
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import json
 import math
@@ -147,15 +148,29 @@ def _salt(name: str) -> int:
     return sum((i + 1) * ord(c) for i, c in enumerate(name)) % 100_003
 
 
-def score(run: Run, criterion: str, model: nn.Module, mask: Mask, round_: int, state: dict) -> dict[str, Tensor]:
+@dataclass
+class Start:
+    """Where a training run starts: weights, step (late rewinding) and optimiser settings."""
+
+    weights: dict[str, Tensor]
+    step: int = 0
+    optimizer: dict = field(default_factory=dict)
+
+
+def score(run: Run, criterion: str, model: nn.Module, mask: Mask, round_: int, state: dict,
+          rates: dict | None = None, pooled: list | None = None) -> dict[str, Tensor]:
     entry = run.registry.get("criteria", criterion)
+    lot = run.recipe["lottery"]
     ctx = PruneContext(
         initial={n: run.initial[n] for n in mask},
         generator=_generator(run.recipe["seed"], round_, _salt(criterion)),
         round=round_,
         data=run.data,
         state=state,
-        options=dict(run.recipe["lottery"]["criterion_options"]),
+        options=dict(lot["criterion_options"]),
+        rates=dict(rates or {}),
+        scope=lot["scope"],
+        pooled=list(pooled or []),
     )
     source = f"criterion {criterion!r} (plugin {entry.plugin!r})"
     try:
@@ -168,7 +183,8 @@ def score(run: Run, criterion: str, model: nn.Module, mask: Mask, round_: int, s
     return scores
 
 
-def rewind(run: Run, policy: str, model: nn.Module, mask: Mask, round_: int) -> dict[str, Tensor]:
+def rewind(run: Run, policy: str, model: nn.Module, mask: Mask, round_: int) -> Start:
+    """Call a rewind policy; it returns weights and may move the start step or optimiser."""
     entry = run.registry.get("rewind_policies", policy)
     seed = _derived_seed(run.recipe, round_, _salt(policy))
     ctx = RewindContext(
@@ -178,6 +194,10 @@ def rewind(run: Run, policy: str, model: nn.Module, mask: Mask, round_: int) -> 
         round=round_,
         new_model=lambda: run.new_model(seed),
         options=dict(run.recipe["lottery"]["rewind_options"]),
+        run_dir=run.out_dir,
+        optimizer=copy.deepcopy(run.recipe["optimizer"]),
+        max_steps=run.recipe["trainer"].get("max_steps", -1),
+        steps_per_epoch=len(run.data.train_loader(0)),
     )
     source = f"rewind policy {policy!r} (plugin {entry.plugin!r})"
     try:
@@ -193,7 +213,11 @@ def rewind(run: Run, policy: str, model: nn.Module, mask: Mask, round_: int) -> 
     for n, t in state.items():
         if not isinstance(t, Tensor) or t.shape != own[n].shape:
             raise PluginError(f"{source} returned {n} with the wrong shape")
-    return {n: t.detach().to("cpu").clone() for n, t in state.items()}
+    max_steps = ctx.max_steps
+    if not isinstance(ctx.start_step, int) or ctx.start_step < 0 or (max_steps > 0 and ctx.start_step >= max_steps):
+        raise PluginError(f"{source} set start_step={ctx.start_step!r}; it must be a step in [0, trainer.max_steps={max_steps})")
+    weights = {n: t.detach().to("cpu").clone() for n, t in state.items()}
+    return Start(weights, ctx.start_step, ctx.optimizer)
 
 
 def summarise(history: list[dict], round_: int, mask: Mask, steps: int) -> dict:
@@ -215,19 +239,37 @@ def summarise(history: list[dict], round_: int, mask: Mask, steps: int) -> dict:
     }
 
 
-def _trainer(run: Run, ctx: RoundContext) -> pl.Trainer:
+def _callbacks(run: Run, ctx: RoundContext) -> list:
+    """The recipe's named callbacks, then whatever plugins add through ``round_callbacks``."""
     callbacks = []
+    for spec in run.recipe["callbacks"]:
+        entry = run.registry.get("callbacks", spec["name"])
+        options = {k: v for k, v in spec.items() if k != "name"}
+        try:
+            cb = entry.obj(ctx, **options)
+        except LthError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise PluginError(f"callback {spec['name']!r} (plugin {entry.plugin!r}) failed: {type(exc).__name__}: {exc}") from exc
+        if cb is not None:
+            callbacks.append(cb)
     for extra in run.pm.hook.round_callbacks(context=ctx):
         if extra:
             callbacks.extend(extra)
+    return callbacks
+
+
+def _trainer(run: Run, ctx: RoundContext, start_step: int) -> pl.Trainer:
     kwargs = dict(run.recipe["trainer"])
+    if start_step and kwargs.get("max_steps", -1) > 0:
+        kwargs["max_steps"] -= start_step  # resume the schedule at step k, end where it ends
     kwargs.setdefault("enable_progress_bar", sys.stderr.isatty())
     kwargs.setdefault("enable_model_summary", False)
     kwargs.setdefault("log_every_n_steps", run.recipe["tracking"]["log_every_n_steps"])
     return pl.Trainer(
         **kwargs,
         logger=run.logger if run.logger is not None else False,
-        callbacks=callbacks,
+        callbacks=_callbacks(run, ctx),
         enable_checkpointing=False,
         default_root_dir=str(run.out_dir),
         num_sanity_val_steps=0,
@@ -235,30 +277,43 @@ def _trainer(run: Run, ctx: RoundContext) -> pl.Trainer:
     )
 
 
-def train(run: Run, round_: int, name: str, mask: Mask, init: dict[str, Tensor], folder: Path) -> tuple[Ticket, dict]:
-    """One training run from ``init`` under ``mask``; returns its ticket and summary row.
+def _train_loader(run: Run, start_step: int):
+    """The training batches, starting at step ``start_step`` of the fixed data order."""
+    loader = run.data.train_loader(run.recipe["seed"])
+    loader.epoch, loader.skip_batches = divmod(start_step, len(loader))
+    return loader
 
+
+def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Path) -> tuple[Ticket, dict, dict]:
+    """One training run from ``start`` under ``mask``; returns its ticket, row and state.
+
+    The ticket's mask is the mask at the *end* of training (a callback may prune during
+    training). ``state`` is what the round's callbacks collected for the next criterion.
     A folder that already holds a finished ticket of this recipe is loaded instead.
     """
     recipe_hash = run.recipe.hash()
     if is_ticket(folder):
         ticket = load_ticket(folder, run.model)
-        if ticket.meta.get("recipe_hash") == recipe_hash and ticket.mask == mask:
+        if ticket.meta.get("recipe_hash") == recipe_hash:
             run.model.load_state_dict(ticket.final)
             run.say(f"round {round_} [{name}]: reusing finished ticket in {folder}")
-            return ticket, ticket.meta["metrics"]
-    run.model.load_state_dict(init)
+            return ticket, ticket.meta["metrics"], {}
+    run.model.load_state_dict(start.weights)
     apply_mask(run.model, mask)
-    ctx = RoundContext(recipe=run.recipe, round=round_, name=name, mask=mask, model=run.model, out_dir=folder)
+    ctx = RoundContext(recipe=run.recipe, round=round_, name=name, mask=mask, model=run.model, out_dir=folder, registry=run.registry, data=run.data)
+    folder.mkdir(parents=True, exist_ok=True)
     run.pm.hook.on_round_start(context=ctx)
     pl.seed_everything(_derived_seed(run.recipe, round_, _salt(name)), verbose=False)
-    module = LotteryModule(run.model, mask, run.recipe["optimizer"], run.data.num_classes, log_prefix=f"round_{round_}/{name}")
-    trainer = _trainer(run, ctx)
-    trainer.fit(module, train_dataloaders=run.data.train_loader(run.recipe["seed"]), val_dataloaders=run.data.eval_loaders())
-    if not module.history or module.history[-1]["step"] != trainer.global_step:
+    optimizer = start.optimizer or run.recipe["optimizer"]
+    module = LotteryModule(run.model, mask, optimizer, run.data.num_classes, log_prefix=f"round_{round_}/{name}", step_offset=start.step)
+    ctx.module = module
+    trainer = _trainer(run, ctx, start.step)
+    trainer.fit(module, train_dataloaders=_train_loader(run, start.step), val_dataloaders=run.data.eval_loaders())
+    if not module.history or module.history[-1]["step"] != module.step:
         trainer.validate(module, dataloaders=run.data.eval_loaders(), verbose=False)
     run.model.cpu()
-    row = summarise(module.history, round_, mask, trainer.global_step)
+    final_mask = module.mask
+    row = summarise(module.history, round_, final_mask, module.step)
     meta = {
         "round": round_,
         "run": name,
@@ -266,18 +321,20 @@ def train(run: Run, round_: int, name: str, mask: Mask, init: dict[str, Tensor],
         "seed": run.recipe["seed"],
         "model": run.recipe["model"],
         "data": run.recipe["data"]["name"],
+        "start_step": start.step,
+        "optimizer": optimizer,
         "metrics": row,
         "lth_version": __version__,
     }
     # Clone: on the CPU ``.cpu()`` aliases the live parameters, which the next round overwrites.
     trained = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
-    ticket = Ticket(mask, init, trained, meta)
+    ticket = Ticket(final_mask, start.weights, trained, meta)
     save_ticket(ticket, folder)
     atomic_write_text(folder / "curves.json", json.dumps(module.history, indent=1))
     run.pm.hook.on_round_end(context=ctx, ticket=ticket, metrics=row)
     tracking.log_round(run.logger, row, name)
     tracking.log_ticket(run.logger, folder, run.recipe, row, name)
-    return ticket, row
+    return ticket, row, ctx.state
 
 
 def _control_specs(run: Run) -> list[dict]:
@@ -323,31 +380,47 @@ def _transfer_source(recipe: Recipe, model: nn.Module) -> Ticket | None:
     return load_ticket(recipe["ticket"], model)
 
 
-def _prune_step(run: Run, k: int, mask: Mask, final: dict, dense: Mask, dense_final: dict, rates: dict, pooled: list):
-    """Round ``k``'s mask and start weights, plus what they were derived from."""
+@dataclass
+class Level:
+    """What a finished round leaves behind: its mask, trained weights and callback state."""
+
+    mask: Mask
+    final: dict[str, Tensor]
+    state: dict = field(default_factory=dict)
+
+
+def _prune_step(run: Run, k: int, prev: Level, round0: Level, rates: dict, pooled: list) -> tuple[Mask, Start, Level]:
+    """Round ``k``'s mask and start, plus the level they were derived from.
+
+    iterative: prune round k-1's ticket by ``rates``. one_shot: prune round 0's trained
+    network straight to what k iterative rounds reach. at_init: the same, but scored on
+    the initial weights θ0 before any training (SNIP, SynFlow and friends).
+    """
     lot = run.recipe["lottery"]
-    if lot["mode"] == "one_shot":
-        source_mask, source_final, step_rates = dense, dense_final, compound(rates, k)
-    else:
-        source_mask, source_final, step_rates = mask, final, rates
-    run.model.load_state_dict(source_final)
-    scores = score(run, lot["criterion"], run.model, source_mask, k, state={})
-    new_mask = prune_by_scores(scores, source_mask, step_rates, lot["scope"], pooled)
-    init = rewind(run, lot["rewind"], run.model, new_mask, k)
-    return new_mask, init, source_mask, source_final
+    if lot["mode"] == "iterative":
+        source, step_rates = prev, rates
+    elif lot["mode"] == "one_shot":
+        source, step_rates = round0, compound(rates, k)
+    else:  # at_init
+        source, step_rates = Level(Mask.ones_like(run.model), run.initial), compound(rates, k)
+    run.model.load_state_dict(source.final)
+    scores = score(run, lot["criterion"], run.model, source.mask, k, source.state, step_rates, pooled)
+    new_mask = prune_by_scores(scores, source.mask, step_rates, lot["scope"], pooled)
+    start = rewind(run, lot["rewind"], run.model, new_mask, k)
+    return new_mask, start, source
 
 
-def _run_controls(run: Run, k: int, total: int, mask: Mask, init: dict, source_mask: Mask, source_final: dict) -> None:
+def _run_controls(run: Run, k: int, total: int, ticket: Ticket, start: Start, source: Level) -> None:
+    """Train every control beside round ``k``'s ticket; they never feed the next round."""
     for c in _control_specs(run):
-        c_mask = mask
+        c_mask, c_start = ticket.mask, start
         if c["criterion"]:
-            run.model.load_state_dict(source_final)
-            c_mask = match_density(score(run, c["criterion"], run.model, source_mask, k, state={}), mask)
-        c_init = init
+            run.model.load_state_dict(source.final)
+            c_mask = match_density(score(run, c["criterion"], run.model, source.mask, k, source.state), ticket.mask)
         if c["rewind"]:
-            run.model.load_state_dict(source_final)  # what the main rewind saw
-            c_init = rewind(run, c["rewind"], run.model, c_mask, k)
-        _, c_row = train(run, k, c["name"], c_mask, c_init, run.out_dir / f"round_{k}" / f"control_{c['name']}")
+            run.model.load_state_dict(source.final)  # what the main rewind saw
+            c_start = rewind(run, c["rewind"], run.model, c_mask, k)
+        _, c_row, _ = train(run, k, c["name"], c_mask, c_start, run.out_dir / f"round_{k}" / f"control_{c['name']}")
         run.controls.setdefault(c["name"], []).append(c_row)
         _progress(run, c_row, c["name"], total)
 
@@ -358,6 +431,7 @@ def run_lottery(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] 
     With ``ticket: PATH`` in the recipe it does not search: round 0 trains the dense
     network from that ticket's start weights on this recipe's data, round 1 trains the
     transferred ticket itself (mask and start weights), with the controls beside it.
+    Controls also run beside round 0 when a callback pruned during its training.
     """
     out_dir = Path(out_dir)
     pm = pm or get_plugin_manager()
@@ -373,32 +447,34 @@ def run_lottery(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] 
     rates, pooled = layer_rates(recipe, dense)
     run.logger = tracking.make_logger(recipe, out_dir, say, group=group)
     total = 1 if source else recipe["lottery"]["rounds"]
-    start = time.time()
+    started = time.time()
 
     say(f"round 0/{total}: dense network, {dense.total()} prunable weights")
-    ticket, row = train(run, 0, "ticket", dense, initial, out_dir / "round_0")
+    start0 = Start(initial, 0, recipe["optimizer"])
+    ticket, row, state = train(run, 0, "ticket", dense, start0, out_dir / "round_0")
     run.rows.append(row)
     _progress(run, row, "ticket", total)
-    dense_final = mask_final = ticket.final
-    mask = dense
+    round0 = prev = Level(ticket.mask, ticket.final, state)
+    if ticket.mask.density() < 1.0:
+        _run_controls(run, 0, total, ticket, start0, Level(dense, ticket.final, state))
     for k in range(1, total + 1):
         if source:
-            mask, init, source_mask, source_final = source.mask, source.init, dense, dense_final
+            mask, start, origin = source.mask, Start(source.init, int(source.meta.get("start_step", 0)), recipe["optimizer"]), round0
             say(f"round 1/1: the transferred ticket from {recipe['ticket']} ({mask.density():.2%} of weights)")
         else:
-            mask, init, source_mask, source_final = _prune_step(run, k, mask, mask_final, dense, dense_final, rates, pooled)
+            mask, start, origin = _prune_step(run, k, prev, round0, rates, pooled)
             say(f"round {k}/{total}: pruned to {mask.density():.2%} of weights")
-        ticket, row = train(run, k, "ticket", mask, init, out_dir / f"round_{k}")
+        ticket, row, state = train(run, k, "ticket", mask, start, out_dir / f"round_{k}")
         run.rows.append(row)
         _progress(run, row, "ticket", total)
-        mask_final = ticket.final
-        _run_controls(run, k, total, mask, init, source_mask, source_final)
+        prev = Level(ticket.mask, ticket.final, state)
+        _run_controls(run, k, total, ticket, start, origin)
     summary = {
         "recipe": recipe.to_dict(),
         "recipe_hash": recipe.hash(),
         "rounds": run.rows,
         "controls": run.controls,
-        "wall_time_s": round(time.time() - start, 2),
+        "wall_time_s": round(time.time() - started, 2),
         "lth_version": __version__,
     }
     if source:

@@ -227,7 +227,8 @@ class MaskEnforcer:
 
     def __init__(self, model: nn.Module, mask: Mask):
         params = dict(model.named_parameters())
-        names = [n for n, m in mask.items() if not bool(m.all())]
+        names = list(mask)  # every layer, so a mask may tighten during training (set_mask)
+        self.names = names
         self.bound = _Bound(
             params=[params[n] for n in names],
             masks=[mask[n].to(params[n].device, params[n].dtype) for n in names],
@@ -238,6 +239,13 @@ class MaskEnforcer:
         if self.bound.params:
             with torch.no_grad():
                 torch._foreach_mul_(self.bound.params, self.bound.masks)
+
+    def set_mask(self, mask: Mask) -> None:
+        """Switch to a new mask in place (pruning during training) and apply it at once."""
+        with torch.no_grad():
+            for n, m in zip(self.names, self.bound.masks):
+                m.copy_(mask[n].to(m.device, m.dtype))
+        self.enforce()
 
     def _mask_grad(self, param: Tensor, mask: Tensor) -> None:
         with torch.no_grad():

@@ -54,8 +54,9 @@ class LotteryModule(pl.LightningModule):
     ``{"step", "val_loss", "val_acc", "test_loss", "test_acc"}``.
     """
 
-    def __init__(self, model: nn.Module, mask: Mask, optimizer: dict, num_classes: int, log_prefix: str = ""):
+    def __init__(self, model: nn.Module, mask: Mask, optimizer: dict, num_classes: int, log_prefix: str = "", step_offset: int = 0):
         super().__init__()
+        self.step_offset = step_offset  # training resumed at step k (late rewinding)
         self.log_prefix = f"{log_prefix}/" if log_prefix else ""
         self.model = model
         self.mask = mask
@@ -77,8 +78,20 @@ class LotteryModule(pl.LightningModule):
         factor = lr_factor(self.optimizer_cfg)
         if factor is None:
             return opt
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        offset = self.step_offset
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: factor(step + offset))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    @property
+    def step(self) -> int:
+        """The lottery's step: Lightning's global step plus where training resumed."""
+        return int(self.global_step) + self.step_offset
+
+    def set_mask(self, mask: Mask) -> None:
+        """Tighten the mask mid-training (gradual pruning); pruned weights are zeroed now."""
+        self.mask = mask
+        if self.enforcer is not None:
+            self.enforcer.set_mask(mask)
 
     def on_fit_end(self) -> None:
         if self.enforcer is not None:
@@ -102,7 +115,7 @@ class LotteryModule(pl.LightningModule):
         self.acc[dataloader_idx].update(logits, y)
 
     def on_validation_epoch_end(self) -> None:
-        row = {"step": int(self.global_step)}
+        row = {"step": self.step}
         for i, split in enumerate(EVAL_SPLITS):
             row[f"{split}_loss"] = float(self.loss_mean[i].compute())
             row[f"{split}_acc"] = float(self.acc[i].compute())

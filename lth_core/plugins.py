@@ -28,6 +28,7 @@ KINDS = {
     "register_merge_strategies": ("merge_strategies", "merge strategy"),
     "register_models": ("models", "model"),
     "register_datasets": ("datasets", "data set"),
+    "register_callbacks": ("callbacks", "callback"),
 }
 
 

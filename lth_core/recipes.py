@@ -71,13 +71,13 @@ SCHEMA: dict[str, dict[str, tuple]] = {
 OPEN_SECTIONS = {"model", "data", "trainer"}
 TOP_LEVEL = {
     "name": (str,), "seed": (int,), "controls": (list,), "description": (str,),
-    "trials": (int,), "ticket": (str, type(None)),
+    "trials": (int,), "ticket": (str, type(None)), "callbacks": (list,),
 }
 TOP_LEVEL.update({s: (dict,) for s in SCHEMA})
 CHOICES = {
     ("optimizer", "name"): ("sgd", "adam", "adamw"),
     ("lottery", "scope"): ("layer", "global"),
-    ("lottery", "mode"): ("iterative", "one_shot"),
+    ("lottery", "mode"): ("iterative", "one_shot", "at_init"),
     ("tracking", "backend"): ("wandb", "none"),
     ("tracking", "mode"): ("auto", "online", "offline", "disabled"),
 }
@@ -243,6 +243,7 @@ def validate(raw: Any, source: str = "<dict>", name: str | None = None) -> Recip
     _check_values(out, source)
     controls = raw.get("controls") or []
     out["controls"] = [_control(c, source) for c in controls]
+    out["callbacks"] = [_callback(c, source) for c in raw.get("callbacks") or []]
     return Recipe(out, source)
 
 
@@ -255,6 +256,14 @@ def _control(spec: Any, source: str) -> dict:
             raise LthError(f"{source}: control {spec['name']!r} has unknown key {sorted(unknown, key=str)[0]!r}; valid: criterion, name, rewind")
         return dict(spec)
     raise LthError(f"{source}: each control must be a registered control name or {{name, criterion, rewind}}, got {spec!r}")
+
+
+def _callback(spec: Any, source: str) -> dict:
+    if isinstance(spec, str):
+        return {"name": spec}
+    if isinstance(spec, dict) and isinstance(spec.get("name"), str):
+        return dict(spec)
+    raise LthError(f"{source}: each callback must be a registered callback name or {{name, ...options}}, got {spec!r}")
 
 
 def _check_values(r: dict, source: str) -> None:
@@ -378,6 +387,9 @@ def check_against_plugins(recipe: Recipe, registry) -> None:
     check_options(data.obj, {k: v for k, v in r["data"].items() if k not in core_keys}, "data")
     registry.get("criteria", r["lottery"]["criterion"])
     registry.get("rewind_policies", r["lottery"]["rewind"])
+    for c in r["callbacks"]:
+        entry = registry.get("callbacks", c["name"])
+        check_options(entry.obj, {k: v for k, v in c.items() if k != "name"}, f"callbacks.{c['name']}", skip=("context",))
     for c in r["controls"]:
         if set(c) == {"name"}:
             registry.get("controls", c["name"])

@@ -323,24 +323,23 @@ def test_mask_enforcer_binds_the_models_own_tensors() -> None:
     storage), never a copy of the model, and zeroing keeps the same storage."""
     model = _tiny_model()
     mask = _sparse_mask(model)
-    # one fully dense layer: nothing to enforce there, so nothing is bound for it
+    # one fully dense layer: still bound, so a mask may tighten during training (set_mask)
     mask = Mask({**dict(mask.items()), "net.5.weight": torch.ones_like(mask["net.5.weight"])})
     own = dict(model.named_parameters())
     ptrs = {n: p.data_ptr() for n, p in own.items()}
+    layers = ("net.1.weight", "net.3.weight", "net.5.weight")
 
     enforcer = MaskEnforcer(model, mask)
 
-    assert len(enforcer.bound.params) == 2
-    bound_ids = {id(p) for p in enforcer.bound.params}
-    assert bound_ids == {id(own["net.1.weight"]), id(own["net.3.weight"])}
-    for p in enforcer.bound.params:
-        assert p.data_ptr() in {own["net.1.weight"].data_ptr(), own["net.3.weight"].data_ptr()}
+    assert [id(p) for p in enforcer.bound.params] == [id(own[n]) for n in layers]
+    for p, n in zip(enforcer.bound.params, layers):
+        assert p.data_ptr() == own[n].data_ptr()
     model_ptrs = set(ptrs.values())
     for m in enforcer.bound.masks:  # the only other tensors it holds: 0/1 masks, not weights
         assert m.data_ptr() not in model_ptrs
         assert set(m.unique().tolist()) <= {0.0, 1.0}
     held = sum(t.numel() for t in enforcer.bound.params)
-    assert held == sum(int(mask[n].numel()) for n in ("net.1.weight", "net.3.weight"))
+    assert held == sum(int(mask[n].numel()) for n in layers)
 
     enforcer.enforce()
     for n, p in own.items():
@@ -348,6 +347,15 @@ def test_mask_enforcer_binds_the_models_own_tensors() -> None:
     for n, m in mask.items():
         assert bool((own[n].detach()[~m] == 0).all())
         assert bool((own[n].detach()[m] != 0).all())  # Gaussian init: kept weights untouched
+
+    # Tightening the mask in place: the bound tensors stay the model's, newly pruned go to 0.
+    tighter = _sparse_mask(model, rate=0.5, seed=1)
+    tighter = Mask({n: tighter[n] & mask[n] for n in mask})
+    enforcer.set_mask(tighter)
+    for n, m in tighter.items():
+        assert own[n].data_ptr() == ptrs[n]
+        assert bool((own[n].detach()[~m] == 0).all())
+        assert bool((own[n].detach()[m] != 0).all())
 
 
 # ------------------------------------------------------- training invariant (Lightning)

@@ -1,0 +1,1 @@
+"""Pruning during training (Zhu & Gupta 2017). (being written.)"""

@@ -1,0 +1,1 @@
+"""Late rewinding (Frankle et al. 2020). (being written.)"""

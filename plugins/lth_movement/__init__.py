@@ -1,0 +1,1 @@
+"""Movement pruning (Sanh et al. 2020). (being written.)"""

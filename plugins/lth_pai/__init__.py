@@ -1,0 +1,1 @@
+"""Pruning at initialisation: SNIP and SynFlow. (being written.)"""
