@@ -6,6 +6,7 @@ import re
 import types
 from pathlib import Path
 
+import pytest
 import torch
 
 from lth_core.lottery import run_lottery
@@ -54,12 +55,18 @@ def test_contributing_examples_register_and_run(pm, tiny_raw, tmp_path):
         assert registry.get("controls", "keep_control").extra["rewind"] == "keep"
         assert registry.get("models", "tiny_cnn")
         assert registry.get("datasets", "xor_blobs")
+        assert registry.get("callbacks", "prune_once")
         tiny_raw["lottery"].update(criterion="magnitude_increase", rounds=1)
         tiny_raw["controls"] = ["keep_control"]
+        tiny_raw["callbacks"] = [{"name": "prune_once", "at": 30}]
         summary = run_lottery(validate(tiny_raw), tmp_path, say=lambda s: None, pm=pm)
     finally:
         pm.unregister(name="contributing_examples")
     assert set(summary["controls"]) == {"keep_control"}
+    # prune_once halved every layer during each ticket run: round 0 ends at 50%, round 1
+    # starts at 25% (rate 0.5 of round 0's ticket) and ends at 12.5%.
+    densities = [r["weights_remaining"] for r in summary["rounds"]]
+    assert densities == pytest.approx([0.5, 0.125], abs=0.01)
     # keep_control starts from the weights round 1 was pruned from (round 0's trained
     # weights, masked), not from θ0 as the ticket does.
     ticket = load_ticket(tmp_path / "round_1")
