@@ -221,10 +221,15 @@ def rewind(run: Run, policy: str, model: nn.Module, mask: Mask, round_: int) -> 
 
 
 def summarise(history: list[dict], round_: int, mask: Mask, steps: int) -> dict:
-    """The paper's measurements from a run's evaluation history."""
+    """The paper's measurements from a run's evaluation history.
+
+    Early stopping only looks at evaluations made under the run's final mask: when a
+    callback pruned during training, an earlier, denser network is not this ticket.
+    """
     if not history:
         raise LthError("a round finished with no evaluation: set trainer.max_steps >= 1")
-    finite = [h for h in history if math.isfinite(h["val_loss"])]
+    density = mask.density()
+    finite = [h for h in history if math.isfinite(h["val_loss"]) and h.get("weights_remaining", density) == density]
     best = min(finite, key=lambda h: h["val_loss"]) if finite else history[-1]
     last = history[-1]
     return {

@@ -115,7 +115,7 @@ class LotteryModule(pl.LightningModule):
         self.acc[dataloader_idx].update(logits, y)
 
     def on_validation_epoch_end(self) -> None:
-        row = {"step": self.step}
+        row = {"step": self.step, "weights_remaining": self.mask.density()}  # masks may tighten mid-run
         for i, split in enumerate(EVAL_SPLITS):
             row[f"{split}_loss"] = float(self.loss_mean[i].compute())
             row[f"{split}_acc"] = float(self.acc[i].compute())

@@ -47,7 +47,10 @@ class Series:
         trials = [path / t for t in summary.get("trials", [])] or [path]
         recipe = summary.get("recipe", {})
         mode = recipe.get("lottery", {}).get("mode", "iterative")
-        name = label or f"{recipe.get('name', path.name)} ({mode})"
+        callbacks = [c.get("name", "?") for c in recipe.get("callbacks", [])]
+        # A run that prunes during training (lottery.rounds 0) is named by its callbacks, not its mode.
+        kinds = ([mode] if recipe.get("lottery", {}).get("rounds", 1) or not callbacks else []) + callbacks
+        name = label or f"{recipe.get('name', path.name)} ({', '.join(kinds)})"
         return cls(name, path, summary, trials)
 
     @property
@@ -213,6 +216,11 @@ def sparsity_table(s: Series) -> str:
     return "\n".join(lines)
 
 
+def _ticket_steps(s: Series) -> int:
+    """Optimiser steps of the ticket's runs (every round, controls excluded): its training compute."""
+    return int(round(sum(r.get("steps", 0) for r in s.summary["rounds"])))
+
+
 def write_report(dirs: list[str | Path], out: str | Path, rounds: list[int] | None = None) -> Path:
     """Build figures and ``report.md`` for the given run folders; returns report.md's path."""
     if not dirs:
@@ -225,7 +233,7 @@ def write_report(dirs: list[str | Path], out: str | Path, rounds: list[int] | No
             s.label = f"{s.label} [{s.path.name}]"
     figures = make_figures(series, out, rounds)
     parts = ["# Lottery ticket report", ""]
-    parts += [f"Runs: " + ", ".join(f"`{s.path}` ({s.label}, {len(s.trial_dirs)} trial(s))" for s in series), ""]
+    parts += [f"Runs: " + ", ".join(f"`{s.path}` ({s.label}, {len(s.trial_dirs)} trial(s), {_ticket_steps(s)} training steps over its ticket runs)" for s in series), ""]
     for name, path in figures.items():
         parts += [f"## {name.replace('_', ' ')}", "", f"![{name}]({path.name})", ""]
     for s in series:

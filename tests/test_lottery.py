@@ -497,5 +497,18 @@ def test_wandb_offline_run_holds_lottery_metrics(cli_run) -> None:
                 assert h[f"{prefix}/{key}"] == pytest.approx(row[key], rel=1e-12, abs=1e-12), (prefix, key)
     # per-step training curves arrive too, under the round's prefix
     assert any(any(k.startswith("round_2/ticket/") for k in h) for h in history)
+    # the report's figures are logged as images, and the rounds as a table
+    # (nested values arrive flattened: "report/curves/_type" -> "image-file")
+    flat = {k: v for h in history for k, v in h.items()}
+    for name in ("accuracy_vs_weights", "early_stop_vs_weights", "curves"):
+        assert flat.get(f"report/{name}/_type") == "image-file", name
+    assert flat.get("lottery/summary/_type") == "table-file"
+    # every finished ticket (each round and each control) is an artifact of type "ticket"
+    artifacts = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
+    tickets = [a for a in artifacts if a.type == "ticket"]
+    n_runs = len(summary["rounds"]) + sum(len(v) for v in summary["controls"].values())
+    assert len(tickets) == n_runs
+    files = {f.path for a in tickets for f in a.manifest.contents}
+    assert {"mask.safetensors", "init.safetensors", "final.safetensors", "ticket.json"} <= files
     exit_record = next(r.exit for r in records if r.WhichOneof("record_type") == "exit")
     assert exit_record.exit_code == 0

@@ -1,1 +1,297 @@
-"""Pruning during training (Zhu & Gupta 2017). (being written.)"""
+"""Pruning during training (Zhu & Gupta 2017, "To prune, or not to prune").
+
+The named callback ``gradual_pruning`` prunes inside one training run, with no restart:
+at every pruning step the lowest-scoring remaining weights are masked (set to zero at once
+and held at zero until the run ends) until the layer reaches the density the schedule
+asks for at that step. A recipe switches it on::
+
+    lottery: {rounds: 0}                      # one training run; the ticket is its final mask
+    callbacks:
+      - {name: gradual_pruning, target: 0.107, schedule: cubic, every: 1ep}
+    controls:
+      - {name: retrain_from_init, rewind: init}   # the final mask, retrained once from θ0
+
+Schedules (``t`` = lottery step, pruning at ``start_step``, every ``every`` steps after it,
+and at ``end_step``):
+
+- ``cubic``: density ``d_t = d_f + (d_i - d_f) (1 - (t - t0) / (t_end - t0))^3``: Zhu & Gupta's
+  ``s_t = s_f + (s_i - s_f)(1 - (t - t0)/(nΔt))^3`` written for the fraction *remaining*,
+  with ``d_i`` the density when the run starts and ``d_f`` the target. Each layer keeps
+  exactly ``round(d_t · size)`` weights, so ``end_step`` hits the target exactly.
+- ``constant``: each pruning step removes ``rate`` of the remaining weights (never going
+  below the target); if the target is not reached by ``end_step``, that last step prunes
+  to it.
+
+``target`` is the fraction of weights remaining at the end. It follows the lottery's
+allocation: a layer with its own rate in ``lottery.layer_rates`` ends where as many IMP
+rounds would leave it, ``(1 - r_layer)^k`` with ``k = ln(target) / ln(1 - lottery.rate)``
+(so ``target: 0.107`` with ``layer_rates: {last: 0.1}`` gives exactly the per-layer densities
+of 10 IMP rounds at 0.2), and ``lottery.scope: global`` ranks the pooled layers together.
+
+Any registered criterion scores the weights (looked up at run time); it receives a
+:class:`~lth_core.context.PruneContext` whose ``state`` is this run's
+``RoundContext.state`` (what the run's other callbacks collected so far, e.g. movement
+scores), whose ``initial`` holds the weights this run started from (θ0 in round 0) and
+whose ``rates`` are the fractions of each layer's remaining weights this step removes.
+
+By default the callback acts in round 0's ticket run only: controls (``retrain_from_init``
+above, ``random_reinit``) then train the final mask without pruning further. The current
+density is logged as ``<round>/<run>/density`` at every step; the pruning steps (step,
+density, per-layer kept counts) are written to ``gradual_pruning.json`` in the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from lth_core import hookimpl
+from lth_core.context import PruneContext, RoundContext
+from lth_core.errors import LthError, PluginError, choices
+from lth_core.masks import Mask, validate_scores
+
+NAME = "gradual_pruning"
+SCHEDULES = ("cubic", "constant")
+POOL = "*global*"  # the unit of layers pooled by lottery.scope: global
+_EVERY = re.compile(r"\s*(\d+)\s*(ep|it)\s*")
+
+
+def parse_every(every: Any, steps_per_epoch: int) -> int:
+    """Steps between pruning steps: ``"1ep"`` -> one epoch's steps, ``"100it"`` -> 100."""
+    m = _EVERY.fullmatch(every) if isinstance(every, str) else None
+    if m is None or int(m.group(1)) < 1:
+        raise LthError(f"callbacks.{NAME}.every must be Nep (epochs, e.g. 1ep) or Nit (steps, e.g. 100it) with N >= 1, got {every!r}")
+    n = int(m.group(1))
+    return n * steps_per_epoch if m.group(2) == "ep" else n
+
+
+def cubic_density(t: int, t0: int, t_end: int, d_initial: float, d_final: float) -> float:
+    """Zhu & Gupta's cubic schedule as a fraction of weights remaining at step ``t``."""
+    frac = min(max((t - t0) / (t_end - t0), 0.0), 1.0)
+    return d_final + (d_initial - d_final) * (1.0 - frac) ** 3
+
+
+def layer_targets(recipe: Any, mask: Mask, target: float) -> tuple[dict[str, float], dict[str, float], list[str]]:
+    """Final density per layer, the per-layer exponent of the constant rate, and the pooled layers.
+
+    A layer pruned at ``lottery.rate`` ends at ``target``; a layer with its own rate ``r_l``
+    ends at ``(1 - r_l)^k`` where ``k = ln(target) / ln(1 - rate)`` (as many IMP rounds).
+    The exponent ``ln(1 - r_l) / ln(1 - rate)`` turns the constant schedule's rate ``q``
+    into the layer's own: ``1 - (1 - q)^exponent``.
+    """
+    from lth_core.lottery import layer_rates
+
+    rates, pooled = layer_rates(recipe, mask)
+    base = math.log(1.0 - recipe["lottery"]["rate"])
+    k = math.log(target) / base
+    final = {n: (1.0 - r) ** k for n, r in rates.items()}
+    return final, {n: math.log(1.0 - r) / base for n, r in rates.items()}, pooled
+
+
+def _seed(*parts: Any) -> int:
+    seed = 0
+    for p in parts:
+        v = p if isinstance(p, int) else sum((i + 1) * ord(c) for i, c in enumerate(str(p)))
+        seed = (seed * 1_000_003 + v) % (2**63 - 1)
+    return seed
+
+
+def _keep_top(scores: Tensor, current: Tensor, k: int) -> Tensor:
+    """Keep the ``k`` highest-scoring weights among those ``current`` still keeps."""
+    flat = scores.detach().flatten().to("cpu", torch.float64).clone()
+    flat[~current.flatten()] = -torch.inf
+    keep = torch.zeros(current.numel(), dtype=torch.bool)
+    if k > 0:
+        keep[torch.topk(flat, k, sorted=False).indices] = True
+    return keep.view_as(current)
+
+
+class GradualPruning(pl.Callback):
+    """Tightens the run's mask at each pruning step to the schedule's exact counts.
+
+    Pruning units are the layers outside the global pool, plus the pool as one unit
+    under ``lottery.scope: global``.
+    """
+
+    def __init__(self, context: RoundContext, criterion: str, schedule: str, target: float, rate: float,
+                 interval: int, start_step: int, end_step: int):
+        self.context, self.criterion, self.schedule = context, criterion, schedule
+        self.interval, self.start_step, self.end_step = interval, start_step, end_step
+        self.final_density, exponents, self.pooled = layer_targets(context.recipe, context.mask, target)
+        self.unit_rate = {n: 1.0 - (1.0 - rate) ** e for n, e in exponents.items()}
+        self.units: dict[str, list[str]] = {n: [n] for n in context.mask if n not in self.pooled}
+        if self.pooled:
+            self.units[POOL] = list(self.pooled)
+        self.records: list[dict] = []
+        self._density = context.mask.density()
+
+    # -- the schedule --------------------------------------------------------------------
+
+    def is_pruning_step(self, t: int) -> bool:
+        return self.start_step <= t <= self.end_step and ((t - self.start_step) % self.interval == 0 or t == self.end_step)
+
+    def _unit_kept(self, mask: Mask) -> dict[str, int]:
+        return {u: sum(int(mask[n].sum()) for n in names) for u, names in self.units.items()}
+
+    def counts(self, t: int, mask: Mask) -> dict[str, int]:
+        """How many weights each unit keeps after the pruning step at ``t`` (never more than now)."""
+        kept = self._unit_kept(mask)
+        out = {}
+        for u, names in self.units.items():
+            size = sum(mask[n].numel() for n in names)
+            d_final = self.final_density[names[0]]
+            if self.schedule == "cubic":
+                d_initial = self.kept_at_start[u] / size
+                want = int(round(cubic_density(t, self.start_step, self.end_step, d_initial, min(d_final, d_initial)) * size))
+            else:
+                floor = int(round(d_final * size))
+                rem = kept[u]
+                want = floor if t == self.end_step else max(floor, rem - int(round(self.unit_rate[names[0]] * rem)))
+            out[u] = min(kept[u], want)
+        return out
+
+    # -- Lightning hooks -----------------------------------------------------------------
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        params = dict(pl_module.model.named_parameters())
+        self.initial = {n: params[n].detach().cpu().clone() for n in pl_module.mask}
+        self.kept_at_start = self._unit_kept(pl_module.mask)
+        self._density = pl_module.mask.density()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        t = pl_module.step
+        if self.is_pruning_step(t):
+            self._prune(pl_module, t)
+        pl_module.log(f"{pl_module.log_prefix}density", self._density, on_step=True, on_epoch=False)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        out = self.context.out_dir
+        if out is not None and self.records:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            record = {"criterion": self.criterion, "schedule": self.schedule, "start_step": self.start_step,
+                      "end_step": self.end_step, "interval": self.interval, "steps": self.records}
+            (Path(out) / f"{NAME}.json").write_text(json.dumps(record, indent=1))
+
+    def _prune(self, pl_module, t: int) -> None:
+        mask = pl_module.mask
+        counts = self.counts(t, mask)
+        kept = self._unit_kept(mask)
+        if counts == kept:
+            return
+        rates = {}
+        for u, names in self.units.items():
+            for n in names:
+                rates[n] = 1.0 - counts[u] / kept[u] if kept[u] else 0.0
+        scores = self._score(pl_module, mask, t, rates)
+        new: dict[str, Tensor] = {}
+        for u, names in self.units.items():
+            if u != POOL:
+                new[u] = _keep_top(scores[u], mask[u], counts[u])
+                continue
+            flat = torch.cat([scores[n].detach().cpu().flatten().to(torch.float64) for n in names])
+            keep = _keep_top(flat, torch.cat([mask[n].flatten() for n in names]), counts[u])
+            offset = 0
+            for n in names:
+                new[n] = keep[offset : offset + mask[n].numel()].view_as(mask[n])
+                offset += mask[n].numel()
+        new_mask = Mask({n: new[n] & mask[n] for n in mask})
+        pl_module.set_mask(new_mask)
+        self._density = new_mask.density()
+        self.context.state[NAME] = {"step": t, "weights_remaining": self._density}
+        self.records.append({"step": t, "weights_remaining": self._density,
+                         "kept": {n: int(m.sum()) for n, m in new_mask.items()}})
+
+    def _score(self, pl_module, mask: Mask, t: int, rates: dict[str, float]) -> dict[str, Tensor]:
+        ctx = self.context
+        entry = ctx.registry.get("criteria", self.criterion)
+        lot = ctx.recipe["lottery"]
+        prune_ctx = PruneContext(
+            initial=self.initial,
+            generator=torch.Generator().manual_seed(_seed(ctx.recipe["seed"], ctx.round, t, self.criterion)),
+            round=ctx.round,
+            data=ctx.data,
+            state=ctx.state,
+            options=dict(lot["criterion_options"]),
+            rates=rates,
+            scope=lot["scope"],
+            pooled=list(self.pooled),
+        )
+        source = f"criterion {self.criterion!r} (plugin {entry.plugin!r}) in {NAME} at step {t}"
+        try:
+            scores = entry.obj(pl_module.model, mask, prune_ctx)
+        except LthError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise PluginError(f"{source} raised {type(exc).__name__}: {exc}") from exc
+        validate_scores(scores, mask, source)
+        return {n: s.detach().cpu() for n, s in scores.items()}
+
+
+def gradual_pruning(
+    context: RoundContext,
+    target: float,
+    criterion: str = "magnitude",
+    schedule: str = "cubic",
+    every: str = "1ep",
+    start_step: int = 0,
+    end_step: int | None = None,
+    rate: float | None = None,
+    rounds: list | None = None,
+    runs: list | None = None,
+) -> GradualPruning | None:
+    """Prune during training towards ``target`` (fraction of weights remaining).
+
+    ``rounds`` (default ``[0]``) and ``runs`` (default ``["ticket"]``; control names, or
+    ``"all"``) say which training runs it acts in. ``end_step`` defaults to 75% of
+    ``trainer.max_steps``. ``rate`` is the constant schedule's fraction per step
+    (default ``lottery.rate``).
+    """
+    where = f"callbacks.{NAME}"
+    if schedule not in SCHEDULES:
+        raise LthError(f"{where}.schedule is {schedule!r}; valid: {choices(SCHEDULES)}")
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 < target < 1.0:
+        raise LthError(f"{where}.target must be a fraction of weights remaining in (0, 1), got {target!r}")
+    if rate is not None and schedule != "constant":
+        raise LthError(f"{where}.rate applies to schedule: constant only (the cubic schedule sets its own pace)")
+    rate = context.recipe["lottery"]["rate"] if rate is None else rate
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 < rate < 1.0:
+        raise LthError(f"{where}.rate must be in (0, 1) (a fraction of the remaining weights per pruning step), got {rate!r}")
+    rounds = [0] if rounds is None else rounds
+    runs = ["ticket"] if runs is None else runs
+    if rounds != "all" and not (isinstance(rounds, list) and all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in rounds)):
+        raise LthError(f"{where}.rounds must be a list of round numbers (e.g. [0]) or 'all', got {rounds!r}")
+    if runs != "all" and not (isinstance(runs, list) and all(isinstance(r, str) for r in runs)):
+        raise LthError(f"{where}.runs must be a list of run names (ticket and/or control names) or 'all', got {runs!r}")
+    context.registry.get("criteria", criterion)  # an unknown criterion fails now, naming the installed ones
+    steps_per_epoch = len(context.data.train_loader(0))
+    interval = parse_every(every, steps_per_epoch)
+    trainer = context.recipe["trainer"]
+    max_steps = trainer.get("max_steps", -1)
+    if not max_steps or max_steps < 0:
+        epochs = trainer.get("max_epochs", -1) or -1
+        max_steps = epochs * steps_per_epoch if epochs > 0 else -1
+    if end_step is None:
+        if max_steps < 0:
+            raise LthError(f"{where} needs end_step when training has no trainer.max_steps or max_epochs")
+        end_step = (3 * max_steps) // 4
+    if not isinstance(start_step, int) or start_step < 0:
+        raise LthError(f"{where}.start_step must be a step >= 0, got {start_step!r}")
+    if not isinstance(end_step, int) or end_step <= start_step:
+        raise LthError(f"{where}.end_step ({end_step!r}) must be a step after start_step ({start_step})")
+    if max_steps > 0 and end_step > max_steps:
+        raise LthError(f"{where}.end_step ({end_step}) is after the last training step (trainer.max_steps = {max_steps})")
+    if (rounds != "all" and context.round not in rounds) or (runs != "all" and context.name not in runs):
+        return None
+    return GradualPruning(context, criterion, schedule, float(target), float(rate), interval, start_step, end_step)
+
+
+@hookimpl
+def register_callbacks(register):
+    register(NAME, gradual_pruning)

@@ -1,1 +1,140 @@
-"""Movement pruning (Sanh et al. 2020). (being written.)"""
+"""Movement pruning (Sanh, Wolf & Rush 2020, "Movement Pruning"): prune weights moving to zero.
+
+The ``movement`` criterion scores each weight by how much it moved *away from zero* while
+the round trained, accumulated over every optimiser step t of the round:
+
+    S = -Σ_t  W_t ⊙ ∂L/∂W_t
+
+(Sanh et al., Eq. 4, with the straight-through estimator of their soft movement pruning:
+under plain gradient descent W_{t+1} = W_t - lr·g_t, so -W_t·g_t > 0 exactly when the step
+points away from zero). The lowest scores are pruned, as for every criterion: a weight that
+shrank towards zero scores low, one that grew scores high, whatever its final magnitude.
+
+How it is collected: when a recipe uses ``movement`` (``lottery.criterion``, a control's
+``criterion`` or any recipe callback's ``criterion`` option), the ``round_callbacks`` hook
+adds a :class:`MovementScores` callback to every training run. After each backward pass
+and before the optimiser step (``on_before_optimizer_step``: the gradient is the one the
+step will use, already masked by the core, and W is still W_t) it adds ``-W ⊙ grad`` to S.
+The scores live in ``context.state["movement"]`` = ``{"scores": {name: Tensor}, "steps": n}``
+throughout training (so a callback that prunes mid-training with ``criterion: movement``
+sees the scores so far); at the end of training they become CPU copies, and the core
+hands them to the criterion that prunes the next round. In ``one_shot`` mode every round
+is pruned from round 0's scores.
+
+What it refuses: movement needs the scores of the training run it prunes from. There are
+none in ``lottery.mode: at_init`` (θ0 is scored before any training) or when a rerun
+*reuses* the finished ticket of the previous round (the core does not train it again, so
+nothing is collected); the criterion then raises an :class:`LthError` saying so, rather
+than silently falling back to another criterion.
+
+Hard movement pruning (learned scores, top-k with a straight-through estimator) is *not*
+provided: in Sanh et al. a masked weight keeps its value and keeps receiving the score
+gradient W·∂L/∂(W⊙M), so it can come back. This core holds pruned weights at exactly zero
+and masks their gradients (``MaskEnforcer``), so every pruned weight's score gradient is
+identically zero and a re-selected weight would restart from 0: the method would not be
+the paper's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from lth_core import hookimpl
+from lth_core.context import PruneContext, RoundContext
+from lth_core.errors import LthError
+from lth_core.masks import Mask
+
+NAME = "movement"
+STATE_KEY = "movement"  # context.state key, the plugin's name
+
+
+def uses_movement(recipe: Any, registry: Any = None) -> bool:
+    """Does this recipe prune by movement anywhere: ticket, a control or a recipe callback?"""
+    if recipe is None:
+        return False
+    if recipe["lottery"]["criterion"] == NAME:
+        return True
+    for c in recipe["controls"]:
+        criterion = c.get("criterion")
+        if criterion is None and set(c) == {"name"} and registry is not None:
+            entry = registry.kinds.get("controls", {}).get(c["name"])
+            criterion = entry.extra.get("criterion") if entry is not None else None
+        if criterion == NAME:
+            return True
+    return any(cb.get("criterion") == NAME for cb in recipe["callbacks"])
+
+
+class MovementScores(pl.Callback):
+    """Accumulates S += -W ⊙ ∂L/∂W at every optimiser step of one training run.
+
+    Publishes ``{"scores": {name: S}, "steps": n}`` in ``context.state["movement"]``;
+    ``steps`` counts the optimiser steps of this run (``trainer.max_steps`` minus the step
+    training resumed at, under late rewinding).
+    """
+
+    def __init__(self, context: RoundContext):
+        self.context = context
+        self.names: list[str] = []
+        self.params: list[nn.Parameter] = []
+        self.scores: list[Tensor] = []
+        self.steps = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Bind to the parameters the optimiser trains (already on their device).
+        params = dict(pl_module.model.named_parameters())
+        self.names = list(pl_module.mask)
+        self.params = [params[n] for n in self.names]
+        self.scores = [torch.zeros_like(p, dtype=torch.float32, memory_format=torch.contiguous_format) for p in self.params]
+        self.steps = 0
+        self._publish(self.scores)
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
+        self.accumulate()
+
+    def accumulate(self) -> None:
+        """Add ``-W ⊙ grad`` of the current weights and gradients (one optimiser step)."""
+        with torch.no_grad():
+            for s, p in zip(self.scores, self.params):
+                if p.grad is not None:
+                    s.addcmul_(p.detach().float(), p.grad.detach().float(), value=-1.0)
+        self.steps += 1
+        self.context.state[STATE_KEY]["steps"] = self.steps
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._publish([s.detach().cpu().clone() for s in self.scores])
+
+    def _publish(self, scores: list[Tensor]) -> None:
+        self.context.state[STATE_KEY] = {"scores": dict(zip(self.names, scores)), "steps": self.steps}
+
+
+def movement_scores(model: nn.Module, mask: Mask, context: PruneContext) -> dict[str, Tensor]:
+    """Score = S = -Σ_t W_t ⊙ ∂L/∂W_t, collected while the pruned-from run trained."""
+    state = context.state.get(STATE_KEY) if context.state else None
+    if not state or not state.get("steps"):
+        raise LthError(
+            f"criterion {NAME!r} needs the scores collected while the previous round trained, and round "
+            f"{context.round} has none: lottery.mode at_init scores θ0 before any training, and a rerun that "
+            "reuses a finished ticket does not retrain (so collects nothing). Use another criterion, or delete "
+            "that round's ticket.json (or choose a new --out) so it trains again"
+        )
+    scores = state["scores"]
+    missing = [n for n in mask if n not in scores]
+    if missing:
+        raise LthError(f"criterion {NAME!r}: no movement scores were collected for {missing}")
+    return {n: scores[n].detach().cpu().float() for n in mask}
+
+
+@hookimpl
+def register_criteria(register):
+    register(NAME, movement_scores)
+
+
+@hookimpl
+def round_callbacks(context):
+    if uses_movement(context.recipe, context.registry):
+        return [MovementScores(context)]
+    return None
