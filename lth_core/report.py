@@ -197,6 +197,28 @@ def results_table(s: Series) -> str:
     return "\n".join(lines)
 
 
+def levels_table(s: Series, targets=PAPER_LEVELS) -> str:
+    """The paper's view: dense vs ticket vs each control at the highlighted levels.
+
+    One row per round nearest 100/51/21/7/3.6% of weights remaining: test accuracy at the
+    early-stopping step and the early-stopping step, mean [min, max] over trials.
+    """
+    runs = s.runs()
+    by_round = {n: {r["round"]: r for r in rows} for n, rows in runs.items()}
+    dense = by_round["ticket"].get(0)
+    names = list(runs)
+    header = "| weights remaining (%) | round | dense acc (%) | dense stop | " + " | ".join(f"{n} acc (%) | {n} stop" for n in names) + " |"
+    lines = [header, "|" + "---|" * (4 + 2 * len(names))]
+    for k in choose_rounds(s.summary["rounds"], targets):
+        cells = [_fmt(dense, "test_acc"), _fmt(dense, "early_stop_step", 1, 0)]
+        for n in names:
+            r = by_round[n].get(k)
+            cells += [_fmt(r, "test_acc"), _fmt(r, "early_stop_step", 1, 0)]
+        wr = by_round["ticket"][k]["weights_remaining"]
+        lines.append(f"| {100 * wr:.1f} | {k} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def sparsity_table(s: Series) -> str:
     """Per-layer percent of weights remaining in each round (first trial)."""
     d = s.trial_dirs[0]
@@ -237,6 +259,7 @@ def write_report(dirs: list[str | Path], out: str | Path, rounds: list[int] | No
     for name, path in figures.items():
         parts += [f"## {name.replace('_', ' ')}", "", f"![{name}]({path.name})", ""]
     for s in series:
+        parts += [f"## At the paper's levels: {s.label}", "", "Test accuracy at the early-stopping step and the early-stopping step; mean [min, max] over trials.", "", levels_table(s), ""]
         parts += [f"## Results: {s.label}", "", "Test accuracy at the early-stopping step; mean [min, max] over trials.", "", results_table(s), ""]
         parts += [f"### Per-layer weights remaining (%): {s.label}", "", sparsity_table(s), ""]
     report = out / "report.md"

@@ -63,6 +63,12 @@ def test_report_writes_figures_and_tables(trial_run, tmp_path):
     # Per-layer sparsity comes from the ticket files: round 1 at rate 0.5 keeps 50.0%.
     assert "| 1 | 50.0 | 50.0 | 50.0 | 50.0 |" in text
     assert "oneshot_vs_iterative" not in text
+    # The paper's view: dense vs ticket vs controls at the rounds nearest its levels.
+    levels = text.split("## At the paper's levels")[1].split("## Results")[0]
+    dense = f"{100 * summary['rounds'][0]['test_acc']:.2f}"
+    rows = [l for l in levels.splitlines() if l.startswith("| ") and l[2].isdigit()]
+    assert [l.split(" | ")[1] for l in rows] == ["0", "1", "2"]
+    assert all(dense in l.split(" | ")[2] for l in rows)
 
 
 def test_report_compares_one_shot_and_iterative(tiny_raw, trial_run, tmp_path):
