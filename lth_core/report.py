@@ -206,6 +206,8 @@ def levels_table(s: Series, targets=PAPER_LEVELS) -> str:
     runs = s.runs()
     by_round = {n: {r["round"]: r for r in rows} for n, rows in runs.items()}
     dense = by_round["ticket"].get(0)
+    if dense is not None and dense["weights_remaining"] < 1.0:
+        dense = None  # round 0 pruned while it trained (gradual pruning): no dense run here
     names = list(runs)
     header = "| weights remaining (%) | round | dense acc (%) | dense stop | " + " | ".join(f"{n} acc (%) | {n} stop" for n in names) + " |"
     lines = [header, "|" + "---|" * (4 + 2 * len(names))]

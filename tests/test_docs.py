@@ -50,13 +50,13 @@ def test_contributing_examples_register_and_run(pm, tiny_raw, tmp_path):
     pm.register(plugin, name="contributing_examples")
     try:
         registry = get_registry(pm)
-        assert registry.get("criteria", "magnitude_increase")
+        assert registry.get("criteria", "relative_growth")
         assert registry.get("rewind_policies", "keep")
         assert registry.get("controls", "keep_control").extra["rewind"] == "keep"
         assert registry.get("models", "tiny_cnn")
         assert registry.get("datasets", "xor_blobs")
         assert registry.get("callbacks", "prune_once")
-        tiny_raw["lottery"].update(criterion="magnitude_increase", rounds=1)
+        tiny_raw["lottery"].update(criterion="relative_growth", rounds=1)
         tiny_raw["controls"] = ["keep_control"]
         tiny_raw["callbacks"] = [{"name": "prune_once", "at": 30}]
         summary = run_lottery(validate(tiny_raw), tmp_path, say=lambda s: None, pm=pm)

@@ -292,10 +292,11 @@ def test_synflow_iterates_to_the_exact_counts_the_core_keeps(fashion: DataModule
 
 @needs_fashion
 def test_iterative_synflow_avoids_layer_collapse_on_lenet(fashion: DataModule) -> None:
-    """The SynFlow paper's point, on the real LeNet-300-100: pruned globally to 99.9% and
-    99.95%, iterative SynFlow keeps every layer and a path from input to output, while at
-    99.95% global magnitude, SNIP (on real Fashion-MNIST) and single-shot SynFlow empty the
-    first layer and disconnect the network."""
+    """The SynFlow paper's point, on the real LeNet-300-100 at its initialisation: pruned
+    globally to 99.95% (133 of 266,200 weights), iterative SynFlow keeps every layer and a
+    path from input to output, while global magnitude, SNIP (on real Fashion-MNIST) and
+    single-shot SynFlow empty the first layer and disconnect the network. (At 99.9%
+    iterative SynFlow also survives; magnitude and SNIP collapse there for some seeds only.)"""
     model = lenet()
     dense = Mask.ones_like(model)
     names = list(dense)
@@ -306,11 +307,10 @@ def test_iterative_synflow_avoids_layer_collapse_on_lenet(fashion: DataModule) -
         scores = criterion(name)(model, dense, context(data, dense, options, rates, "global", names))
         return prune_by_scores(scores, dense, rates, "global", names)
 
-    for rate in (0.999, 0.9995):
-        synflow = prune("synflow", rate, {"iterations": 100})
-        assert synflow.kept() == dense.total() - round(rate * dense.total())
-        assert all(r["kept"] >= 1 for r in synflow.report().values()), synflow.report()
-        assert has_path(synflow)
+    synflow = prune("synflow", 0.9995, {"iterations": 100})
+    assert synflow.kept() == dense.total() - round(0.9995 * dense.total()) == 133
+    assert all(r["kept"] >= 1 for r in synflow.report().values()), synflow.report()
+    assert has_path(synflow)
     for name, options in (("magnitude", {}), ("snip", {"seed": 0}), ("synflow", {"iterations": 1})):
         collapsed = prune(name, 0.9995, options)
         assert collapsed.kept() == synflow.kept()

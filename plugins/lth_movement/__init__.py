@@ -125,7 +125,7 @@ def movement_scores(model: nn.Module, mask: Mask, context: PruneContext) -> dict
     missing = [n for n in mask if n not in scores]
     if missing:
         raise LthError(f"criterion {NAME!r}: no movement scores were collected for {missing}")
-    return {n: dict(model.named_parameters())[n].detach().abs().cpu() for n in mask}
+    return {n: scores[n].detach().cpu().float() for n in mask}
 
 
 @hookimpl

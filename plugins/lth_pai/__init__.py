@@ -19,6 +19,8 @@ pooled group under global pruning), rescoring the masked model at every step. Th
 scores make the core's top-k choose exactly that mask: surviving weights carry their final
 SynFlow score (>= 0) and weights pruned at step ``t`` of ``T`` carry ``t - T - 1 + u`` with
 ``u`` in [0, 0.5) ordering them by the score that pruned them, so earlier means lower.
+With nothing to prune (no rates, e.g. a control that only ranks weights) it returns the
+plain single-shot SynFlow scores. Cost: ``iterations`` forward/backward passes of one input.
 
 ``grasp`` (Wang et al. 2020, "Picking winning tickets before training by preserving gradient
 flow"): score ``(H g) ⊙ θ`` with ``g`` the (detached) gradient of the loss on logits divided
@@ -80,14 +82,20 @@ def _positive_int(options: dict, key: str, default: int) -> int:
     return value
 
 
-def _masked_copy(model: nn.Module, mask: Mask, dtype: torch.dtype | None = None) -> nn.Module:
-    """A copy of ``model`` in eval mode with pruned weights at zero: the caller's model is untouched."""
+def _masked_copy(model: nn.Module, mask: Mask) -> tuple[nn.Module, list[Tensor]]:
+    """A copy of ``model`` in eval mode with pruned weights at zero, and its prunable weights
+    (gradients on): the caller's model is untouched."""
     clone = copy.deepcopy(model)
-    if dtype is not None:
-        clone.to(dtype)
     apply_mask(clone, mask)
     clone.eval()
-    return clone
+    params = dict(clone.named_parameters())
+    return clone, [params[n].requires_grad_(True) for n in mask]
+
+
+def _grads(output: Tensor, weights: list[Tensor], create_graph: bool = False) -> list[Tensor]:
+    """d output / d weights, zero for a weight the output does not depend on."""
+    grads = torch.autograd.grad(output, weights, allow_unused=True, create_graph=create_graph)
+    return [torch.zeros_like(w) if g is None else g for g, w in zip(grads, weights)]
 
 
 def _batch(name: str, context: PruneContext, options: dict) -> tuple[Tensor, Tensor]:
@@ -112,32 +120,27 @@ def snip_scores(model: nn.Module, mask: Mask, context: PruneContext) -> dict[str
     """SNIP: |∂L/∂θ ⊙ θ| of the masked model on one seeded training batch (pruned weights score 0)."""
     options = _options("snip", context)
     x, y = _batch("snip", context, options)
-    net = _masked_copy(model, mask)
+    net, weights = _masked_copy(model, mask)
     device = _device(net)
-    params = dict(net.named_parameters())
-    weights = [params[n] for n in mask]
     loss = F.cross_entropy(net(x.to(device)), y.to(device))
-    grads = torch.autograd.grad(loss, weights)
+    grads = _grads(loss, weights)
     return {n: (g * w).detach().abs().cpu() for n, g, w in zip(mask, grads, weights)}
 
 
 def grasp_scores(model: nn.Module, mask: Mask, context: PruneContext) -> dict[str, Tensor]:
     """GraSP: (H g) ⊙ θ of the masked model; the lowest are pruned (the paper removes the highest -(Hg)⊙θ)."""
     options = _options("grasp", context)
-    temperature = float(options.get("temperature", DEFAULT_TEMPERATURE))
-    if not temperature > 0:
+    temperature = options.get("temperature", DEFAULT_TEMPERATURE)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
         raise LthError(f"lottery.criterion_options.temperature must be positive, got {temperature!r}")
     x, y = _batch("grasp", context, options)
-    net = _masked_copy(model, mask)
+    net, weights = _masked_copy(model, mask)
     device = _device(net)
     x, y = x.to(device), y.to(device)
-    params = dict(net.named_parameters())
-    weights = [params[n] for n in mask]
-    g = torch.autograd.grad(F.cross_entropy(net(x) / temperature, y), weights)
-    g = [t.detach() for t in g]
-    grads = torch.autograd.grad(F.cross_entropy(net(x) / temperature, y), weights, create_graph=True)
-    gnorm = sum((a * b).sum() for a, b in zip(g, grads))
-    hg = torch.autograd.grad(gnorm, weights)
+    g = [t.detach() for t in _grads(F.cross_entropy(net(x) / temperature, y), weights)]
+    grads = _grads(F.cross_entropy(net(x) / temperature, y), weights, create_graph=True)
+    gnorm = sum((a * b).sum() for a, b in zip(g, grads))  # g stopped: d(gᵀ∇L)/dθ = H g
+    hg = _grads(gnorm, weights)
     return {n: (h * w).detach().cpu() for n, h, w in zip(mask, hg, weights)}
 
 
@@ -156,6 +159,8 @@ class _Linearised:
                 if t.is_floating_point():
                     t.abs_()
         self.params = dict(self.net.named_parameters())
+        for p in self.params.values():
+            p.requires_grad_(True)
         self.abs_weights: dict[str, Tensor] = {}
         device = _device(self.net)
         self.ones = torch.ones((1, *tuple(input_shape)), dtype=torch.float64, device=device)
