@@ -89,6 +89,10 @@ RESERVED_TRAINER_KEYS = {
 TRAINER_DEFAULTS = {"accelerator": "auto", "devices": 1, "max_epochs": -1, "max_steps": 1000, "val_check_interval": 100}
 
 
+#: Top-level keys introduced after runs already existed, with their no-op defaults.
+LATER_KEYS: dict[str, Any] = {"callbacks": []}
+
+
 @dataclass
 class Recipe:
     """A validated recipe. Sections are plain dicts so the recipe is its own JSON record."""
@@ -115,8 +119,15 @@ class Recipe:
         return Recipe(data, self.source)
 
     def hash(self) -> str:
-        """Content hash of everything that changes results (name and tracking excluded)."""
-        content = {k: v for k, v in self.data.items() if k not in ("tracking", "description", "name")}
+        """Content hash of everything that changes results (name and tracking excluded).
+
+        Keys added after a release are hashed only when they differ from their default
+        (:data:`LATER_KEYS`), so upgrading lth never orphans an existing run folder.
+        """
+        content = {
+            k: v for k, v in self.data.items()
+            if k not in ("tracking", "description", "name") and not (k in LATER_KEYS and v == LATER_KEYS[k])
+        }
         trainer = {k: v for k, v in content.get("trainer", {}).items() if k != "enable_progress_bar"}
         content["trainer"] = trainer
         blob = json.dumps(_str_keys(content), sort_keys=True, default=str)
