@@ -161,3 +161,15 @@ def test_callback_options_are_validated(plugin, pm, tiny_raw):
     tiny_raw["callbacks"] = [3]
     with pytest.raises(LthError, match="each callback must be"):
         validate(tiny_raw)
+
+
+def test_recipe_hash_ignores_later_keys_at_their_default(tiny_raw):
+    """Run folders made before `callbacks` existed keep their hash (they resume)."""
+    from lth_core.recipes import Recipe
+
+    recipe = validate(tiny_raw)
+    older = recipe.to_dict()
+    del older["callbacks"]
+    assert Recipe(older).hash() == recipe.hash()
+    tiny_raw["callbacks"] = [{"name": "halve_once", "at": 20}]
+    assert validate(tiny_raw).hash() != recipe.hash()

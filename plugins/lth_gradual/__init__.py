@@ -45,6 +45,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -289,6 +290,14 @@ def gradual_pruning(
         raise LthError(f"{where}.end_step ({end_step}) is after the last training step (trainer.max_steps = {max_steps})")
     if (rounds != "all" and context.round not in rounds) or (runs != "all" and context.name not in runs):
         return None
+    if schedule == "constant":
+        before_end = len(range(start_step if start_step >= 1 else interval, end_step, interval))
+        if (1.0 - rate) ** before_end > target:
+            warnings.warn(
+                f"{where}: {before_end} pruning steps at rate {rate} before end_step {end_step} leave "
+                f"{(1.0 - rate) ** before_end:.1%} of the weights; the step at end_step prunes straight to the target {target:.1%}",
+                stacklevel=2,
+            )
     return GradualPruning(context, criterion, schedule, float(target), float(rate), interval, start_step, end_step)
 
 
