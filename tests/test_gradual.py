@@ -277,6 +277,18 @@ def test_constant_schedule_prunes_the_rate_and_stops_at_target(tmp_path: Path) -
     assert [h["net.5.weight"] for h in history] == [240, 180, 135, 123, 123]  # the target is reached at step 80
 
 
+def test_constant_schedule_that_is_too_slow_warns_and_reaches_target_at_end_step(tmp_path: Path) -> None:
+    """Rate 0.5 every 5 steps cannot reach 5% by end_step 15 (75% of 20): the recipe is warned
+    when the run starts, and the pruning step at end_step goes straight to the target."""
+    raw = gradual_recipe(max_steps=20, val_every=10, target=0.05, schedule="constant", rate=0.5, every="5it")
+    with pytest.warns(UserWarning, match="prunes straight to the target"):
+        _, probe = run(raw, tmp_path)
+    by_step = {s["step"]: kept(s["mask"]) for s in train_steps(probe.records[(0, "ticket", "after")])}
+    assert by_step[5] == {n: size // 2 for n, size in LAYERS.items()}
+    assert by_step[14] == {n: size // 4 for n, size in LAYERS.items()}
+    assert by_step[15] == by_step[20] == {n: round(0.05 * size) for n, size in LAYERS.items()}
+
+
 def test_global_scope_pools_the_layers_with_the_lottery_rate(tmp_path: Path) -> None:
     """lottery.scope: global ranks the pooled layers together: their total hits the target
     exactly while each layer may differ; the output layer keeps its own allocation."""
