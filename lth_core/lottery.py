@@ -32,9 +32,9 @@ from lth_core import __version__, tracking
 from lth_core.context import PruneContext, RewindContext, RoundContext
 from lth_core.data import DataModule
 from lth_core.errors import LthError, PluginError
-from lth_core.masks import Mask, apply_mask, match_density, prunable_parameters, prune_by_scores, validate_scores
+from lth_core.masks import Mask, apply_mask, match_density, prune_by_scores, validate_scores
 from lth_core.module import LotteryModule
-from lth_core.plugins import Registry, get_plugin_manager, get_registry
+from lth_core.plugins import Registry, call_plugin, get_plugin_manager, get_registry
 from lth_core.recipes import Recipe, check_against_plugins
 from lth_core.tickets import Ticket, atomic_write_text, is_ticket, load_ticket, save_ticket
 
@@ -66,12 +66,8 @@ def build_model(recipe: Recipe, registry: Registry, data: DataModule, seed: int)
     entry = registry.get("models", spec["name"])
     options = {k: v for k, v in spec.items() if k != "name"}
     pl.seed_everything(seed, verbose=False)
-    try:
-        model = entry.obj(input_shape=data.input_shape, num_classes=data.num_classes, **options)
-    except LthError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise PluginError(f"model {spec['name']!r} (plugin {entry.plugin!r}) failed to build: {type(exc).__name__}: {exc}") from exc
+    source = f"model {spec['name']!r} (plugin {entry.plugin!r})"
+    model = call_plugin(source, entry.obj, input_shape=data.input_shape, num_classes=data.num_classes, **options)
     if not isinstance(model, nn.Module):
         raise PluginError(f"model {spec['name']!r} (plugin {entry.plugin!r}) returned {type(model).__name__}, not an nn.Module")
     return model
@@ -83,12 +79,7 @@ def load_data(recipe: Recipe, registry: Registry) -> DataModule:
     spec = recipe["data"]
     entry = registry.get("datasets", spec["name"])
     options = {k: v for k, v in spec.items() if k not in SCHEMA["data"]}
-    try:
-        bundle = entry.obj(**options)
-    except LthError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise PluginError(f"data set {spec['name']!r} (plugin {entry.plugin!r}) failed to load: {type(exc).__name__}: {exc}") from exc
+    bundle = call_plugin(f"data set {spec['name']!r} (plugin {entry.plugin!r})", entry.obj, **options)
     bundle.check(f"data set {spec['name']!r} (plugin {entry.plugin!r})")
     return DataModule(bundle, spec["batch_size"], spec["eval_batch_size"], spec["val_size"], recipe["seed"], spec["subset"])
 
@@ -173,12 +164,7 @@ def score(run: Run, criterion: str, model: nn.Module, mask: Mask, round_: int, s
         pooled=list(pooled or []),
     )
     source = f"criterion {criterion!r} (plugin {entry.plugin!r})"
-    try:
-        scores = entry.obj(model, mask, ctx)
-    except LthError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise PluginError(f"{source} raised {type(exc).__name__}: {exc}") from exc
+    scores = call_plugin(source, entry.obj, model, mask, ctx)
     validate_scores(scores, mask, source)
     return scores
 
@@ -200,12 +186,7 @@ def rewind(run: Run, policy: str, model: nn.Module, mask: Mask, round_: int) -> 
         steps_per_epoch=len(run.data.train_loader(0)),
     )
     source = f"rewind policy {policy!r} (plugin {entry.plugin!r})"
-    try:
-        state = entry.obj(model, mask, ctx)
-    except LthError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise PluginError(f"{source} raised {type(exc).__name__}: {exc}") from exc
+    state = call_plugin(source, entry.obj, model, mask, ctx)
     own = model.state_dict()
     if not isinstance(state, dict) or set(state) != set(own):
         got = sorted(state)[:3] if isinstance(state, dict) else type(state).__name__
@@ -250,12 +231,7 @@ def _callbacks(run: Run, ctx: RoundContext) -> list:
     for spec in run.recipe["callbacks"]:
         entry = run.registry.get("callbacks", spec["name"])
         options = {k: v for k, v in spec.items() if k != "name"}
-        try:
-            cb = entry.obj(ctx, **options)
-        except LthError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise PluginError(f"callback {spec['name']!r} (plugin {entry.plugin!r}) failed: {type(exc).__name__}: {exc}") from exc
+        cb = call_plugin(f"callback {spec['name']!r} (plugin {entry.plugin!r})", entry.obj, ctx, **options)
         if cb is not None:
             callbacks.append(cb)
     for extra in run.pm.hook.round_callbacks(context=ctx):

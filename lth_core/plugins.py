@@ -15,7 +15,7 @@ from typing import Any, Callable
 import pluggy
 
 from lth_core import hookspecs
-from lth_core.errors import PluginError, choices
+from lth_core.errors import LthError, PluginError, choices
 
 BUNDLED_DISTRIBUTION = "lth"
 AUTOLOAD_ENV = "LTH_DISABLE_PLUGIN_AUTOLOAD"
@@ -82,6 +82,16 @@ class Registry:
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.kinds[kind])
+
+
+def call_plugin(source: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    """Run plugin code; any failure but an LthError becomes a PluginError naming ``source``."""
+    try:
+        return fn(*args, **kwargs)
+    except LthError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the plugin raised, say whose it was
+        raise PluginError(f"{source} raised {type(exc).__name__}: {exc}") from exc
 
 
 def _entry_points() -> list[md.EntryPoint]:

@@ -257,7 +257,7 @@ def write_report(dirs: list[str | Path], out: str | Path, rounds: list[int] | No
             s.label = f"{s.label} [{s.path.name}]"
     figures = make_figures(series, out, rounds)
     parts = ["# Lottery ticket report", ""]
-    parts += [f"Runs: " + ", ".join(f"`{s.path}` ({s.label}, {len(s.trial_dirs)} trial(s), {_ticket_steps(s)} training steps over its ticket runs)" for s in series), ""]
+    parts += ["Runs: " + ", ".join(f"`{s.path}` ({s.label}, {len(s.trial_dirs)} trial(s), {_ticket_steps(s)} training steps over its ticket runs)" for s in series), ""]
     for name, path in figures.items():
         parts += [f"## {name.replace('_', ' ')}", "", f"![{name}]({path.name})", ""]
     for s in series:

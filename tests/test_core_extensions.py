@@ -15,7 +15,7 @@ import torch
 from lth_core import hookimpl
 from lth_core.errors import LthError
 from lth_core.lottery import run_lottery
-from lth_core.masks import Mask, prune_by_scores
+from lth_core.masks import prune_by_scores
 from lth_core.recipes import check_against_plugins, validate
 from lth_core.plugins import get_registry
 from lth_core.tickets import load_ticket
