@@ -3,8 +3,10 @@
 Round 0 trains the dense network. Each later round scores the weights with the recipe's
 criterion, prunes by the allocation (per layer or global), rewinds the survivors with the
 rewind policy and trains again. ``mode: one_shot`` instead prunes round 0's trained network
-straight to each round's density. Controls (random reinitialisation, random pruning, ...)
-train a variant of each pruned round's ticket and never feed the next round.
+straight to each round's density; ``mode: at_init`` does the same from θ0 before any
+training. Controls (random reinitialisation, random pruning, ...) train a variant of each
+sparse round's ticket and never feed the next round. Named callbacks may prune during
+training; a ticket's mask is the one in force when its training ends.
 
 Every training run is one ``Trainer.fit``. Every finished run is a ticket folder
 (``round_<k>/`` or ``round_<k>/control_<name>/``) whose ``ticket.json`` is written last; a
@@ -421,11 +423,11 @@ def run_lottery(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] 
     data = load_data(recipe, registry)
     model = build_model(recipe, registry, data, recipe["seed"])
     source = _transfer_source(recipe, model)
+    dense = Mask.ones_like(model)
+    rates, pooled = layer_rates(recipe, dense)  # a wrong layer name fails before any folder exists
     prepare_out_dir(recipe, out_dir)
     initial = source.init if source else {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     run = Run(recipe, out_dir, registry, pm, data, model, initial, say=say)
-    dense = Mask.ones_like(model)
-    rates, pooled = layer_rates(recipe, dense)
     run.logger = tracking.make_logger(recipe, out_dir, say, group=group)
     total = 1 if source else recipe["lottery"]["rounds"]
     started = time.time()
