@@ -17,7 +17,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from conftest import TINY
@@ -28,16 +27,6 @@ from lth_core.recipes import bundled_recipes, validate
 _SCRIPT = Path(sys.executable).with_name("lth")
 LTH = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "lth_core.cli"]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Train with one intra-op thread. On a small shared machine torch's default (one
-    thread per core) spends most of its time waiting at OpenMP barriers whenever another
-    process holds a core: a LeNet-300-100 round took 14 s instead of 0.7 s."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _env(**extra: str) -> dict:

@@ -34,14 +34,6 @@ SGD_LR = 0.05
 DECONSTRUCT = ["magnitude_increase", "large_init_large_final", "weight_movement"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: tiny models gain nothing from more on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 class StateRecorder:
     """A real lth plugin: keeps each finished run's callback state (``on_round_end``)."""

@@ -56,16 +56,6 @@ class StartRecorder:
         return [Record()]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Train with one intra-op thread. On a small shared machine torch's default (one
-    thread per core) spends most of its time waiting at OpenMP barriers whenever another
-    process holds a core: a LeNet-300-100 round took 14 s instead of 0.7 s."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def recipe_dict(**lottery) -> dict:
     raw = copy.deepcopy(TINY)

@@ -30,18 +30,12 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 
 
 @pytest.fixture(scope="module")
-def lottery_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def lottery_dir(tmp_path_factory: pytest.TempPathFactory, make_tiny) -> Path:
     """A real one-round lottery on digits (mlp 64-32): round_0 dense, round_1 pruned."""
-    raw = {
-        "name": "tickets",
-        "seed": 0,
-        "model": {"name": "mlp", "hidden": [64, 32]},
-        "data": {"name": "digits", "batch_size": 32, "val_size": 0.1},
-        "optimizer": {"name": "adam", "lr": 3e-3},
-        "trainer": {"max_steps": 20, "val_check_interval": 10, "enable_progress_bar": False},
-        "lottery": {"criterion": "magnitude", "rewind": "init", "rounds": 1, "rate": 0.5},
-        "tracking": "none",
-    }
+    raw = make_tiny()
+    raw["name"] = "tickets"
+    raw["trainer"].update(max_steps=20, val_check_interval=10)
+    raw["lottery"]["rounds"] = 1
     out = tmp_path_factory.mktemp("lottery")
     run_lottery(validate(raw), out, say=lambda _: None)
     return out
