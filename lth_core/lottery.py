@@ -38,7 +38,8 @@ from lth_core.masks import Mask, apply_mask, match_density, prune_by_scores, val
 from lth_core.module import LotteryModule
 from lth_core.plugins import Registry, call_plugin, get_plugin_manager, get_registry
 from lth_core.recipes import Recipe, check_against_plugins
-from lth_core.tickets import Ticket, atomic_write_text, is_ticket, load_ticket, save_ticket
+from lth_core.files import atomic_write_text
+from lth_core.tickets import Ticket, is_ticket, load_ticket, save_ticket
 
 LAST_LAYER_ALIAS = "last"
 

@@ -253,28 +253,25 @@ def validate(raw: Any, source: str = "<dict>", name: str | None = None) -> Recip
         out[section] = result
     _check_values(out, source)
     controls = raw.get("controls") or []
-    out["controls"] = [_control(c, source) for c in controls]
-    out["callbacks"] = [_callback(c, source) for c in raw.get("callbacks") or []]
+    out["controls"] = [
+        _named_spec(c, "control", source, "{name, criterion, rewind}", {"name", "criterion", "rewind"}) for c in controls
+    ]
+    out["callbacks"] = [_named_spec(c, "callback", source, "{name, ...options}") for c in raw.get("callbacks") or []]
     return Recipe(out, source)
 
 
-def _control(spec: Any, source: str) -> dict:
+def _named_spec(spec: Any, kind: str, source: str, form: str, keys: set[str] | None = None) -> dict:
+    """A control or callback entry: a registered name, or ``{name, ...}`` (only ``keys`` if given)."""
     if isinstance(spec, str):
         return {"name": spec}
     if isinstance(spec, dict) and isinstance(spec.get("name"), str):
-        unknown = set(spec) - {"name", "criterion", "rewind"}
+        unknown = set(spec) - keys if keys is not None else set()
         if unknown:
-            raise LthError(f"{source}: control {spec['name']!r} has unknown key {sorted(unknown, key=str)[0]!r}; valid: criterion, name, rewind")
+            raise LthError(
+                f"{source}: {kind} {spec['name']!r} has unknown key {sorted(unknown, key=str)[0]!r}; valid: {choices(keys)}"
+            )
         return dict(spec)
-    raise LthError(f"{source}: each control must be a registered control name or {{name, criterion, rewind}}, got {spec!r}")
-
-
-def _callback(spec: Any, source: str) -> dict:
-    if isinstance(spec, str):
-        return {"name": spec}
-    if isinstance(spec, dict) and isinstance(spec.get("name"), str):
-        return dict(spec)
-    raise LthError(f"{source}: each callback must be a registered callback name or {{name, ...options}}, got {spec!r}")
+    raise LthError(f"{source}: each {kind} must be a registered {kind} name or {form}, got {spec!r}")
 
 
 def _check_values(r: dict, source: str) -> None:

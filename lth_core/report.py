@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lth_core.errors import LthError
+from lth_core.files import read_json
 
 #: The paper's highlighted levels of weights remaining (Frankle & Carbin, Figure 3).
 PAPER_LEVELS = (1.0, 0.513, 0.211, 0.07, 0.036)
@@ -40,10 +41,7 @@ class Series:
         summary_path = path / "summary.json"
         if not summary_path.is_file():
             raise LthError(f"{path} is not a finished run: no summary.json (run `lth run RECIPE --out {path}` first)")
-        try:
-            summary = json.loads(summary_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise LthError(f"{summary_path} is corrupt: {exc}") from exc
+        summary = read_json(summary_path)
         trials = [path / t for t in summary.get("trials", [])] or [path]
         recipe = summary.get("recipe", {})
         mode = recipe.get("lottery", {}).get("mode", "iterative")

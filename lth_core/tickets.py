@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from lth_core.errors import LthError
+from lth_core.files import atomic_write_text, read_json
 from lth_core.masks import Mask, check_mask_fits
 
 FILES = ("mask", "init", "final")
@@ -73,13 +74,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so a reader sees the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_ticket(ticket: Ticket, folder: str | os.PathLike) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -112,10 +106,7 @@ def load_ticket(folder: str | os.PathLike, model: nn.Module | None = None) -> Ti
     meta_path = folder / "ticket.json"
     if not meta_path.is_file():
         raise LthError(f"{folder} is not a ticket: no ticket.json (an unfinished round, or the wrong folder)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise LthError(f"{meta_path} is corrupt: {exc}") from exc
+    meta = read_json(meta_path)
     parts: dict[str, dict[str, Tensor]] = {}
     for which in FILES:
         path = folder / f"{which}.safetensors"

@@ -16,7 +16,7 @@ from lth_core.lottery import prepare_out_dir, run_lottery
 from lth_core.recipes import Recipe
 from lth_core.report import write_report
 from lth_core.tracking import log_report_run
-from lth_core.tickets import atomic_write_text
+from lth_core.files import atomic_write_text
 
 METRICS = ("weights_remaining", "early_stop_step", "val_loss_min", "val_acc", "test_acc", "test_acc_final", "steps")
 
