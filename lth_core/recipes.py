@@ -89,8 +89,23 @@ RESERVED_TRAINER_KEYS = {
 TRAINER_DEFAULTS = {"accelerator": "auto", "devices": 1, "max_epochs": -1, "max_steps": 1000, "val_check_interval": 100}
 
 
-#: Top-level keys introduced after runs already existed, with their no-op defaults.
+#: Keys introduced after runs already existed, with their no-op defaults: a top-level key
+#: (``callbacks``) or ``section.key``. They enter the hash only when they differ from it.
 LATER_KEYS: dict[str, Any] = {"callbacks": []}
+
+
+def _drop_later_defaults(content: dict) -> dict:
+    out = {}
+    for key, value in content.items():
+        if key in LATER_KEYS and value == LATER_KEYS[key]:
+            continue
+        if isinstance(value, dict):
+            value = {
+                k: v for k, v in value.items()
+                if not (f"{key}.{k}" in LATER_KEYS and v == LATER_KEYS[f"{key}.{k}"])
+            }
+        out[key] = value
+    return out
 
 
 @dataclass
@@ -124,10 +139,7 @@ class Recipe:
         Keys added after a release are hashed only when they differ from their default
         (:data:`LATER_KEYS`), so upgrading lth never orphans an existing run folder.
         """
-        content = {
-            k: v for k, v in self.data.items()
-            if k not in ("tracking", "description", "name") and not (k in LATER_KEYS and v == LATER_KEYS[k])
-        }
+        content = _drop_later_defaults({k: v for k, v in self.data.items() if k not in ("tracking", "description", "name")})
         trainer = {k: v for k, v in content.get("trainer", {}).items() if k != "enable_progress_bar"}
         content["trainer"] = trainer
         blob = json.dumps(_str_keys(content), sort_keys=True, default=str)
