@@ -32,6 +32,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lth_core.recipes import load_recipe
 
     recipe = load_recipe(args.recipe, args.set)  # recipe mistakes fail before torch loads
+    if recipe["extend"]:
+        raise LthError(f"{recipe.source} extends a ticket (it has an extend: section): use `lth extend TICKET --recipe {args.recipe} --out DIR`")
     from lth_core.plugins import get_registry
     from lth_core.recipes import check_against_plugins
     from lth_core.trials import run_experiment
@@ -41,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"{recipe.name}-{recipe.hash()}"
     print(f"lth: recipe {recipe.source} (hash {recipe.hash()}) -> {out}", file=sys.stderr)
     run_experiment(recipe, out, say=lambda s: print(s, file=sys.stderr, flush=True))
-    print(out / "summary.json")
+    print(out / ("sweep.json" if recipe["sweep"] else "summary.json"))
     return 0
 
 
@@ -111,7 +113,68 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
     return _pip("uninstall", *(["-y"] if args.yes else []), *args.packages)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _merge_options(pairs: list[str]) -> dict:
+    """``--option max_iter=50`` -> {"max_iter": 50}; values are read as YAML."""
+    from lth_core.recipes import parse_override
+
+    options = {}
+    for text in pairs:
+        path, value = parse_override(text)
+        if len(path) != 1:
+            raise LthError(f"--option {text!r} must look like name=value")
+        options[path[0]] = value
+    return options
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from lth_core.merging import merge_tickets
+
+    _quiet_lightning()
+    merge_tickets(args.tickets, args.strategy, args.out, recipe=args.recipe, overrides=args.set,
+                  options=_merge_options(args.option), points=args.points,
+                  say=lambda s: print(s, file=sys.stderr, flush=True))
+    print(Path(args.out) / "merge.json")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from lth_core.export import export_ticket, format_export
+
+    _quiet_lightning()
+    record = export_ticket(args.ticket, args.out, recipe=args.recipe, sparse_below=args.sparse_below)
+    print(format_export(record), file=sys.stderr)
+    print(args.out)
+    return 0
+
+
+def add_plugin_commands(sub: argparse._SubParsersAction) -> None:
+    """Every command a plugin registers (``register_commands``) becomes a subcommand."""
+    from lth_core.errors import PluginError
+    from lth_core.plugins import call_plugin, get_registry
+
+    builtin = set(sub.choices)
+    for name, entry in sorted(get_registry().kinds["commands"].items()):
+        if name in builtin:
+            raise PluginError(f"plugin {entry.plugin!r} registers the command {name!r}, which is built into lth; rename it")
+        if not callable(entry.obj):
+            raise PluginError(f"plugin {entry.plugin!r} registered the command {name!r} without a run function")
+        parser = sub.add_parser(name, help=entry.extra.get("help", ""), description=entry.extra.get("help", ""))
+        configure = entry.extra.get("configure")
+        if configure is not None:
+            call_plugin(f"command {name!r} (plugin {entry.plugin!r})", configure, parser)
+        parser.set_defaults(func=entry.obj)
+
+
+def _wants_plugin_commands(argv: list[str]) -> bool:
+    """Load plugins only for a command that is not built in (or for ``lth --help``)."""
+    if "--version" in argv:
+        return False
+    word = next((a for a in argv if not a.startswith("-")), None)
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return word not in sub.choices
+
+
+def build_parser(plugin_commands: bool = False) -> argparse.ArgumentParser:
     from lth_core import __version__
 
     parser = argparse.ArgumentParser(prog="lth", description="Lottery-ticket experiments on PyTorch Lightning.")
@@ -150,12 +213,33 @@ def build_parser() -> argparse.ArgumentParser:
     uninstall.add_argument("packages", nargs="+")
     uninstall.add_argument("-y", "--yes", action="store_true")
     uninstall.set_defaults(func=cmd_uninstall)
+
+    merge = sub.add_parser("merge", help="combine two or more tickets with a merge strategy; writes DIR/merge.json")
+    merge.add_argument("tickets", nargs="+", metavar="TICKET", help="ticket folders, e.g. RUN/round_3")
+    merge.add_argument("--strategy", required=True, help="a registered merge strategy (see `lth plugins`)")
+    merge.add_argument("--out", required=True, metavar="DIR", help="a new folder for merge.json and the merged ticket")
+    merge.add_argument("--recipe", help="recipe for the model, data and retraining (default: the first ticket's run folder's)")
+    merge.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
+    merge.add_argument("--option", action="append", default=[], metavar="NAME=VALUE", help="a strategy option, e.g. max_iter=50")
+    merge.add_argument("--points", type=int, default=11, help="points on the linear path (>= 11)")
+    merge.set_defaults(func=cmd_merge)
+
+    export = sub.add_parser("export", help="a ticket as a compact torch.export model that runs without lth; writes FILE and FILE.json")
+    export.add_argument("ticket", metavar="TICKET", help="a ticket folder, e.g. RUN/round_10")
+    export.add_argument("--out", required=True, metavar="FILE", help="the exported program, e.g. model.pt2")
+    export.add_argument("--recipe", help="recipe for the model and data (default: the ticket's run folder's)")
+    export.add_argument("--sparse-below", type=float, default=0.3, metavar="DENSITY",
+                        help="store fully connected layers at or below this weight density as nonzeros only (default 0.3; 0 = all dense)")
+    export.set_defaults(func=cmd_export)
+    if plugin_commands:
+        add_plugin_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        args = build_parser(plugin_commands=_wants_plugin_commands(argv)).parse_args(argv)
         return args.func(args)
     except LthError as exc:
         print(f"lth: error: {exc}", file=sys.stderr)

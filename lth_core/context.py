@@ -73,7 +73,9 @@ class RoundContext:
     (a movement criterion's callback accumulates its scores here, keyed by plugin).
     ``module`` is the :class:`lth_core.module.LotteryModule` once training starts: a
     callback that prunes during training calls ``module.set_mask(new_mask)``.
-    ``registry`` and ``data`` give callbacks the run's plugins and data.
+    ``registry`` and ``data`` give callbacks the run's plugins and data. ``metrics`` takes
+    extra numbers a callback measured (a supermask's accuracy over sampled masks); they
+    join the run's summary row.
     """
 
     recipe: Any
@@ -86,3 +88,50 @@ class RoundContext:
     registry: Any = None
     data: Any = None
     module: Any = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class MergeContext:
+    """Passed to a merge strategy's ``merge_fn`` by ``lth merge``.
+
+    ``model_name`` is the registered model of the tickets and ``new_model()`` builds a
+    fresh one (for structure and shapes; a strategy never trains it). ``data`` is the
+    recipe's :class:`lth_core.data.DataModule`, ``generator`` a CPU generator seeded from
+    the recipe seed (e.g. the order of weight matching's coordinate descent).
+    ``retrain(mask, start=None, start_step=0)`` trains ``mask`` with the recipe's training
+    (the same ``lottery.train`` a round uses) from ``start`` weights (default: the first
+    ticket's rewind weights) at step ``start_step`` (a late-rewound ticket's
+    ``meta["start_step"]``) and returns the trained
+    :class:`lth_core.tickets.Ticket`, already saved as the merge's ticket: a strategy that
+    combines masks retrains through it and never forks the training loop.
+    """
+
+    model_name: str
+    new_model: Callable[[], nn.Module]
+    data: Any
+    generator: torch.Generator
+    retrain: Callable[..., Any]
+    recipe: Any = None
+
+
+@dataclass
+class MergeResult:
+    """What a merge strategy returns.
+
+    A merged network: ``weights`` (a full state dict of the model) and ``mask`` (the
+    prunable weights it keeps; weights outside it must be zero), optionally ``init``
+    (the weights its ticket rewinds to; default ``weights``). An ensemble: ``members``
+    (one full state dict per member; the core averages their logits) and no ``weights``.
+    An averaging strategy also returns ``endpoints``: each ticket's weights as it averaged
+    them (after any alignment, the first ticket's unchanged); the core then measures the
+    linear path from the first endpoint to each other one besides the naive path between
+    the tickets' own weights. ``info`` is JSON-able detail kept in ``merge.json``.
+    """
+
+    weights: dict[str, Tensor] | None = None
+    mask: Mask | None = None
+    init: dict[str, Tensor] | None = None
+    members: list[dict[str, Tensor]] | None = None
+    endpoints: list[dict[str, Tensor]] | None = None
+    info: dict[str, Any] = field(default_factory=dict)

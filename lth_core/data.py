@@ -43,6 +43,32 @@ class DataBundle:
                 raise PluginError(f"{source} must return float inputs and int64 labels ({part}: {x.dtype}, {y.dtype})")
 
 
+def select_classes(bundle: DataBundle, classes: list[int] | None) -> DataBundle:
+    """Keep only ``classes`` (recipe ``data.classes``), relabelled by their position in the list.
+
+    A ticket trained on classes ``[0, 1, 2, 3, 4]`` has a 5-unit head; the order of the list
+    is the order of the output units, so ``[5, 6, 7, 8, 9, 0, ...]`` puts class 5 on unit 0.
+    Inputs are not re-normalised: a subset sees exactly the tensors the whole data set has.
+    """
+    if classes is None:
+        return bundle
+    bad = [c for c in classes if not 0 <= c < bundle.num_classes]
+    if bad:
+        raise LthError(
+            f"data.classes names {bad}, which data set {bundle.name or '?'} does not have (its classes are 0..{bundle.num_classes - 1})"
+        )
+    lookup = torch.full((bundle.num_classes,), -1, dtype=torch.long)
+    lookup[torch.tensor(classes, dtype=torch.long)] = torch.arange(len(classes))
+
+    def keep(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        sel = lookup[y] >= 0
+        return x[sel], lookup[y[sel]]
+
+    train_x, train_y = keep(bundle.train_x, bundle.train_y)
+    test_x, test_y = keep(bundle.test_x, bundle.test_y)
+    return DataBundle(train_x, train_y, test_x, test_y, len(classes), bundle.name)
+
+
 class TensorLoader:
     """Iterates ``(x, y)`` batches of in-memory tensors by index.
 
@@ -79,9 +105,14 @@ class TensorLoader:
 
 
 class DataModule:
-    """The run's data: train / validation / test tensors and their loaders."""
+    """The run's data: train / validation / test tensors and their loaders.
 
-    def __init__(self, bundle: DataBundle, batch_size: int, eval_batch_size: int, val_size: float | int, seed: int, subset: int | None = None):
+    ``seed`` fixes the validation split; ``order_seed`` (default: ``seed``) the order of
+    training batches, so two runs can share θ0 and split yet see the data differently.
+    """
+
+    def __init__(self, bundle: DataBundle, batch_size: int, eval_batch_size: int, val_size: float | int, seed: int, subset: int | None = None,
+                 order_seed: int | None = None):
         n = bundle.train_x.shape[0]
         n_val = int(round(val_size * n)) if isinstance(val_size, float) else int(val_size)
         if not 0 < n_val < n:
@@ -95,6 +126,8 @@ class DataModule:
         self.val_x, self.val_y = bundle.train_x[val_idx], bundle.train_y[val_idx]
         self.test_x, self.test_y = bundle.test_x, bundle.test_y
         self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
+        # ``data.order_seed``: another data order for the same θ0 and the same validation split.
+        self.order_seed = seed if order_seed is None else order_seed
         if batch_size > self.train_x.shape[0]:
             raise LthError(f"data.batch_size={batch_size} is larger than the training split ({self.train_x.shape[0]} examples)")
 

@@ -14,6 +14,10 @@ class PluginError(LthError):
     """A plugin failed to load, clashed with another, or returned something invalid."""
 
 
+class NonFiniteLoss(LthError):
+    """Training diverged: the loss became NaN or infinite. The run stops; earlier rounds stay."""
+
+
 def choices(names) -> str:
     """Format valid choices for an error message: sorted, comma-separated."""
     names = sorted(str(n) for n in names)

@@ -65,12 +65,21 @@ def register_controls(register):
 
 @hookspec
 def register_merge_strategies(register):
-    """Register model-merging strategies that combine tickets.
+    """Register model-merging strategies that combine tickets (``lth merge``).
 
-    ``register(name, merge_fn)``. ``merge_fn(tickets, context) -> MergeResult`` receives a
-    list of :class:`lth_core.tickets.Ticket` (two or more, trained on the same classes) and
-    a context with the model factory and data; it returns the merged model weights and
-    mask (or, for ensembling, a module). Used by ``lth merge``.
+    ``register(name, merge_fn)``. ``merge_fn(tickets, context, **options) -> MergeResult``
+    receives two or more :class:`lth_core.tickets.Ticket` of one architecture, trained on
+    the same classes, in the order the user gave them (``ticket.final`` holds the trained
+    weights, ``ticket.init`` the rewind weights, ``ticket.mask`` the mask), and a
+    :class:`lth_core.context.MergeContext` (model name and factory, data, a seeded
+    generator, and ``retrain(mask)`` to train a combined mask with the recipe's training).
+    It returns a :class:`lth_core.context.MergeResult`: merged ``weights`` and ``mask``, or
+    ensemble ``members``; averaging strategies add ``endpoints`` so the core measures the
+    loss barrier on the linear path. It must not modify the tickets. ``options`` come from
+    ``lth merge --option key=value`` and are validated against ``merge_fn``'s keyword
+    parameters. A strategy that cannot handle the tickets (an unsupported architecture)
+    raises :class:`lth_core.errors.LthError` saying what it supports. The core evaluates
+    every ticket and the merge, saves the merged ticket and writes ``merge.json``.
     """
 
 
@@ -101,6 +110,22 @@ def register_datasets(register):
 
 
 @hookspec
+def register_initializers(register):
+    """Register weight initialisations that a recipe's ``init:`` applies to a new model.
+
+    ``register(name, init_fn)``. ``init_fn(model, generator, **options) -> dict[str, Tensor]``
+    returns new values for the parameters it re-initialises (usually the prunable weights),
+    keyed by parameter name and shaped like them; parameters it leaves out keep the model
+    factory's initialisation. ``generator`` is a seeded CPU ``torch.Generator``. The core
+    applies it whenever it builds a model (θ0, and the fresh models of reinitialisation
+    controls), so every network of a run shares the distribution. A recipe selects it with
+    ``init: signed_kaiming_constant`` or ``init: {name: ..., option: value}``; options are
+    validated against ``init_fn``'s keyword parameters. Supermasks depend on it: edge-popup
+    works far better from signed constant weights than from Gaussian ones.
+    """
+
+
+@hookspec
 def register_callbacks(register):
     """Register named Lightning callbacks that a recipe switches on.
 
@@ -111,6 +136,19 @@ def register_callbacks(register):
     options are validated against the factory's keyword parameters. A callback that
     prunes during training calls ``context.module.set_mask(mask)``; the ticket keeps the
     mask in force when training ends.
+    """
+
+
+@hookspec
+def register_commands(register):
+    """Register ``lth`` subcommands (argparse's counterpart of simonw/llm's ``register_commands``).
+
+    ``register(name, run, help="", configure=None)``. ``configure(parser)`` adds the
+    command's arguments to its ``argparse`` subparser; ``run(args) -> int`` does the work
+    and returns the exit status. An :class:`lth_core.errors.LthError` raised inside becomes
+    the usual one-line ``lth: error: ...`` with exit status 2. A name may not shadow a
+    built-in command (``run``, ``report``, ...). Plugins are loaded for a command only when
+    it is not built in, so ``lth report`` stays fast.
     """
 
 

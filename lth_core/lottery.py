@@ -32,8 +32,8 @@ from torch import Tensor, nn
 
 from lth_core import __version__, tracking
 from lth_core.context import PruneContext, RewindContext, RoundContext
-from lth_core.data import DataModule
-from lth_core.errors import LthError, PluginError
+from lth_core.data import DataModule, select_classes
+from lth_core.errors import LthError, NonFiniteLoss, PluginError
 from lth_core.masks import Mask, apply_mask, match_density, prune_by_scores, validate_scores
 from lth_core.module import LotteryModule
 from lth_core.plugins import Registry, call_plugin, get_plugin_manager, get_registry
@@ -73,7 +73,25 @@ def build_model(recipe: Recipe, registry: Registry, data: DataModule, seed: int)
     model = call_plugin(source, entry.obj, input_shape=data.input_shape, num_classes=data.num_classes, **options)
     if not isinstance(model, nn.Module):
         raise PluginError(f"model {spec['name']!r} (plugin {entry.plugin!r}) returned {type(model).__name__}, not an nn.Module")
+    if recipe.data.get("init"):
+        initialise(model, recipe["init"], registry, seed)
     return model
+
+
+def initialise(model: nn.Module, spec: dict, registry: Registry, seed: int) -> None:
+    """Apply the recipe's registered initialisation; check what it returns before loading it."""
+    entry = registry.get("initializers", spec["name"])
+    source = f"initializer {spec['name']!r} (plugin {entry.plugin!r})"
+    options = {k: v for k, v in spec.items() if k != "name"}
+    values = call_plugin(source, entry.obj, model, _generator(seed, _salt(spec["name"])), **options)
+    params = dict(model.named_parameters())
+    if not isinstance(values, dict):
+        raise PluginError(f"{source} must return a dict of parameter name -> tensor, got {type(values).__name__}")
+    with torch.no_grad():
+        for name, value in values.items():
+            if name not in params or not isinstance(value, Tensor) or value.shape != params[name].shape:
+                raise PluginError(f"{source} returned {name!r}, which is not a parameter of this model with that shape")
+            params[name].copy_(value)
 
 
 def load_data(recipe: Recipe, registry: Registry) -> DataModule:
@@ -84,7 +102,8 @@ def load_data(recipe: Recipe, registry: Registry) -> DataModule:
     options = {k: v for k, v in spec.items() if k not in SCHEMA["data"]}
     bundle = call_plugin(f"data set {spec['name']!r} (plugin {entry.plugin!r})", entry.obj, **options)
     bundle.check(f"data set {spec['name']!r} (plugin {entry.plugin!r})")
-    return DataModule(bundle, spec["batch_size"], spec["eval_batch_size"], spec["val_size"], recipe["seed"], spec["subset"])
+    bundle = select_classes(bundle, spec.get("classes"))
+    return DataModule(bundle, spec["batch_size"], spec["eval_batch_size"], spec["val_size"], recipe["seed"], spec["subset"], spec.get("order_seed"))
 
 
 def _resolve_layer_key(key: str, names: list[str]) -> list[str]:
@@ -243,7 +262,7 @@ def _callbacks(run: Run, ctx: RoundContext) -> list:
     return callbacks
 
 
-def _trainer(run: Run, ctx: RoundContext, start_step: int) -> pl.Trainer:
+def _trainer(run: Run, ctx: RoundContext, start_step: int, extra_callbacks: tuple = ()) -> pl.Trainer:
     kwargs = dict(run.recipe["trainer"])
     if start_step and kwargs.get("max_steps", -1) > 0:
         kwargs["max_steps"] -= start_step  # resume the schedule at step k, end where it ends
@@ -253,7 +272,7 @@ def _trainer(run: Run, ctx: RoundContext, start_step: int) -> pl.Trainer:
     return pl.Trainer(
         **kwargs,
         logger=run.logger if run.logger is not None else False,
-        callbacks=_callbacks(run, ctx),
+        callbacks=_callbacks(run, ctx) + list(extra_callbacks),
         enable_checkpointing=False,
         default_root_dir=str(run.out_dir),
         num_sanity_val_steps=0,
@@ -263,17 +282,19 @@ def _trainer(run: Run, ctx: RoundContext, start_step: int) -> pl.Trainer:
 
 def _train_loader(run: Run, start_step: int):
     """The training batches, starting at step ``start_step`` of the fixed data order."""
-    loader = run.data.train_loader(run.recipe["seed"])
+    loader = run.data.train_loader(run.data.order_seed)
     loader.epoch, loader.skip_batches = divmod(start_step, len(loader))
     return loader
 
 
-def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Path) -> tuple[Ticket, dict, dict]:
+def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Path,
+          extra_callbacks: tuple = ()) -> tuple[Ticket, dict, dict]:
     """One training run from ``start`` under ``mask``; returns its ticket, row and state.
 
     The ticket's mask is the mask at the *end* of training (a callback may prune during
     training). ``state`` is what the round's callbacks collected for the next criterion.
     A folder that already holds a finished ticket of this recipe is loaded instead.
+    ``extra_callbacks`` join the recipe's and the plugins' (``lth extend`` freezes weights so).
     """
     recipe_hash = run.recipe.hash()
     if is_ticket(folder):
@@ -291,13 +312,23 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
     optimizer = start.optimizer or run.recipe["optimizer"]
     module = LotteryModule(run.model, mask, optimizer, run.data.num_classes, log_prefix=f"round_{round_}/{name}", step_offset=start.step)
     ctx.module = module
-    trainer = _trainer(run, ctx, start.step)
-    trainer.fit(module, train_dataloaders=_train_loader(run, start.step), val_dataloaders=run.data.eval_loaders())
+    trainer = _trainer(run, ctx, start.step, extra_callbacks)
+    try:
+        trainer.fit(module, train_dataloaders=_train_loader(run, start.step), val_dataloaders=run.data.eval_loaders())
+    except NonFiniteLoss as exc:
+        run.model.cpu()
+        failure = {"round": round_, "run": name, "error": str(exc), "history": module.history}
+        atomic_write_text(folder / "failure.json", json.dumps(failure, indent=2))
+        raise NonFiniteLoss(
+            f"round {round_} [{name}] diverged: {exc}; nothing of it was saved as a ticket ({folder / 'failure.json'} "
+            f"has its curve), earlier rounds in {run.out_dir} are kept; lower optimizer.lr or add warmup_steps"
+        ) from None
     if not module.history or module.history[-1]["step"] != module.step:
         trainer.validate(module, dataloaders=run.data.eval_loaders(), verbose=False)
     run.model.cpu()
     final_mask = module.mask
     row = summarise(module.history, round_, final_mask, module.step)
+    row.update({k: v for k, v in ctx.metrics.items() if k not in row})
     meta = {
         "round": round_,
         "run": name,
@@ -314,6 +345,7 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
     trained = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
     ticket = Ticket(final_mask, start.weights, trained, meta)
     save_ticket(ticket, folder)
+    (folder / "failure.json").unlink(missing_ok=True)  # an earlier attempt diverged; this one did not
     atomic_write_text(folder / "curves.json", json.dumps(module.history, indent=1))
     run.pm.hook.on_round_end(context=ctx, ticket=ticket, metrics=row)
     tracking.log_round(run.logger, row, name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -9,6 +11,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics import MeanMetric
 
+from lth_core.errors import NonFiniteLoss
 from lth_core.masks import Mask, MaskEnforcer
 
 EVAL_SPLITS = ("val", "test")
@@ -62,6 +65,9 @@ class LotteryModule(pl.LightningModule):
         self.mask = mask
         self.optimizer_cfg = optimizer
         self.enforcer: MaskEnforcer | None = None
+        #: Reports the density of the network being evaluated. A callback that trains a mask
+        #: of its own (supermasks) sets it; by default it is ``self.mask``'s density.
+        self.density_fn = None
         self.history: list[dict] = []
         self.acc = nn.ModuleList([MulticlassAccuracy(num_classes, average="micro") for _ in EVAL_SPLITS])
         self.loss_mean = nn.ModuleList([MeanMetric() for _ in EVAL_SPLITS])
@@ -104,6 +110,8 @@ class LotteryModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = F.cross_entropy(self.model(x), y)
+        if loss.device.type == "cpu" and not torch.isfinite(loss):  # free on the CPU; on a GPU, validation catches it
+            raise NonFiniteLoss(f"the training loss is {float(loss.detach())} at step {self.step}")
         self.log(f"{self.log_prefix}train_loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         return loss
 
@@ -115,12 +123,15 @@ class LotteryModule(pl.LightningModule):
         self.acc[dataloader_idx].update(logits, y)
 
     def on_validation_epoch_end(self) -> None:
-        row = {"step": self.step, "weights_remaining": self.mask.density()}  # masks may tighten mid-run
+        density = self.density_fn() if self.density_fn else self.mask.density()  # masks may tighten mid-run
+        row = {"step": self.step, "weights_remaining": density}
         for i, split in enumerate(EVAL_SPLITS):
             row[f"{split}_loss"] = float(self.loss_mean[i].compute())
             row[f"{split}_acc"] = float(self.acc[i].compute())
             self.loss_mean[i].reset()
             self.acc[i].reset()
+        if not math.isfinite(row["val_loss"]):
+            raise NonFiniteLoss(f"the validation loss is {row['val_loss']} at step {self.step}")
         if self.history and self.history[-1]["step"] == row["step"]:
             self.history[-1] = row  # a repeated evaluation at the same step (final check)
         else:

@@ -29,6 +29,8 @@ KINDS = {
     "register_models": ("models", "model"),
     "register_datasets": ("datasets", "data set"),
     "register_callbacks": ("callbacks", "callback"),
+    "register_commands": ("commands", "command"),
+    "register_initializers": ("initializers", "initializer"),
 }
 
 

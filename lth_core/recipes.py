@@ -13,6 +13,7 @@ import copy
 import hashlib
 import importlib.resources
 import inspect
+import itertools
 import json
 import math
 import re
@@ -37,6 +38,8 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "eval_batch_size": ((int,), 2000),
         "val_size": ((int, float), 0.1),
         "subset": ((int, type(None)), None),
+        "order_seed": ((int, type(None)), None),
+        "classes": ((list, type(None)), None),
     },
     "optimizer": {
         "name": ((str,), "adam"),
@@ -72,6 +75,8 @@ OPEN_SECTIONS = {"model", "data", "trainer"}
 TOP_LEVEL = {
     "name": (str,), "seed": (int,), "controls": (list,), "description": (str,),
     "trials": (int,), "ticket": (str, type(None)), "callbacks": (list,),
+    "init": (str, dict, type(None)), "sweep": (dict,),
+    "extend": (dict, type(None)),
 }
 TOP_LEVEL.update({s: (dict,) for s in SCHEMA})
 CHOICES = {
@@ -91,7 +96,7 @@ TRAINER_DEFAULTS = {"accelerator": "auto", "devices": 1, "max_epochs": -1, "max_
 
 #: Keys introduced after runs already existed, with their no-op defaults: a top-level key
 #: (``callbacks``) or ``section.key``. They enter the hash only when they differ from it.
-LATER_KEYS: dict[str, Any] = {"callbacks": []}
+LATER_KEYS: dict[str, Any] = {"callbacks": [], "init": None, "data.order_seed": None, "data.classes": None, "extend": {}, "sweep": {}}
 
 
 def _drop_later_defaults(content: dict) -> dict:
@@ -132,6 +137,17 @@ class Recipe:
         data["trials"] = 1
         data["name"] = f"{self.name}-trial{index}"
         return Recipe(data, self.source)
+
+    def sweep_points(self) -> list[tuple[dict[str, Any], "Recipe"]]:
+        """Each point of ``sweep:`` with its own recipe (no sweep; named after the point)."""
+        out = []
+        for point in _sweep_points(self.data["sweep"]):
+            raw = {k: v for k, v in self.to_dict().items() if k != "sweep"}
+            for key, value in point.items():
+                set_path(raw, key.split("."), copy.deepcopy(value), f"sweep.{key}")
+            raw["name"] = f"{self.name}-{point_name(point)}"
+            out.append((point, validate(raw, self.source)))
+        return out
 
     def hash(self) -> str:
         """Content hash of everything that changes results (name and tracking excluded).
@@ -200,17 +216,67 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     raw = copy.deepcopy(raw)
     for text in overrides:
         path, value = parse_override(text)
-        if path[0] not in TOP_LEVEL:
-            raise LthError(f"--set {text!r}: unknown key {path[0]!r}; valid: {choices(TOP_LEVEL)}")
-        node = raw
-        for part in path[:-1]:
-            if node.get(part) is None:
-                node[part] = {}
-            if not isinstance(node[part], dict):
-                raise LthError(f"--set {text!r}: {part!r} is not a mapping")
-            node = node[part]
-        node[path[-1]] = value
+        set_path(raw, path, value, f"--set {text!r}")
     return raw
+
+
+def set_path(raw: dict, path: list[str], value: Any, where: str) -> None:
+    """Set ``raw[a][b]...= value``; a numeric part indexes a list (``callbacks.0.density``)."""
+    if path[0] not in TOP_LEVEL:
+        raise LthError(f"{where}: unknown key {path[0]!r}; valid: {choices(TOP_LEVEL)}")
+    node: Any = raw
+    for i, part in enumerate(path):
+        last = i == len(path) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise LthError(f"{where}: {part!r} is not an index of that list (0..{len(node) - 1})")
+            part = int(part)  # type: ignore[assignment]
+        elif not isinstance(node, dict):
+            raise LthError(f"{where}: {path[i - 1]!r} is not a mapping or a list")
+        elif not last and node.get(part) is None:
+            node[part] = {}
+        if last:
+            node[part] = value
+        else:
+            if isinstance(node[part], str) and path[i] in ("model", "data"):
+                node[part] = {"name": node[part]}  # `model: lenet300` shorthand
+            node = node[part]
+
+
+def _sweep_points(sweep: dict) -> list[dict[str, Any]]:
+    """Every combination of the sweep's values, in order: [{"path": value, ...}, ...]."""
+    keys = list(sweep)
+    if not keys:
+        return []
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(sweep[k] for k in keys))]
+
+
+def _check_sweep(sweep: Any, raw: dict, source: str) -> dict:
+    """``sweep: {path: [values]}``; every point must itself be a valid recipe."""
+    for key, values in sweep.items():
+        if not isinstance(key, str) or not key or key.split(".")[0] == "sweep":
+            raise LthError(f"{source}: sweep keys are recipe paths such as callbacks.0.density, got {key!r}")
+        if not isinstance(values, list) or not values:
+            raise LthError(f"{source}: sweep.{key} must be a non-empty list of values, got {values!r}")
+    base = {k: v for k, v in raw.items() if k != "sweep"}
+    for point in _sweep_points(sweep):
+        point_raw = copy.deepcopy(base)
+        for key, value in point.items():
+            set_path(point_raw, key.split("."), copy.deepcopy(value), f"{source}: sweep.{key}")
+        validate(point_raw, f"{source} (sweep point {point_name(point)})")
+    return copy.deepcopy(sweep)
+
+
+def point_name(point: dict[str, Any]) -> str:
+    """A folder name for a sweep point: ``callbacks.0.density=0.3,model.hidden=600-200``."""
+    def text(v: Any) -> str:
+        if isinstance(v, list):
+            return "-".join(text(x) for x in v)
+        if isinstance(v, dict):
+            return "-".join(f"{k}_{text(x)}" for k, x in v.items())
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", str(v))
+
+    return ",".join(f"{k}={text(v)}" for k, v in point.items())
 
 
 def _shorthand(raw: dict) -> dict:
@@ -269,6 +335,9 @@ def validate(raw: Any, source: str = "<dict>", name: str | None = None) -> Recip
         _named_spec(c, "control", source, "{name, criterion, rewind}", {"name", "criterion", "rewind"}) for c in controls
     ]
     out["callbacks"] = [_named_spec(c, "callback", source, "{name, ...options}") for c in raw.get("callbacks") or []]
+    out["sweep"] = _check_sweep(raw.get("sweep") or {}, raw, source)
+    out["init"] = _named_spec(raw["init"], "initializer", source, "{name, ...options}") if raw.get("init") is not None else None
+    out["extend"] = dict(raw.get("extend") or {})  # read by the lth_frankenmodel plugin (`lth extend`)
     return Recipe(out, source)
 
 
@@ -304,6 +373,7 @@ def _check_values(r: dict, source: str) -> None:
         raise LthError(f"{source}: data.val_size as a fraction must be in (0, 1), got {d['val_size']}")
     if isinstance(d["val_size"], int) and d["val_size"] < 1:
         raise LthError(f"{source}: data.val_size as a count must be >= 1, got {d['val_size']}")
+    _check_classes(d["classes"], source)
     ms = r["optimizer"]["milestones"]
     if not all(isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in ms) or ms != sorted(ms):
         raise LthError(f"{source}: optimizer.milestones must be increasing positive step numbers, got {ms!r}")
@@ -317,6 +387,16 @@ def _check_values(r: dict, source: str) -> None:
     vci = t.get("val_check_interval")
     if not isinstance(vci, int) or isinstance(vci, bool) or vci < 1:
         raise LthError(f"{source}: trainer.val_check_interval must be a whole number of steps >= 1, got {vci!r}")
+
+
+def _check_classes(classes: list | None, source: str) -> None:
+    """``data.classes``: distinct class labels (integers >= 0), at least two, or null for all."""
+    if classes is None:
+        return
+    if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes):
+        raise LthError(f"{source}: data.classes must be a list of class labels (integers >= 0), got {classes!r}")
+    if len(set(classes)) != len(classes) or len(classes) < 2:
+        raise LthError(f"{source}: data.classes must name at least two distinct classes, got {classes!r}")
 
 
 def _check_trainer_keys(t: dict, source: str) -> None:
@@ -407,6 +487,11 @@ def check_against_plugins(recipe: Recipe, registry) -> None:
     check_options(data.obj, {k: v for k, v in r["data"].items() if k not in core_keys}, "data")
     registry.get("criteria", r["lottery"]["criterion"])
     registry.get("rewind_policies", r["lottery"]["rewind"])
+    if r.get("init"):
+        entry = registry.get("initializers", r["init"]["name"])
+        check_options(entry.obj, {k: v for k, v in r["init"].items() if k != "name"}, f"init.{r['init']['name']}", skip=("model", "generator"))
+    for _, point in recipe.sweep_points():
+        check_against_plugins(point, registry)
     for c in r["callbacks"]:
         entry = registry.get("callbacks", c["name"])
         check_options(entry.obj, {k: v for k, v in c.items() if k != "name"}, f"callbacks.{c['name']}", skip=("context",))

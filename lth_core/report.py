@@ -10,6 +10,9 @@ A *series* is one run folder (one lottery, or several trials of one). Figures:
 - ``oneshot_vs_iterative.png`` when both modes are among the series.
 
 ``report.md`` holds the figures, a results table per series, and the per-layer sparsity.
+A folder written by ``lth merge`` gets its linear-path figure and merge table instead
+(:mod:`lth_core.merge_report`); one written by ``lth extend`` its accuracy table and bars
+(:mod:`lth_core.extension_report`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from pathlib import Path
 
 from lth_core.errors import LthError
 from lth_core.files import read_json
+from lth_core.merge_report import is_merge_dir, merge_sections
+from lth_core.extension_report import extension_sections, is_extension
 
 #: The paper's highlighted levels of weights remaining (Frankle & Carbin, Figure 3).
 PAPER_LEVELS = (1.0, 0.513, 0.211, 0.07, 0.036)
@@ -248,20 +253,24 @@ def write_report(dirs: list[str | Path], out: str | Path, rounds: list[int] | No
     if not dirs:
         raise LthError("lth report needs at least one run folder")
     out = Path(out)
-    series = [Series.from_dir(d) for d in dirs]
+    merges = [Path(d) for d in dirs if is_merge_dir(d)]  # `lth merge` folders: path figure and table
+    extensions = [Path(d) for d in dirs if is_extension(d)]  # `lth extend` folders: accuracy table and bars
+    series = [Series.from_dir(d) for d in dirs if not is_merge_dir(d) and not is_extension(d)]
     labels = [s.label for s in series]
     for s in series:  # two runs of one recipe: tell them apart by folder
         if labels.count(s.label) > 1:
             s.label = f"{s.label} [{s.path.name}]"
-    figures = make_figures(series, out, rounds)
+    figures = make_figures(series, out, rounds) if series else {}
     parts = ["# Lottery ticket report", ""]
-    parts += ["Runs: " + ", ".join(f"`{s.path}` ({s.label}, {len(s.trial_dirs)} trial(s), {_ticket_steps(s)} training steps over its ticket runs)" for s in series), ""]
+    parts += [] if not series else ["Runs: " + ", ".join(f"`{s.path}` ({s.label}, {len(s.trial_dirs)} trial(s), {_ticket_steps(s)} training steps over its ticket runs)" for s in series), ""]
     for name, path in figures.items():
         parts += [f"## {name.replace('_', ' ')}", "", f"![{name}]({path.name})", ""]
     for s in series:
         parts += [f"## At the paper's levels: {s.label}", "", "Test accuracy at the early-stopping step and the early-stopping step; mean [min, max] over trials.", "", levels_table(s), ""]
         parts += [f"## Results: {s.label}", "", "Test accuracy at the early-stopping step; mean [min, max] over trials.", "", results_table(s), ""]
         parts += [f"### Per-layer weights remaining (%): {s.label}", "", sparsity_table(s), ""]
+    parts += merge_sections(merges, out)
+    parts += extension_sections(extensions, out)
     report = out / "report.md"
     report.write_text("\n".join(parts))
     return report

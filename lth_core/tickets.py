@@ -15,7 +15,6 @@ without it is an unfinished round. Loading verifies checksums, names and shapes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from lth_core.errors import LthError
-from lth_core.files import atomic_write_text, read_json
+from lth_core.files import atomic_write_text, read_json, sha256_file
 from lth_core.masks import Mask, check_mask_fits
 
 FILES = ("mask", "init", "final")
@@ -66,14 +65,6 @@ def _cpu(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_ticket(ticket: Ticket, folder: str | os.PathLike) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -86,7 +77,7 @@ def save_ticket(ticket: Ticket, folder: str | os.PathLike) -> Path:
         tmp = folder / f".{which}.safetensors.tmp"
         save_file(state, str(tmp))
         os.replace(tmp, path)
-        sums[which] = _sha256(path)
+        sums[which] = sha256_file(path)
     meta = dict(ticket.meta)
     meta["weights_remaining"] = ticket.mask.density()
     meta["sparsity"] = ticket.mask.report()
@@ -115,7 +106,7 @@ def load_ticket(folder: str | os.PathLike, model: nn.Module | None = None) -> Ti
                 continue
             raise LthError(f"ticket {folder} is missing {path.name}")
         expected = meta.get("sha256", {}).get(which)
-        if expected and _sha256(path) != expected:
+        if expected and sha256_file(path) != expected:
             raise LthError(f"{path} does not match its checksum in ticket.json: the file is truncated or altered")
         try:
             parts[which] = load_file(str(path))

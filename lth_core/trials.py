@@ -13,12 +13,16 @@ from pathlib import Path
 from typing import Callable
 
 from lth_core.lottery import prepare_out_dir, run_lottery
-from lth_core.recipes import Recipe
+from lth_core.recipes import Recipe, point_name
 from lth_core.report import write_report
 from lth_core.tracking import log_report_run
 from lth_core.files import atomic_write_text
 
 METRICS = ("weights_remaining", "early_stop_step", "val_loss_min", "val_acc", "test_acc", "test_acc_final", "steps")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def aggregate_rows(per_trial: list[list[dict]]) -> list[dict]:
@@ -28,7 +32,8 @@ def aggregate_rows(per_trial: list[list[dict]]) -> list[dict]:
     for k in rounds:
         rows = [r for trial in per_trial for r in trial if r["round"] == k]
         row: dict = {"round": k, "trials": len(rows), "stats": {}}
-        for m in METRICS:
+        extra = sorted({m for r in rows for m, v in r.items() if m not in METRICS and m != "round" and _is_number(v)})
+        for m in (*METRICS, *extra):
             values = [r[m] for r in rows if m in r]
             if not values:
                 continue
@@ -54,6 +59,8 @@ def aggregate(recipe: Recipe, summaries: list[dict], folders: list[Path]) -> dic
 def run_experiment(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] = print, pm=None) -> dict:
     """Run every trial of a recipe (one trial: exactly :func:`run_lottery`)."""
     out_dir = Path(out_dir)
+    if recipe["sweep"]:
+        return run_sweep(recipe, out_dir, say=say, pm=pm)
     n = recipe["trials"]
     if n == 1:
         return run_lottery(recipe, out_dir, say=say, pm=pm)
@@ -71,3 +78,46 @@ def run_experiment(recipe: Recipe, out_dir: str | Path, say: Callable[[str], Non
     if recipe["tracking"]["backend"] != "none":
         log_report_run([out_dir], out_dir / "report", project=recipe["tracking"]["project"], group=f"{recipe.name}-{recipe.hash()}")
     return summary
+
+
+def run_sweep(recipe: Recipe, out_dir: Path, say: Callable[[str], None] = print, pm=None) -> dict:
+    """Run every point of ``sweep:`` into ``DIR/<point>/`` and tabulate them in ``DIR/sweep.json``.
+
+    Each point is a complete run folder (with its trials), so it resumes like any run and
+    ``lth report DIR/<point> ...`` compares points. ``sweep.md`` holds one line per point:
+    its settings and the last round of the ticket (and of each control).
+    """
+    prepare_out_dir(recipe, out_dir)
+    points = recipe.sweep_points()
+    results = []
+    for i, (point, sub) in enumerate(points, start=1):
+        folder = out_dir / point_name(point)
+        say(f"sweep point {i}/{len(points)}: {point_name(point)}")
+        summary = run_experiment(sub, folder, say=say, pm=pm)
+        last = summary["rounds"][-1]
+        controls = {c: rows[-1] for c, rows in summary["controls"].items() if rows}
+        results.append({"point": point, "folder": folder.name, "recipe_hash": sub.hash(), "last_round": last, "controls": controls})
+    sweep = {"recipe": recipe.to_dict(), "recipe_hash": recipe.hash(), "points": results}
+    atomic_write_text(out_dir / "sweep.json", json.dumps(sweep, indent=2))
+    atomic_write_text(out_dir / "sweep.md", sweep_table(sweep))
+    say(sweep_table(sweep))
+    return sweep
+
+
+def sweep_table(sweep: dict) -> str:
+    """One markdown row per sweep point: its values, then the last round's measurements."""
+    keys = list(sweep["recipe"]["sweep"])
+    metrics = ["weights_remaining", "test_acc", "test_acc_final"]
+    extra = sorted({m for p in sweep["points"] for m, v in p["last_round"].items()
+                    if m.startswith("supermask_") and _is_number(v)})
+    controls = sorted({c for p in sweep["points"] for c in p["controls"]})
+    head = keys + metrics + extra + [f"{c} test_acc" for c in controls]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for p in sweep["points"]:
+        row = p["last_round"]
+        cells = [str(p["point"][k]) for k in keys]
+        cells += [f"{row['weights_remaining']:.2%}", f"{row['test_acc']:.4f}", f"{row['test_acc_final']:.4f}"]
+        cells += [f"{row[m]:.4f}" if m in row else "-" for m in extra]
+        cells += [f"{p['controls'][c]['test_acc']:.4f}" if c in p["controls"] else "-" for c in controls]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

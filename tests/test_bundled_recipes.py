@@ -18,6 +18,8 @@ from lth_core.trials import run_experiment
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 RECIPES = sorted(bundled_recipes())
+#: Recipes for `lth extend` (an extend: section) extend a ticket; tests/test_extend.py runs them shortened.
+EXTENSION_RECIPES = {r for r in RECIPES if load_recipe(r)["extend"]}
 SHORT = [
     "trials=1", "lottery.rounds=1", "trainer.max_steps=4", "trainer.val_check_interval=2",
     "trainer.enable_progress_bar=false", "trainer.limit_val_batches=1", "tracking=none",
@@ -54,17 +56,28 @@ def test_paper_settings_are_what_the_comments_say():
 
 
 @pytest.mark.skipif(not FASHION.is_file(), reason="needs Debian's dataset-fashion-mnist (.ci/run installs it)")
-@pytest.mark.parametrize("name", [r for r in RECIPES if r != "quickstart"])
+@pytest.mark.parametrize("name", [r for r in RECIPES if r != "quickstart" and r not in EXTENSION_RECIPES])
 def test_recipe_runs_shortened_on_fashion_mnist(name, tmp_path):
     overrides = list(SHORT)
     recipe = load_recipe(name)
     if recipe["data"]["name"] != "fashion_mnist":
         overrides.append("data.name=fashion_mnist")
     recipe = load_recipe(name, overrides)
-    summary = run_experiment(recipe, tmp_path, say=lambda s: None)
+    result = run_experiment(recipe, tmp_path, say=lambda s: None)
+    if recipe["sweep"]:  # one complete run folder per point
+        points = recipe.sweep_points()
+        assert [p["point"] for p in result["points"]] == [point for point, _ in points]
+        for p, (_, sub) in zip(result["points"], points):
+            check_run(tmp_path / p["folder"], sub)
+    else:
+        check_run(tmp_path, recipe)
+
+
+def check_run(folder: Path, recipe) -> None:
+    summary = json.loads((folder / "summary.json").read_text())
     assert [r["round"] for r in summary["rounds"]] == [0, 1]
     assert summary["rounds"][1]["weights_remaining"] < 1.0
     sparse = [r["round"] for r in summary["rounds"] if r["weights_remaining"] < 1.0]  # round 0 too if a callback pruned it
     for control in recipe["controls"]:
         assert [r["round"] for r in summary["controls"][control["name"]]] == sparse
-    assert json.loads((tmp_path / "summary.json").read_text())["recipe_hash"] == recipe.hash()
+    assert summary["recipe_hash"] == recipe.hash()

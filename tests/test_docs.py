@@ -56,6 +56,10 @@ def test_contributing_examples_register_and_run(pm, tiny_raw, tmp_path):
         assert registry.get("models", "tiny_cnn")
         assert registry.get("datasets", "xor_blobs")
         assert registry.get("callbacks", "prune_once")
+        assert registry.get("initializers", "uniform_pm")
+        assert registry.get("commands", "hello").extra["help"] == "say hello"
+        assert registry.get("merge_strategies", "lerp")
+        tiny_raw["init"] = {"name": "uniform_pm", "scale": 0.1}
         tiny_raw["lottery"].update(criterion="relative_growth", rounds=1)
         tiny_raw["controls"] = ["keep_control"]
         tiny_raw["callbacks"] = [{"name": "prune_once", "at": 30}]
@@ -72,6 +76,8 @@ def test_contributing_examples_register_and_run(pm, tiny_raw, tmp_path):
     ticket = load_ticket(tmp_path / "round_1")
     control = load_ticket(tmp_path / "round_1" / "control_keep_control")
     round0 = load_ticket(tmp_path / "round_0")
+    for name in ticket.mask:  # θ0 came from the documented initialisation
+        assert round0.init[name].abs().max() <= 0.1 and round0.init[name].std() > 0.04
     assert control.mask == ticket.mask
     for name, kept in ticket.mask.items():
         assert torch.equal(control.init[name], round0.final[name])

@@ -15,6 +15,11 @@ a freshly initialised ``nn.Module`` (the caller seeds the global RNG first).
     is applied to the input of every fully connected layer (after the flatten, and after
     each hidden fc layer's ReLU); the convolutions are never dropped. Dropout has no
     parameters, so parameter names are the same with and without it.
+    Option ``batchnorm`` (default ``none``, the paper's nets): ``affine`` or ``non_affine``
+    adds ``bnN = BatchNorm2d`` after each convolution, before its ReLU; ``non_affine`` (no
+    learned scale or shift, only running statistics) is what edge-popup's supermasks use
+    (Ramanujan et al. 2020). Option ``width`` (default 1) multiplies every conv and hidden
+    fc width (rounded): the width sweeps of supermask experiments.
 
     Parameter names (what ``lottery.layer_rates`` keys may name; module names also work):
     ``conv1.weight`` ... ``convN.weight`` (N = 2, 4, 6), ``fc1.weight``, ``fc2.weight``,
@@ -71,6 +76,7 @@ CONV_PLANS: dict[int, list] = {
 VGG19_PLAN: list = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512]
 FC_WIDTHS = (256, 256)
 INITS = ("kaiming_normal", "glorot")
+BATCHNORMS = ("none", "affine", "non_affine")
 
 
 def _check_image_shape(input_shape: tuple, model: str) -> tuple[int, int, int]:
@@ -83,10 +89,17 @@ def _check_image_shape(input_shape: tuple, model: str) -> tuple[int, int, int]:
 class ConvNet(nn.Sequential):
     """The paper's Conv-N: named layers ``conv1``.., ``pool1``.., ``flatten``, ``fc1``..``fc3``."""
 
-    def __init__(self, input_shape: tuple, num_classes: int, plan: list, fc_widths: tuple = FC_WIDTHS, dropout: float = 0.0):
+    def __init__(self, input_shape: tuple, num_classes: int, plan: list, fc_widths: tuple = FC_WIDTHS, dropout: float = 0.0,
+                 batchnorm: str = "none", width_factor: float = 1.0):
         channels, height, width = _check_image_shape(input_shape, f"conv{sum(1 for s in plan if s != 'M')}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if batchnorm not in BATCHNORMS:
+            raise ValueError(f"batchnorm must be one of {', '.join(BATCHNORMS)}, got {batchnorm!r}")
+        if not width_factor > 0:
+            raise ValueError(f"width must be > 0, got {width_factor}")
+        plan = [s if s == "M" else max(1, round(s * width_factor)) for s in plan]
+        fc_widths = tuple(max(1, round(w * width_factor)) for w in fc_widths)
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         n_conv = n_pool = 0
         for spec in plan:
@@ -97,6 +110,8 @@ class ConvNet(nn.Sequential):
             else:
                 n_conv += 1
                 layers[f"conv{n_conv}"] = nn.Conv2d(channels, spec, kernel_size=3, padding=1)
+                if batchnorm != "none":
+                    layers[f"bn{n_conv}"] = nn.BatchNorm2d(spec, affine=batchnorm == "affine")
                 layers[f"relu{n_conv}"] = nn.ReLU()
                 channels = spec
         if height < 1 or width < 1:
@@ -116,19 +131,19 @@ class ConvNet(nn.Sequential):
                 nn.init.zeros_(m.bias)
 
 
-def conv2(input_shape: tuple, num_classes: int, dropout: float = 0.0) -> nn.Module:
+def conv2(input_shape: tuple, num_classes: int, dropout: float = 0.0, batchnorm: str = "none", width: float = 1.0) -> nn.Module:
     """Conv-2 of the paper: conv 64,64,pool; fc 256,256,num_classes."""
-    return ConvNet(input_shape, num_classes, CONV_PLANS[2], dropout=dropout)
+    return ConvNet(input_shape, num_classes, CONV_PLANS[2], dropout=dropout, batchnorm=batchnorm, width_factor=width)
 
 
-def conv4(input_shape: tuple, num_classes: int, dropout: float = 0.0) -> nn.Module:
+def conv4(input_shape: tuple, num_classes: int, dropout: float = 0.0, batchnorm: str = "none", width: float = 1.0) -> nn.Module:
     """Conv-4 of the paper: conv 64,64,pool,128,128,pool; fc 256,256,num_classes."""
-    return ConvNet(input_shape, num_classes, CONV_PLANS[4], dropout=dropout)
+    return ConvNet(input_shape, num_classes, CONV_PLANS[4], dropout=dropout, batchnorm=batchnorm, width_factor=width)
 
 
-def conv6(input_shape: tuple, num_classes: int, dropout: float = 0.0) -> nn.Module:
+def conv6(input_shape: tuple, num_classes: int, dropout: float = 0.0, batchnorm: str = "none", width: float = 1.0) -> nn.Module:
     """Conv-6 of the paper: conv 64,64,pool,128,128,pool,256,256,pool; fc 256,256,num_classes."""
-    return ConvNet(input_shape, num_classes, CONV_PLANS[6], dropout=dropout)
+    return ConvNet(input_shape, num_classes, CONV_PLANS[6], dropout=dropout, batchnorm=batchnorm, width_factor=width)
 
 
 def _initialise(model: nn.Module, init: str) -> None:

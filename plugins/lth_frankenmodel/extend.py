@@ -1,0 +1,326 @@
+"""``lth extend``: teach a ticket new classes with the weights its pruning freed (PackNet).
+
+One extension trains, each for the recipe's ``trainer.max_steps`` with its optimiser, in
+``DIR/runs/<variant>/`` (ticket folders, so an interrupted command resumes):
+
+- ``packnet``: the ticket's kept weights frozen, the freed weights (from their θ0) and the
+  new output units trained on the new classes, plus ``extend.rehearsal`` examples of each
+  old class; optionally ``extend.prune`` of the newly trained weights given back;
+- ``packnet_no_rehearsal``: the same without rehearsal (only when the recipe rehearses,
+  so the effect of rehearsal is measured, not assumed);
+- ``finetune``: the same start, nothing frozen, the new classes only: forgetting;
+- ``dense_joint``: a fresh dense network trained on old and new classes together.
+
+Accuracies are measured on the test split. Task-incremental ("A-only"): task ``t``'s
+examples, argmax over its own output units, PackNet using only the weights of tasks
+``1..t``. Class-incremental ("joint"): every task's examples, argmax over the whole head.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from lth_core import __version__
+from lth_core.data import DataModule
+from lth_core.errors import LthError, PluginError, choices
+from lth_core.files import atomic_write_text, read_json
+from lth_core.lottery import Run, Start, build_model, load_data, train
+from lth_core.masks import Mask
+from lth_core.plugins import Registry, call_plugin, get_plugin_manager, get_registry
+from lth_core.recipes import Recipe, check_against_plugins
+
+from lth_frankenmodel.freeze import FreezeOwned
+from lth_frankenmodel.packed import EXTEND_JSON, Packed, claim, grow, load_source, save_packed
+
+#: extend: key -> (allowed types, default, what it is)
+SETTINGS = {
+    "classes": ((list,), None, "the new classes (data-set labels), required"),
+    "rehearsal": ((int,), 0, "training examples kept per old class and mixed in (0 = none)"),
+    "prune": ((float, int), 0.0, "fraction of the newly trained weights freed again afterwards, in [0, 1)"),
+    "baselines": ((bool,), True, "also train the finetune and dense_joint baselines"),
+}
+START_JSON = "extend_start.json"
+
+
+def settings(recipe: Recipe, old_classes: list[int], num_classes: int) -> dict:
+    """The recipe's ``extend:`` mapping, checked, with defaults; every mistake is one line."""
+    given = dict(recipe["extend"])
+    unknown = sorted(set(given) - set(SETTINGS), key=str)
+    if unknown:
+        raise LthError(f"{recipe.source}: unknown key extend.{unknown[0]}; valid: {choices(SETTINGS)}")
+    out = {}
+    for key, (types, default, _) in SETTINGS.items():
+        value = given.get(key, default)
+        if value is None or isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            raise LthError(f"{recipe.source}: extend.{key} must be {SETTINGS[key][2]}, got {value!r}")
+        out[key] = value
+    classes = out["classes"]
+    if not classes or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes) or len(set(classes)) != len(classes):
+        raise LthError(f"{recipe.source}: extend.classes must be a list of distinct class labels (integers >= 0), got {classes!r}")
+    missing = [c for c in classes if c >= num_classes]
+    if missing:
+        raise LthError(f"{recipe.source}: extend.classes names {missing}; data set {recipe['data']['name']!r} has classes 0..{num_classes - 1}")
+    overlap = sorted(set(classes) & set(old_classes))
+    if overlap:
+        raise LthError(f"{recipe.source}: extend.classes {overlap} are already taught (the network has classes {old_classes}); name new ones")
+    if out["rehearsal"] < 0:
+        raise LthError(f"{recipe.source}: extend.rehearsal must be >= 0, got {out['rehearsal']}")
+    if not 0.0 <= out["prune"] < 1.0:
+        raise LthError(f"{recipe.source}: extend.prune must be in [0, 1), got {out['prune']}")
+    return out
+
+
+def check_recipe(recipe: Recipe, source: Packed) -> None:
+    """The recipe trains the ticket's own network on the ticket's data set, once."""
+    if recipe["model"] != source.model:
+        raise LthError(f"{recipe.source}: model {recipe['model']} differs from the ticket's {source.model}; an extension grows the ticket's own network")
+    if recipe["data"]["name"] != source.data:
+        raise LthError(f"{recipe.source}: data.name {recipe['data']['name']!r} differs from the ticket's {source.data!r}")
+    if recipe["data"]["classes"] is not None:
+        raise LthError(f"{recipe.source}: data.classes is set by lth extend (the ticket's classes, then extend.classes); remove it")
+    if recipe["callbacks"] or recipe["trials"] != 1:
+        raise LthError(f"{recipe.source}: lth extend trains once without recipe callbacks; remove callbacks and set trials: 1")
+
+
+def make_model(registry: Registry, spec: dict, input_shape: tuple, units: int) -> nn.Module:
+    """An untrained model of ``spec`` with ``units`` outputs (weights are loaded over it)."""
+    entry = registry.get("models", spec["name"])
+    options = {k: v for k, v in spec.items() if k != "name"}
+    model = call_plugin(f"model {spec['name']!r} (plugin {entry.plugin!r})", entry.obj, input_shape=input_shape, num_classes=units, **options)
+    if not isinstance(model, nn.Module):
+        raise PluginError(f"model {spec['name']!r} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def head_finder(registry: Registry, input_shape: tuple) -> Callable[[dict, int], list[str]]:
+    """Which entries of the state dict grow with the number of classes (the output layer)."""
+
+    def heads(spec: dict, units: int) -> list[str]:
+        a = make_model(registry, spec, input_shape, units).state_dict()
+        b = make_model(registry, spec, input_shape, units + 1).state_dict()
+        grown = [n for n in a if a[n].shape != b[n].shape]
+        if not grown or any(a[n].shape[0] != units or b[n].shape[0] != units + 1 for n in grown):
+            raise LthError(f"model {spec.get('name')!r} has no output layer lth extend can grow (first dimension = number of classes)")
+        return grown
+
+    return heads
+
+
+@torch.no_grad()
+def logits(model: nn.Module, state: dict[str, Tensor], x: Tensor, batch: int) -> Tensor:
+    model.load_state_dict(state)
+    model.eval()
+    return torch.cat([model(x[i : i + batch]) for i in range(0, x.shape[0], batch)])
+
+
+def task_examples(data: DataModule, task: dict) -> tuple[Tensor, Tensor]:
+    lo, hi = task["units"]
+    sel = (data.test_y >= lo) & (data.test_y < hi)
+    return data.test_x[sel], data.test_y[sel]
+
+
+def accuracy(out: Tensor, y: Tensor, units: tuple[int, int] | None = None) -> float:
+    if units is not None:
+        out = out[:, units[0] : units[1]]
+        y = y - units[0]
+    return float((out.argmax(1) == y).double().mean())
+
+
+@dataclass
+class Evaluator:
+    """Measures a network on every task (task- and class-incremental) on the test split."""
+
+    registry: Registry
+    data: DataModule
+    batch: int
+
+    def model(self, spec: dict, units: int) -> nn.Module:
+        return make_model(self.registry, spec, self.data.input_shape, units)
+
+    def packed(self, p: Packed) -> tuple[dict, dict[int, Tensor]]:
+        """Each task through its own view; joint through the newest view. Returns the
+        metrics and each task's logits (for the bitwise comparison)."""
+        per_task, outs = {}, {}
+        for t, task in enumerate(p.tasks, start=1):
+            x, y = task_examples(self.data, task)
+            outs[t] = logits(self.model(p.model, task["units"][1]), p.view(t), x, self.batch)
+            per_task[str(t)] = accuracy(outs[t], y, task["units"])
+        seen = self.data.test_y < p.units  # a source network is measured on its own classes
+        full = logits(self.model(p.model, p.units), p.view(len(p.tasks)), self.data.test_x[seen], self.batch)
+        return {"task_acc": per_task, **self._joint(full, self.data.test_y[seen], p.tasks)}, outs
+
+    def dense(self, spec: dict, state: dict[str, Tensor], tasks: list[dict]) -> dict:
+        """A network with no ownership: every task through the whole network."""
+        units = tasks[-1]["units"][1]
+        full = logits(self.model(spec, units), state, self.data.test_x, self.batch)
+        per_task = {}
+        for t, task in enumerate(tasks, start=1):
+            lo, hi = task["units"]
+            sel = (self.data.test_y >= lo) & (self.data.test_y < hi)
+            per_task[str(t)] = accuracy(full[sel], self.data.test_y[sel], (lo, hi))
+        return {"task_acc": per_task, **self._joint(full, self.data.test_y, tasks)}
+
+    def _joint(self, full: Tensor, y: Tensor, tasks: list[dict]) -> dict:
+        by_task = {}
+        for t, task in enumerate(tasks, start=1):
+            lo, hi = task["units"]
+            sel = (y >= lo) & (y < hi)
+            by_task[str(t)] = accuracy(full[sel], y[sel])
+        return {"joint_acc": accuracy(full, y), "joint_acc_by_task": by_task}
+
+
+def identical_bits(a: Tensor, b: Tensor) -> bool:
+    """Equal bit for bit (``torch.equal`` would call 0.0 and -0.0 equal)."""
+    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.contiguous().view(torch.int32), b.contiguous().view(torch.int32))
+
+
+def training_data(data: DataModule, tasks: list[dict], rehearsal: int, seed: int) -> DataModule:
+    """The new task's training examples plus ``rehearsal`` seeded examples of each old class."""
+    lo, hi = tasks[-1]["units"]
+    y = data.train_y
+    keep = (y >= lo) & (y < hi)
+    g = torch.Generator().manual_seed(seed)
+    for unit in range(lo) if rehearsal else ():
+        idx = torch.nonzero(y == unit).flatten()
+        if idx.numel() < rehearsal:
+            raise LthError(f"extend.rehearsal={rehearsal} but old class at unit {unit} has only {idx.numel()} training examples")
+        keep[idx[torch.randperm(idx.numel(), generator=g)[:rehearsal]]] = True
+    out = copy.copy(data)
+    out.train_x, out.train_y = data.train_x[keep], y[keep]
+    if out.batch_size > out.train_x.shape[0]:
+        raise LthError(f"data.batch_size={out.batch_size} is larger than the extension's training examples ({out.train_x.shape[0]})")
+    return out
+
+
+def measure_packnet(evaluator: Evaluator, start: Packed, trained: dict[str, Tensor], trainable: dict[str, Tensor],
+                    prune: float, before_logits: dict[int, Tensor]) -> tuple[dict, Packed]:
+    """The new task claims the freed weights (and gives ``prune`` of them back); its metrics
+    carry the proofs: frozen entries unchanged, every old task's test logits identical."""
+    packed = claim(start, trained, prune)
+    metrics, after_logits = evaluator.packed(packed)
+    if prune:  # what the new task loses by giving weights back (no retraining)
+        metrics["new_task_acc_unpruned"] = evaluator.packed(claim(start, trained, 0.0))[0]["task_acc"][str(len(start.tasks))]
+    metrics["frozen_weights_unchanged"] = all(torch.equal(trained[n][~m], start.state[n][~m]) for n, m in trainable.items())
+    metrics["old_task_logits_identical"] = {str(t): identical_bits(before_logits[t], after_logits[t]) for t in before_logits}
+    return metrics, packed
+
+
+def _guard_out(out: Path, source_dir: Path, record: dict) -> None:
+    """Never overwrite a finished extension; resume only the same source and recipe."""
+    if out.resolve() == source_dir.resolve():
+        raise LthError(f"--out {out} is the ticket's own folder; choose a new folder")
+    if (out / EXTEND_JSON).is_file():
+        raise LthError(f"{out} already holds a finished extension ({EXTEND_JSON}); choose another --out")
+    start = out / START_JSON
+    if start.is_file() and read_json(start) != record:
+        raise LthError(f"{out} holds an unfinished extension of another ticket or recipe; choose another --out or delete it")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(start, json.dumps(record, indent=2))
+
+
+def extend(source_dir: str | Path, recipe: Recipe, out: str | Path, say: Callable[[str], None] = print, pm=None) -> dict:
+    """Extend the ticket (or extension) in ``source_dir`` by ``recipe``'s ``extend.classes``."""
+    started = time.time()
+    source_dir, out = Path(source_dir), Path(out)
+    pm = pm or get_plugin_manager()
+    registry = get_registry(pm)
+    check_against_plugins(recipe, registry)
+    if not source_dir.exists():
+        raise LthError(f"ticket {source_dir} does not exist")
+    full = load_data(_with_classes(recipe, None), registry)
+    source, kind = load_source(source_dir, head_finder(registry, full.input_shape))
+    check_recipe(recipe, source)
+    cfg = settings(recipe, source.classes, full.num_classes)
+    joint_recipe = _with_classes(recipe, source.classes + cfg["classes"], str(source_dir))
+    data = load_data(joint_recipe, registry)
+    model = build_model(joint_recipe, registry, data, recipe["seed"])
+    start, trainable = grow(source, cfg["classes"], {k: v.detach().clone() for k, v in model.state_dict().items()},
+                            {n for n, _ in model.named_parameters()})
+    _guard_out(out, source_dir, {"source": str(source_dir.resolve()), "source_sha256": _source_sha(source_dir), "recipe_hash": joint_recipe.hash()})
+    evaluator = Evaluator(registry, data, recipe["data"]["eval_batch_size"])
+    before, before_logits = evaluator.packed(source)
+    run = Run(joint_recipe, out, registry, pm, data, model, start.state, say=say)
+    dense_mask = Mask.ones_like(model)
+    task_id = len(start.tasks)
+    steps = recipe["trainer"].get("max_steps", -1)
+    timings: dict[str, float] = {}
+
+    def fit(name: str, train_data: DataModule, weights: dict, callbacks: tuple = ()) -> dict[str, Tensor]:
+        t0 = time.time()
+        run.data = train_data
+        say(f"extend [{name}]: {train_data.train_x.shape[0]} training examples, {steps} steps")
+        ticket, _, _ = train(run, task_id, name, dense_mask, Start(weights, 0, recipe["optimizer"]), out / "runs" / name, callbacks)
+        timings[name] = round(time.time() - t0, 2)
+        return ticket.final
+
+    variants: dict[str, dict] = {}
+    rehearsals = [cfg["rehearsal"], 0] if cfg["rehearsal"] else [0]
+    extended = None
+    for rehearsal in rehearsals:
+        name = "packnet" if rehearsal == cfg["rehearsal"] else "packnet_no_rehearsal"
+        trained = fit(name, training_data(data, start.tasks, rehearsal, recipe["seed"]), start.state, (FreezeOwned(trainable),))
+        metrics, packed = measure_packnet(evaluator, start, trained, trainable, cfg["prune"], before_logits)
+        variants[name] = {**metrics, "rehearsal_per_class": rehearsal}
+        extended = extended or packed
+    if cfg["baselines"]:
+        variants["finetune"] = evaluator.dense(source.model, fit("finetune", training_data(data, start.tasks, 0, recipe["seed"]), start.state), start.tasks)
+        fresh = build_model(joint_recipe, registry, data, recipe["seed"]).state_dict()
+        variants["dense_joint"] = evaluator.dense(source.model, fit("dense_joint", data, fresh), start.tasks)
+    record = {
+        "source": str(source_dir),
+        "source_kind": kind,
+        "task": task_id,
+        "classes": cfg["classes"],
+        "settings": cfg,
+        "recipe_hash": joint_recipe.hash(),
+        "steps_per_variant": steps,
+        "before": before,
+        "variants": variants,
+        "parameters": {"before": source.counts(), "after": extended.counts()},
+        "wall_time_s": {**timings, "total": round(time.time() - started, 2)},
+        "lth_version": __version__,
+    }
+    meta = {"run": "extend", "recipe_hash": joint_recipe.hash(), "seed": recipe["seed"], "model": source.model,
+            "data": source.data, "metrics": variants["packnet"], "lth_version": __version__}
+    atomic_write_text(out / "recipe.yaml", _yaml(joint_recipe))
+    save_packed(extended, out, meta, record)
+    say(format_summary(record))
+    return read_json(out / EXTEND_JSON)
+
+
+def _with_classes(recipe: Recipe, classes: list[int] | None, ticket: str | None = None) -> Recipe:
+    data = recipe.to_dict()
+    data["data"]["classes"] = classes
+    data["ticket"] = ticket  # part of the hash: runs of another source are never reused
+    return Recipe(data, recipe.source)
+
+
+def _source_sha(source_dir: Path) -> str:
+    meta = read_json(source_dir / "ticket.json")
+    return meta.get("sha256", {}).get("final", "")
+
+
+def _yaml(recipe: Recipe) -> str:
+    import yaml
+
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False)
+
+
+def format_summary(record: dict) -> str:
+    """The measurements as a plain-text table (the CLI prints it; report.md shows the same)."""
+    tasks = sorted(record["before"]["task_acc"], key=int) + [str(record["task"])]
+    header = f"{'variant':<22}" + "".join(f"{'task ' + t + ' acc':>12}" for t in tasks) + f"{'joint acc':>11}"
+    lines = [header, "-" * len(header)]
+    lines.append(f"{'before (source)':<22}" + "".join(f"{100 * record['before']['task_acc'][t]:>12.2f}" if t in record["before"]["task_acc"] else f"{'-':>12}" for t in tasks)
+                 + f"{100 * record['before']['joint_acc']:>11.2f}")
+    for name, v in record["variants"].items():
+        lines.append(f"{name:<22}" + "".join(f"{100 * v['task_acc'][t]:>12.2f}" for t in tasks) + f"{100 * v['joint_acc']:>11.2f}")
+    return "\n".join(lines)

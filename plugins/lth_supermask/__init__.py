@@ -1,0 +1,334 @@
+"""Supermasks: train a mask over a frozen random network, never its weights.
+
+Two methods, one callback (``callbacks: [{name: supermask, method: ...}]``):
+
+- ``edge_popup`` (Ramanujan et al. 2020, "What's hidden in a randomly weighted neural
+  network?"): every prunable weight gets a real score s. The forward pass uses, in each
+  layer, exactly the top ``density`` fraction of weights by |s|; the backward pass hands
+  the gradient of the masked weight's output straight through to s. ``density`` is the
+  paper's k (fraction kept; about 0.5 is best).
+- ``bernoulli`` (Zhou et al. 2019, "Deconstructing Lottery Tickets"): every weight gets a
+  mask logit s (``score_init``); training samples mask ~ Bernoulli(sigmoid(s)) at every
+  step, straight through to sigmoid(s). The density is learned. ``rescale`` is Zhou's
+  dynamic weight rescaling: each layer is multiplied by numel(mask) / sum(mask).
+
+How it stays out of the weights: the callback freezes every parameter of the model
+(``requires_grad`` off for biases and batch norm; the masked layers read ``weight.detach()``
+so no gradient reaches a weight, and torch's optimisers skip parameters without one), adds
+a ``supermask_scores`` parameter to each masked layer for the optimiser to train, and swaps
+the layer's ``forward`` for a masked one. The recipe's optimiser trains the scores.
+
+When training ends the scores become the run's ticket: the mask is the top-k (edge-popup)
+or the most likely mask sigmoid(s) > 0.5 (Bernoulli), the weights are the untouched random
+ones (with ``rescale``, scaled per layer as the network was evaluated), so ``lth report``,
+merging and export read it like any ticket. The scores themselves are kept beside it in
+``supermask_scores.safetensors``. For Bernoulli masks the summary row also holds the test
+accuracy of the expected network (weights x sigmoid(s)) and the mean, std, min and max over
+``eval_samples`` sampled masks, the way Zhou et al. report it.
+
+Initialisations matter (edge-popup: signed Kaiming constant is far better than Gaussian):
+this plugin registers ``kaiming_normal``, ``signed_kaiming_constant`` and
+``scaled_signed_kaiming_constant`` for a recipe's ``init:`` key.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import types
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from lth_core import hookimpl
+from lth_core.context import RoundContext
+from lth_core.errors import LthError
+from lth_core.masks import Mask, prunable_parameters
+
+METHODS = ("edge_popup", "bernoulli")
+SCORES = "supermask_scores"
+
+
+class _TopK(torch.autograd.Function):
+    """Edge-popup's mask: 1 for the ``k`` largest |scores| among ``allowed``; identity gradient."""
+
+    @staticmethod
+    def forward(ctx, scores: Tensor, allowed: Tensor, k: int) -> Tensor:
+        return topk_mask(scores, allowed, k)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad, None, None
+
+
+def topk_mask(scores: Tensor, allowed: Tensor, k: int) -> Tensor:
+    """Exactly ``k`` ones where |scores| is largest, never outside ``allowed`` (float 0/1)."""
+    flat = scores.detach().abs().flatten().masked_fill(~allowed.flatten(), -1.0)
+    out = torch.zeros_like(flat)
+    out[torch.topk(flat, k, sorted=False).indices] = 1.0
+    return out.view_as(scores)
+
+
+def sample_bernoulli(scores: Tensor, allowed: Tensor) -> Tensor:
+    """A Bernoulli(sigmoid(s)) mask whose gradient goes straight through to sigmoid(s)."""
+    p = torch.sigmoid(scores)
+    m = torch.bernoulli(p.detach())
+    return (m + p - p.detach()) * allowed
+
+
+class _Layer:
+    """One masked layer: its module, scores, allowed weights and top-k count."""
+
+    def __init__(self, name: str, module: nn.Module, allowed: Tensor, k: int):
+        self.name, self.module, self.allowed, self.k = name, module, allowed, k
+
+    @property
+    def scores(self) -> Tensor:
+        return getattr(self.module, SCORES)
+
+
+class Supermask(pl.Callback):
+    """Trains per-weight scores of a frozen network; see the module docstring."""
+
+    def __init__(self, context: RoundContext, method: str, density: float, score_init: float,
+                 rescale: bool, eval_samples: int):
+        self.context, self.method, self.density = context, method, density
+        self.score_init, self.rescale, self.eval_samples = score_init, rescale, eval_samples
+        self.layers: list[_Layer] = []
+        self._requires_grad: dict[str, bool] = {}
+        self._fixed_mask = None  # evaluation with a given mask per layer (expected, sampled)
+
+    # -- the masked forward ------------------------------------------------------------
+    def layer_mask(self, layer: _Layer) -> Tensor:
+        """The 0/1 mask a layer's forward uses now (sampled while training Bernoulli masks)."""
+        s = layer.scores
+        if layer.allowed.device != s.device:
+            layer.allowed = layer.allowed.to(s.device)
+        allowed = layer.allowed
+        if self._fixed_mask is not None:
+            return self._rescaled(self._fixed_mask(layer), allowed)
+        if self.method == "edge_popup":
+            return _TopK.apply(s.abs(), allowed, layer.k)  # the gradient reaches s through |s|, as in the paper's code
+        if layer.module.training:
+            m = sample_bernoulli(s, allowed)
+        else:
+            m = (s.detach() > 0).to(s.dtype) * allowed  # sigmoid(s) > 0.5: the most likely mask
+        return self._rescaled(m, allowed)
+
+    def _rescaled(self, m: Tensor, allowed: Tensor) -> Tensor:
+        """Zhou's dynamic weight rescaling: x numel(allowed) / sum(mask), when switched on."""
+        if not self.rescale:
+            return m
+        return m * (allowed.sum() / m.detach().sum().clamp_min(1.0))
+
+    def _wrap(self, layer: _Layer) -> None:
+        module = layer.module
+        callback = self
+
+        def forward(self_, x: Tensor) -> Tensor:
+            w = self_.weight.detach() * callback.layer_mask(layer)
+            bias = self_.bias.detach() if self_.bias is not None else None
+            if isinstance(self_, nn.Linear):
+                return F.linear(x, w, bias)
+            return self_._conv_forward(x, w, bias)
+
+        module.forward = types.MethodType(forward, module)
+
+    # -- Lightning hooks ---------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        model, mask = self.context.model, self.context.mask
+        params = prunable_parameters(model)
+        self._requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+        for n, p in model.named_parameters():
+            if n not in mask:
+                p.requires_grad_(False)
+        for name in mask:
+            module = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+            if not isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) or params[name] is not module.weight:
+                raise LthError(f"supermask: {name} is not the weight of a Linear or Conv layer; supermasks mask only those")
+            allowed = mask[name].clone()
+            n_allowed = int(allowed.sum())
+            k = max(1, round(self.density * n_allowed)) if n_allowed and self.method == "edge_popup" else 0
+            scores = torch.empty_like(module.weight, requires_grad=True)
+            with torch.no_grad():
+                if self.method == "edge_popup":
+                    nn.init.kaiming_uniform_(scores, a=math.sqrt(5))  # as Ramanujan et al.'s code
+                else:
+                    scores.fill_(self.score_init)
+            module.register_parameter(SCORES, nn.Parameter(scores))
+            layer = _Layer(name, module, allowed, k)
+            self._wrap(layer)
+            self.layers.append(layer)
+        pl_module.density_fn = self.current_density
+
+    def current_density(self) -> float:
+        """Density of the mask evaluated now, over every prunable weight (as Mask.density)."""
+        with torch.no_grad():
+            kept = sum(int(self._final_layer_mask(layer).sum()) for layer in self.layers)
+        total = sum(layer.allowed.numel() for layer in self.layers)
+        return kept / total if total else 1.0
+
+    def _final_layer_mask(self, layer: _Layer) -> Tensor:
+        s = layer.scores.detach()
+        if self.method == "edge_popup":
+            return topk_mask(s, layer.allowed.to(s.device), layer.k).bool()
+        return (s > 0) & layer.allowed.to(s.device)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.layers:
+            return
+        if self.method == "bernoulli":
+            self.context.metrics.update(self._bernoulli_metrics(pl_module))
+        final = {layer.name: self._final_layer_mask(layer).cpu() for layer in self.layers}
+        scales = {layer.name: self._scale(final[layer.name], layer) for layer in self.layers}
+        self._save_scores()
+        self._restore(pl_module)
+        with torch.no_grad():
+            for layer in self.layers:
+                if scales[layer.name] != 1.0:
+                    layer.module.weight.mul_(scales[layer.name])
+        full = {n: final.get(n, self.context.mask[n]) for n in self.context.mask}
+        pl_module.set_mask(Mask(full))  # the ticket: this mask over the (untouched) random weights
+        self.layers = []
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self.layers:
+            self._restore(pl_module)
+            self.layers = []
+
+    # -- helpers -----------------------------------------------------------------------
+    def _scale(self, mask: Tensor, layer: _Layer) -> float:
+        if not self.rescale:
+            return 1.0
+        return float(layer.allowed.sum()) / max(1.0, float(mask.sum()))
+
+    def _restore(self, pl_module: pl.LightningModule) -> None:
+        """Put the model back as it was: plain forwards, no scores, gradients as before."""
+        for layer in self.layers:
+            layer.module.__dict__.pop("forward", None)
+            layer.module._parameters.pop(SCORES, None)
+        for n, p in self.context.model.named_parameters():
+            p.requires_grad_(self._requires_grad.get(n, True))
+        pl_module.density_fn = None
+
+    def _save_scores(self) -> None:
+        if self.context.out_dir is None:
+            return
+        tensors = {layer.name: layer.scores.detach().cpu().contiguous() for layer in self.layers}
+        self.context.out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.context.out_dir / f".{SCORES}.safetensors.tmp"
+        save_file(tensors, str(tmp))
+        tmp.replace(self.context.out_dir / f"{SCORES}.safetensors")
+
+    @torch.no_grad()
+    def _bernoulli_metrics(self, pl_module: pl.LightningModule) -> dict[str, float]:
+        """Test accuracy of the expected network and over sampled masks (Zhou et al.)."""
+        model = self.context.model
+        was_training = model.training
+        model.eval()
+        x, y = self._test_tensors(pl_module.device)
+        expected = self._accuracy(model, x, y, lambda layer: torch.sigmoid(layer.scores) * layer.allowed)
+        gen = torch.Generator(device="cpu").manual_seed(self.context.round * 7919 + 17)
+
+        def sample(layer: _Layer) -> Tensor:
+            p = torch.sigmoid(layer.scores.detach()).cpu()
+            return torch.bernoulli(p, generator=gen).to(x.device) * layer.allowed
+
+        sampled = [self._accuracy(model, x, y, sample) for _ in range(self.eval_samples)]
+        model.train(was_training)
+        return {
+            "supermask_test_acc_expected": expected,
+            "supermask_test_acc_sampled_mean": statistics.fmean(sampled),
+            "supermask_test_acc_sampled_std": statistics.pstdev(sampled),
+            "supermask_test_acc_sampled_min": min(sampled),
+            "supermask_test_acc_sampled_max": max(sampled),
+            "supermask_expected_density": self._expected_density(),
+        }
+
+    def _expected_density(self) -> float:
+        kept = sum(float((torch.sigmoid(layer.scores.detach()) * layer.allowed).sum()) for layer in self.layers)
+        return kept / sum(layer.allowed.numel() for layer in self.layers)
+
+    def _test_tensors(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        test = self.context.data.eval_loaders()[-1]
+        xs, ys = zip(*list(test))
+        return torch.cat(xs).to(device), torch.cat(ys).to(device)
+
+    def _accuracy(self, model: nn.Module, x: Tensor, y: Tensor, mask_of) -> float:
+        """Test accuracy with each masked layer using ``mask_of(layer)`` (then rescaled)."""
+        self._fixed_mask = mask_of
+        try:
+            correct = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in zip(x.split(2000), y.split(2000)))
+        finally:
+            self._fixed_mask = None
+        return correct / len(y)
+
+
+def supermask(context: RoundContext, method: str = "edge_popup", density: float = 0.5, score_init: float = 0.0,
+              rescale: bool = False, eval_samples: int = 10) -> Supermask:
+    """The ``supermask`` callback: train a mask of the frozen network (see module docstring).
+
+    ``method``: edge_popup or bernoulli. ``density`` (edge_popup): fraction of each layer's
+    weights kept, in (0, 1]. ``score_init`` (bernoulli): the initial mask logit, the same for
+    every weight (0 = keep with probability 0.5). ``rescale`` (bernoulli): dynamic weight
+    rescaling. ``eval_samples`` (bernoulli): sampled masks averaged at the end.
+    """
+    if method not in METHODS:
+        raise LthError(f"callbacks.supermask.method is {method!r}; valid: {', '.join(METHODS)}")
+    if not 0.0 < density <= 1.0:
+        raise LthError(f"callbacks.supermask.density must be in (0, 1] (the fraction of weights kept), got {density}")
+    if eval_samples < 1:
+        raise LthError(f"callbacks.supermask.eval_samples must be >= 1, got {eval_samples}")
+    if rescale and method == "edge_popup":
+        raise LthError("callbacks.supermask.rescale is for method bernoulli; edge_popup keeps a fixed density "
+                       "(use init: scaled_signed_kaiming_constant instead)")
+    return Supermask(context, method, float(density), float(score_init), bool(rescale), int(eval_samples))
+
+
+# -- initialisations ------------------------------------------------------------------
+def _fan_in_std(weight: Tensor, density: float = 1.0) -> float:
+    fan_in, _ = nn.init._calculate_fan_in_and_fan_out(weight)
+    return nn.init.calculate_gain("relu") / math.sqrt(density * fan_in)
+
+
+def kaiming_normal(model: nn.Module, generator: torch.Generator) -> dict[str, Tensor]:
+    """Prunable weights ~ N(0, 2/fan_in) (He et al.), the Gaussian baseline of edge-popup."""
+    return {n: torch.randn(p.shape, generator=generator) * _fan_in_std(p) for n, p in prunable_parameters(model).items()}
+
+
+def signed_kaiming_constant(model: nn.Module, generator: torch.Generator) -> dict[str, Tensor]:
+    """Prunable weights = ±sqrt(2/fan_in) with random signs (edge-popup's best init)."""
+    return scaled_signed_kaiming_constant(model, generator, density=1.0)
+
+
+def scaled_signed_kaiming_constant(model: nn.Module, generator: torch.Generator, density: float = 0.5) -> dict[str, Tensor]:
+    """±sqrt(2/(density·fan_in)): the signed constant scaled for a mask keeping ``density``.
+
+    A layer that keeps a fraction k of its inputs has an effective fan-in of k·fan_in; this
+    keeps the activations' variance as Kaiming intends. Set ``density`` to the supermask's.
+    """
+    if not 0.0 < density <= 1.0:
+        raise LthError(f"init.scaled_signed_kaiming_constant.density must be in (0, 1], got {density}")
+    out = {}
+    for n, p in prunable_parameters(model).items():
+        signs = torch.randint(0, 2, p.shape, generator=generator).float() * 2 - 1
+        out[n] = signs * _fan_in_std(p, density)
+    return out
+
+
+@hookimpl
+def register_callbacks(register: Any) -> None:
+    register("supermask", supermask)
+
+
+@hookimpl
+def register_initializers(register: Any) -> None:
+    register("kaiming_normal", kaiming_normal)
+    register("signed_kaiming_constant", signed_kaiming_constant)
+    register("scaled_signed_kaiming_constant", scaled_signed_kaiming_constant)

@@ -1,0 +1,147 @@
+"""`lth export`: dead units removed exactly; the file runs with torch alone."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from lth_core import cli
+from lth_core.errors import LthError
+from lth_core.export import SparseLinear, compact, export_ticket, sparsify
+from lth_core.lottery import build_model, load_data, run_lottery
+from lth_core.masks import Mask, apply_mask
+from lth_core.plugins import get_registry
+from lth_core.recipes import validate
+from lth_core.tickets import load_ticket
+
+
+@pytest.fixture(scope="module")
+def sparse_run(make_tiny, tmp_path_factory):
+    """A real lottery on digits pruned to 2.6%: many hidden units end up dead."""
+    raw = make_tiny()
+    raw["lottery"].update(rounds=4, rate=0.6)
+    out = tmp_path_factory.mktemp("sparse")
+    run_lottery(validate(raw), out, say=lambda s: None)
+    return out, raw
+
+
+def digits_and_model(raw: dict, pm=None):
+    recipe = validate(raw)
+    registry = get_registry(pm)
+    data = load_data(recipe, registry)
+    return data, build_model(recipe, registry, data, 0), torch.cat([x for x, _ in data.eval_loaders()[-1]])
+
+
+@pytest.fixture(scope="module")
+def exported(sparse_run, tmp_path_factory):
+    out, _ = sparse_run
+    folder = tmp_path_factory.mktemp("export")
+    return folder, export_ticket(out / "round_4", folder / "model.pt2")
+
+
+def test_export_removes_dead_units_and_matches_the_masked_model(sparse_run, exported):
+    (out, _), (folder, record) = sparse_run, exported
+    assert record["max_abs_logit_diff"] <= 1e-5 and record["max_abs_logit_diff_reloaded"] <= 1e-5
+    assert record["prediction_agreement"] == 1.0
+    units = [u["units"] for u in record["units"]]
+    assert units[-1] == 10 and units[0] < 64 and units[1] < 32  # classes kept, dead hidden units gone
+    assert {u["type"] for u in record["units"]} == {"SparseLinear"}  # every layer is below 30% here
+    assert record["file_bytes"]["compact"] < record["file_bytes"]["dense"]  # (tiny net: the program text dominates)
+    assert record["parameters"]["compact"] < record["parameters"]["dense"]
+    ticket = load_ticket(out / "round_4")
+    assert record["parameters"]["nonzero_in_ticket"] == ticket.mask.kept() + sum(
+        int((v != 0).sum()) for k, v in ticket.final.items() if k not in ticket.mask)
+    assert json.loads((folder / "model.pt2.json").read_text()) == record
+    assert sorted(p.name for p in folder.iterdir()) == ["model.pt2", "model.pt2.json"]  # no temporary files left
+
+
+def test_the_exported_file_runs_without_lth(sparse_run, exported, tmp_path):
+    (out, raw), (folder, _) = sparse_run, exported
+    data, model, x = digits_and_model(raw)
+    torch.save(x[:50], tmp_path / "x.pt")
+    code = (
+        "import sys, torch; m = torch.export.load(sys.argv[1]).module(); x = torch.load(sys.argv[2], weights_only=True);"
+        "print(m(x).argmax(1).tolist()); assert not [k for k in sys.modules if k.startswith('lth')]"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(folder / "model.pt2"), str(tmp_path / "x.pt")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ticket = load_ticket(out / "round_4", model)
+    model.load_state_dict(ticket.final)
+    apply_mask(model, ticket.mask)
+    with torch.no_grad():
+        assert json.loads(proc.stdout.strip().splitlines()[-1]) == model(x[:50]).argmax(1).tolist()
+
+
+def test_units_without_inputs_fold_their_constant_into_the_next_bias(make_tiny):
+    """A hidden unit with every input pruned outputs relu(bias): folded, exactly."""
+    raw = make_tiny()
+    data, model, x = digits_and_model(raw)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                m.bias.uniform_(-0.5, 0.5)
+    fc1, fc2 = model.net[1], model.net[3]
+    fc1.bias.data[3], fc1.bias.data[4] = 0.7, -0.7  # one constant unit that passes ReLU, one that does not
+    mask = Mask.ones_like(model)
+    m1, m2 = mask["net.1.weight"].clone(), mask["net.3.weight"].clone()
+    m1[3] = m1[4] = False        # units 3 and 4 of fc1 have no inputs
+    m2[:, 7] = False             # unit 7 of fc1 is never read
+    m2[5] = False                # unit 5 of fc2 has no inputs
+    mask = Mask({**dict(mask.items()), "net.1.weight": m1, "net.3.weight": m2})
+    apply_mask(model, mask)
+    model.eval()
+    small = compact(model)
+    assert small[1].out_features == 64 - 3 and small[3].out_features == 32 - 1
+    stored = sparsify(small, 1.0)  # every Linear as its nonzeros only
+    assert all(isinstance(m, SparseLinear) for m in stored if not isinstance(m, (nn.ReLU, nn.Flatten)))
+    assert stored[3].values.numel() == int((small[3].weight != 0).sum())
+    with torch.no_grad():
+        assert torch.allclose(small(x), model(x), atol=1e-5, rtol=0)
+        assert torch.allclose(stored(x), model(x), atol=1e-5, rtol=0)
+
+
+def test_conv_channels_are_removed_where_that_is_exact(tmp_path, pm):
+    """Conv-2 on digits: a channel nobody reads goes; a constant channel before a conv stays."""
+    raw = {"model": {"name": "conv2", "width": 0.25}, "data": {"name": "digits"}, "tracking": "none"}
+    data, model, x = digits_and_model(raw, pm)
+    with torch.no_grad():
+        model.conv1.bias.uniform_(0.1, 0.5)
+        model.conv2.bias.uniform_(-0.5, 0.5)
+    mask = dict(Mask.ones_like(model).items())
+    c1, c2, f1 = mask["conv1.weight"].clone(), mask["conv2.weight"].clone(), mask["fc1.weight"].clone()
+    c1[2] = False                 # conv1 channel 2: no inputs, relu(bias) > 0, read by a conv: must stay
+    c2[:, 5] = False              # conv1 channel 5: nobody reads it -> removed
+    c2[6] = False                 # conv2 channel 6: no inputs, read through Flatten by fc1 -> folded
+    hw = model.fc1.in_features // model.conv2.out_channels
+    f1[:, 9 * hw:10 * hw] = False  # conv2 channel 9: nobody reads it -> removed
+    apply_mask(model, Mask({**mask, "conv1.weight": c1, "conv2.weight": c2, "fc1.weight": f1}))
+    model.eval()
+    small = compact(model)
+    convs = [m for m in small if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [16 - 1, 16 - 2]
+    with torch.no_grad():
+        assert torch.allclose(small(x), model(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("spec", [{"name": "conv2", "batchnorm": "affine", "width": 0.25}, {"name": "resnet20", "width": 4}])
+def test_unsupported_architectures_are_refused_by_name(spec, pm):
+    data, model, _ = digits_and_model({"model": spec, "data": {"name": "digits"}, "tracking": "none"}, pm)
+    with pytest.raises(LthError, match="lth export compacts plain chains of Linear, Conv2d, ReLU"):
+        compact(model)
+
+
+def test_cli_export_and_its_mistakes(sparse_run, tmp_path, capsys):
+    out, _ = sparse_run
+    assert cli.main(["export", str(out / "round_4"), "--out", str(tmp_path / "m.pt2")]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(tmp_path / "m.pt2") and "same prediction on 100.00%" in captured.err
+    bad = subprocess.run([sys.executable, "-m", "lth_core.cli", "export", str(out), "--out", str(tmp_path / "x.pt2")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("lth: error:") and "is not a ticket folder" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "x.pt2").exists()
