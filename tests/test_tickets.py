@@ -22,7 +22,8 @@ from lth_core.errors import LthError
 from lth_core.lottery import run_lottery
 from lth_core.masks import Mask
 from lth_core.recipes import validate
-from lth_core.tickets import FILES, Ticket, _sha256, is_ticket, load_ticket, save_ticket
+from lth_core.files import sha256_file
+from lth_core.tickets import FILES, Ticket, is_ticket, load_ticket, save_ticket
 from lth_models import mlp
 
 TICKET_FILES = {"mask.safetensors", "init.safetensors", "final.safetensors", "ticket.json"}
@@ -85,7 +86,7 @@ def test_real_ticket_round_trips_bit_for_bit(lottery_dir: Path, tmp_path: Path) 
     assert again.meta["sparsity"] == again.mask.report()
     assert again.meta["round"] == 1 and again.meta["metrics"]["round"] == 1
     for which in FILES:
-        assert again.meta["sha256"][which] == _sha256(tmp_path / "copy" / f"{which}.safetensors")
+        assert again.meta["sha256"][which] == sha256_file(tmp_path / "copy" / f"{which}.safetensors")
     # a real ticket: pruned weights are exactly zero in the trained state
     for n, m in again.mask.items():
         assert bool((again.final[n][~m] == 0).all())
@@ -239,7 +240,7 @@ def test_mask_with_non_bool_dtype_is_refused(lottery_dir: Path, tmp_path: Path) 
     masks = load_file(str(folder / "mask.safetensors"))
     save_file({n: m.to(torch.uint8) for n, m in masks.items()}, str(folder / "mask.safetensors"))
     meta = json.loads((folder / "ticket.json").read_text())
-    meta["sha256"]["mask"] = _sha256(folder / "mask.safetensors")
+    meta["sha256"]["mask"] = sha256_file(folder / "mask.safetensors")
     (folder / "ticket.json").write_text(json.dumps(meta))
     with pytest.raises(LthError) as err:
         load_ticket(folder)
