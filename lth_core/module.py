@@ -18,19 +18,31 @@ EVAL_SPLITS = ("val", "test")
 
 
 def build_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
-    """The recipe's optimiser, always with the multi-tensor (``foreach``) implementation.
+    """The recipe's optimiser, with torch's fused kernel where the device has one.
 
-    torch leaves ``foreach`` off for CPU tensors; the per-tensor loop it falls back to cost
-    about 35 ms per LeNet-300-100 Adam step on this 2-core CPU against 2.4 ms with it.
+    torch leaves CPU optimisers on the per-tensor loop, which cost 35 ms per LeNet-300-100
+    Adam step on this 2-core CPU. The multi-tensor (``foreach``) path cut that to 2.4 ms,
+    but its vectorised ``sqrt`` is about 20x slower on zeros, and a lottery keeps Adam's
+    second moment of every pruned weight at exactly zero: at 80% pruned, foreach Adam took
+    3.2 ms a step against 0.53 ms fused (same results to 1 ulp, measured side by side).
+    Devices without fused kernels fall back to ``foreach``.
     """
-    name, common = cfg["name"], {"lr": cfg["lr"], "weight_decay": cfg["weight_decay"], "foreach": True}
+    params = list(params)
+    name, common = cfg["name"], {"lr": cfg["lr"], "weight_decay": cfg["weight_decay"]}
+    device = params[0].device.type if params else "cpu"
+    fast = {"fused": True} if device in ("cpu", "cuda") else {"foreach": True}
     if name == "sgd":
-        return torch.optim.SGD(params, momentum=cfg["momentum"], nesterov=cfg["nesterov"], **common)
-    if name == "adam":
-        return torch.optim.Adam(params, **common)
-    if name == "adamw":
-        return torch.optim.AdamW(params, **common)
-    raise ValueError(f"unknown optimizer {name!r}")  # recipes.validate refuses it first
+        make = lambda **k: torch.optim.SGD(params, momentum=cfg["momentum"], nesterov=cfg["nesterov"], **common, **k)  # noqa: E731
+    elif name == "adam":
+        make = lambda **k: torch.optim.Adam(params, **common, **k)  # noqa: E731
+    elif name == "adamw":
+        make = lambda **k: torch.optim.AdamW(params, **common, **k)  # noqa: E731
+    else:
+        raise ValueError(f"unknown optimizer {name!r}")  # recipes.validate refuses it first
+    try:
+        return make(**fast)
+    except (RuntimeError, ValueError):  # e.g. a dtype the fused kernel does not take
+        return make(foreach=True)
 
 
 def lr_factor(cfg: dict):
@@ -112,8 +124,21 @@ class LotteryModule(pl.LightningModule):
         loss = F.cross_entropy(self.model(x), y)
         if loss.device.type == "cpu" and not torch.isfinite(loss):  # free on the CPU; on a GPU, validation catches it
             raise NonFiniteLoss(f"the training loss is {float(loss.detach())} at step {self.step}")
-        self.log(f"{self.log_prefix}train_loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        if self._log_now():
+            self.log(f"{self.log_prefix}train_loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         return loss
+
+    def _log_now(self) -> bool:
+        """Log the training loss only on steps the logger writes: Lightning's ``self.log``
+        costs about 1 ms a step on this CPU, a sixth of a LeNet-300-100 step."""
+        every = getattr(self._trainer, "log_every_n_steps", 1) if self._trainer is not None else 1
+        return (self.global_step + 1) % max(1, every) == 0 or bool(getattr(self._trainer, "progress_bar_callback", None))
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        """Our batches are always an ``(x, y)`` pair of tensors: move them directly instead of
+        walking them with Lightning's generic collection mapper."""
+        x, y = batch
+        return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
         x, y = batch
