@@ -11,7 +11,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics import MeanMetric
 
-from lth_core.errors import NonFiniteLoss
+from lth_core.errors import LthError, NonFiniteLoss
 from lth_core.masks import Mask, MaskEnforcer
 
 EVAL_SPLITS = ("val", "test")
@@ -62,6 +62,19 @@ def lr_factor(cfg: dict):
     return factor
 
 
+def check_new_mask(current: Mask, new: Mask) -> None:
+    """Refuse a mask set during training that does not fit or that revives pruned weights."""
+    if not isinstance(new, Mask):
+        raise LthError(f"a callback set a mask of type {type(new).__name__}; set_mask takes an lth_core.masks.Mask")
+    if set(new) != set(current):
+        raise LthError(f"a callback set a mask for layers {sorted(new)}; this run prunes {sorted(current)}")
+    for n, m in new.items():
+        if m.dtype != torch.bool or m.shape != current[n].shape:
+            raise LthError(f"a callback set a mask whose {n} is {m.dtype} {tuple(m.shape)}; it must be torch.bool {tuple(current[n].shape)}")
+        if bool((m & ~current[n]).any()):
+            raise LthError(f"a callback's mask revives {int((m & ~current[n]).sum())} pruned weights of {n}; masks may only tighten")
+
+
 class LotteryModule(pl.LightningModule):
     """Trains ``model`` with cross-entropy under ``mask``; measures val and test at each eval.
 
@@ -106,7 +119,13 @@ class LotteryModule(pl.LightningModule):
         return int(self.global_step) + self.step_offset
 
     def set_mask(self, mask: Mask) -> None:
-        """Tighten the mask mid-training (gradual pruning); pruned weights are zeroed now."""
+        """Tighten the mask mid-training (gradual pruning); pruned weights are zeroed now.
+
+        A callback's mask is checked before it takes effect: a Mask with the current
+        layers, shapes and bool tensors that revives no pruned weight (a weight at zero has
+        lost its value; reviving it would not be the run the recipe describes).
+        """
+        check_new_mask(self.mask, mask)
         self.mask = mask
         if self.enforcer is not None:
             self.enforcer.set_mask(mask)
