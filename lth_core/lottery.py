@@ -247,22 +247,42 @@ def summarise(history: list[dict], round_: int, mask: Mask, steps: int) -> dict:
     }
 
 
-def _callbacks(run: Run, ctx: RoundContext) -> list:
-    """The recipe's named callbacks, then whatever plugins add through ``round_callbacks``."""
+def _callbacks(run: Run, ctx: RoundContext, origins: dict[int, str]) -> list:
+    """The recipe's named callbacks, then whatever plugins add through ``round_callbacks``.
+
+    ``origins`` receives, per callback object, the plugin it came from: an error raised
+    inside a callback during training is then reported naming that plugin.
+    """
     callbacks = []
     for spec in run.recipe["callbacks"]:
         entry = run.registry.get("callbacks", spec["name"])
         options = {k: v for k, v in spec.items() if k != "name"}
-        cb = call_plugin(f"callback {spec['name']!r} (plugin {entry.plugin!r})", entry.obj, ctx, **options)
+        source = f"callback {spec['name']!r} (plugin {entry.plugin!r})"
+        cb = call_plugin(source, entry.obj, ctx, **options)
         if cb is not None:
             callbacks.append(cb)
-    for extra in run.pm.hook.round_callbacks(context=ctx):
-        if extra:
-            callbacks.extend(extra)
+            origins[id(cb)] = source
+    for impl in run.pm.hook.round_callbacks.get_hookimpls():
+        source = f"round_callbacks of plugin {run.pm.get_name(impl.plugin)!r}"
+        extra = call_plugin(source, impl.function, context=ctx)
+        for cb in extra or []:
+            callbacks.append(cb)
+            origins[id(cb)] = source
     return callbacks
 
 
-def _trainer(run: Run, ctx: RoundContext, start_step: int, extra_callbacks: tuple = ()) -> pl.Trainer:
+def _culprit(exc: BaseException, origins: dict[int, str]) -> str | None:
+    """The plugin whose callback raised ``exc``: the innermost frame of one of its methods."""
+    tb, found = exc.__traceback__, None
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if owner is not None and id(owner) in origins:
+            found = origins[id(owner)]
+        tb = tb.tb_next
+    return found
+
+
+def _trainer(run: Run, ctx: RoundContext, start_step: int, extra_callbacks: tuple = (), origins: dict | None = None) -> pl.Trainer:
     kwargs = dict(run.recipe["trainer"])
     if start_step and kwargs.get("max_steps", -1) > 0:
         kwargs["max_steps"] -= start_step  # resume the schedule at step k, end where it ends
@@ -272,7 +292,7 @@ def _trainer(run: Run, ctx: RoundContext, start_step: int, extra_callbacks: tupl
     return pl.Trainer(
         **kwargs,
         logger=run.logger if run.logger is not None else False,
-        callbacks=_callbacks(run, ctx) + list(extra_callbacks),
+        callbacks=_callbacks(run, ctx, origins if origins is not None else {}) + list(extra_callbacks),
         enable_checkpointing=False,
         default_root_dir=str(run.out_dir),
         num_sanity_val_steps=0,
@@ -312,7 +332,8 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
     optimizer = start.optimizer or run.recipe["optimizer"]
     module = LotteryModule(run.model, mask, optimizer, run.data.num_classes, log_prefix=f"round_{round_}/{name}", step_offset=start.step)
     ctx.module = module
-    trainer = _trainer(run, ctx, start.step, extra_callbacks)
+    origins: dict[int, str] = {}
+    trainer = _trainer(run, ctx, start.step, extra_callbacks, origins)
     try:
         trainer.fit(module, train_dataloaders=_train_loader(run, start.step), val_dataloaders=run.data.eval_loaders())
     except NonFiniteLoss as exc:
@@ -323,6 +344,12 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
             f"round {round_} [{name}] diverged: {exc}; nothing of it was saved as a ticket ({folder / 'failure.json'} "
             f"has its curve), earlier rounds in {run.out_dir} are kept; lower optimizer.lr or add warmup_steps"
         ) from None
+    except Exception as exc:  # a plugin's callback broke: say which, in one line
+        culprit = _culprit(exc, origins)
+        if culprit is None:
+            raise
+        what = str(exc) if isinstance(exc, LthError) else f"{type(exc).__name__}: {exc}"
+        raise PluginError(f"{culprit} failed in round {round_} [{name}]: {what}") from exc
     if not module.history or module.history[-1]["step"] != module.step:
         trainer.validate(module, dataloaders=run.data.eval_loaders(), verbose=False)
     run.model.cpu()

@@ -81,10 +81,36 @@ def test_a_callback_mask_that_does_not_fit_is_refused(tiny_raw, tmp_path, pm, ma
         tiny_raw["callbacks"] = ["bad_mask"]
         tiny_raw["trainer"].update(max_steps=10, val_check_interval=5)
         # round 0 is dense (nothing to revive); round 1 trains a sparse mask, where reviving is caught
-        with pytest.raises(LthError, match=message):
+        with pytest.raises(LthError, match=message) as caught:
             run_lottery(validate(tiny_raw), tmp_path, say=lambda s: None, pm=pm)
     finally:
         pm.unregister(plugin)
+    assert str(caught.value).startswith("callback 'bad_mask' (plugin 'bad-masks') failed in round ")
+
+
+class Raises:
+    """A throwaway plugin whose round callback has a bug (it divides by zero at step 3)."""
+
+    @hookimpl
+    def round_callbacks(self, context):
+        class Buggy(pl.Callback):
+            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+                if module.step == 3:
+                    1 / 0
+
+        return [Buggy()]
+
+
+def test_a_plugin_callback_that_raises_is_named(tiny_raw, tmp_path, pm):
+    plugin = Raises()
+    pm.register(plugin, name="buggy-plugin")
+    try:
+        with pytest.raises(LthError, match=r"^round_callbacks of plugin 'buggy-plugin' failed in round 0 \[ticket\]: "
+                                           r"ZeroDivisionError: division by zero$"):
+            run_lottery(validate(tiny_raw), tmp_path, say=lambda s: None, pm=pm)
+    finally:
+        pm.unregister(plugin)
+    assert not (tmp_path / "round_0" / "ticket.json").exists()
 
 
 def test_a_pickle_payload_in_a_ticket_never_runs(tiny_raw, tmp_path, pm):
