@@ -10,7 +10,7 @@ recipes themselves train 9,000) and prints Markdown tables, then a JSON line:
 - the sweep over k and the width sweep (0.5x..4x hidden units);
 - with ``--conv``: Conv-4 (non-affine batch norm) supermask vs Conv-4 trained densely.
 
-    python benchmarks/supermask_table.py OUT_DIR [--steps 3000] [--jobs 2] [--conv]
+    python benchmarks/supermask_table.py OUT_DIR [--steps 3000] [--jobs 2] [--conv | --conv-only]
 
 Runs go to OUT_DIR/<name>; rerunning reuses finished runs. Learning-rate milestones are
 scaled to the budget (55% and 83% of it, where the recipes put them).
@@ -69,7 +69,7 @@ def _init_name(point: dict) -> str:
     return init if isinstance(init, str) else f"{init['name']} (k={init['density']})"
 
 
-def tables(out: Path, conv: bool) -> tuple[str, dict]:
+def tables(out: Path) -> tuple[str, dict]:
     results: dict = {}
     lines = ["| initialisation | supermask k=0.5 (weights untrained) | dense training (all weights) |", "|---|---|---|"]
     masks, dense = _sweep(out, "supermask_inits"), _sweep(out, "dense_inits")
@@ -93,12 +93,14 @@ def tables(out: Path, conv: bool) -> tuple[str, dict]:
         n = 784 * h[0] + h[0] * h[1] + h[1] * 10
         results[f"width/{h[0]}-{h[1]}"] = p["last_round"]["test_acc_final"]
         lines.append(f"| {h[0]}-{h[1]} | {n:,} | {p['last_round']['test_acc_final']:.2%} |")
-    if conv:
-        cs, cd = _row(out, "conv4_supermask"), _row(out, "conv4_dense")
-        results["conv4"] = {"supermask": cs["test_acc_final"], "dense": cd["test_acc_final"]}
-        lines += ["", "| Conv-4 | test accuracy |", "|---|---|",
-                  f"| supermask k=0.5, non-affine BN | {cs['test_acc_final']:.2%} |", f"| dense training | {cd['test_acc_final']:.2%} |"]
     return "\n".join(lines), results
+
+
+def conv_table(out: Path) -> tuple[str, dict]:
+    cs, cd = _row(out, "conv4_supermask"), _row(out, "conv4_dense")
+    lines = ["| Conv-4 | test accuracy |", "|---|---|",
+             f"| supermask k=0.5, non-affine BN | {cs['test_acc_final']:.2%} |", f"| dense training | {cd['test_acc_final']:.2%} |"]
+    return "\n".join(lines), {"conv4": {"supermask": cs["test_acc_final"], "dense": cd["test_acc_final"]}}
 
 
 def main() -> None:
@@ -114,20 +116,14 @@ def main() -> None:
     todo = jobs(args.steps, args.conv or args.conv_only)
     if args.conv_only:
         todo = {k: v for k, v in todo.items() if k.startswith("conv4")}
-        with ThreadPoolExecutor(args.jobs) as pool:
-            for f in [pool.submit(run, out, n, r, o, args.steps) for n, (r, o) in todo.items()]:
-                f.result()
-        cs, cd = _row(out, "conv4_supermask"), _row(out, "conv4_dense")
-        print(f"| Conv-4 supermask k=0.5, non-affine BN | {cs['test_acc_final']:.2%} |\n| Conv-4 dense training | {cd['test_acc_final']:.2%} |")
-        print(json.dumps({"steps": args.steps, "conv4": {"supermask": cs["test_acc_final"], "dense": cd["test_acc_final"]}}))
-        return
     with ThreadPoolExecutor(args.jobs) as pool:
         for f in [pool.submit(run, out, n, r, o, args.steps) for n, (r, o) in todo.items()]:
             f.result()
-    text, results = tables(out, args.conv)
-    print(text)
-    print(json.dumps({"steps": args.steps, **results}))
-
+    parts = [] if args.conv_only else [tables(out)]
+    if args.conv or args.conv_only:
+        parts.append(conv_table(out))
+    print("\n\n".join(text for text, _ in parts))
+    print(json.dumps({"steps": args.steps, **{k: v for _, r in parts for k, v in r.items()}}))
 
 if __name__ == "__main__":
     main()

@@ -69,23 +69,13 @@ def _unsupported(what: str) -> str:
     return f"lth export compacts plain chains of {names} (lenet300, mlp, conv2/4/6 without batch norm); found {what}"
 
 
-def _copy(layer: nn.Module) -> nn.Module:
-    if isinstance(layer, nn.Linear):
-        new = nn.Linear(layer.in_features, layer.out_features, bias=True)
-    elif isinstance(layer, nn.Conv2d):
-        new = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-                        layer.padding, layer.dilation, bias=True, padding_mode=layer.padding_mode)
-    else:
-        return layer
-    with torch.no_grad():
-        new.weight.copy_(layer.weight)
-        new.bias.copy_(layer.bias if layer.bias is not None else torch.zeros(new.bias.shape))
-    return new
-
-
 def _resize(layer: nn.Module, keep_out: Tensor | None = None, keep_in: Tensor | None = None) -> nn.Module:
-    """A copy of a Linear/Conv2d keeping the given output rows and input columns."""
-    w, b = layer.weight.detach(), layer.bias.detach()
+    """A copy of a Linear/Conv2d (always with a bias) keeping the given output rows and input
+    columns (all by default); any other layer is returned as it is."""
+    if not isinstance(layer, PARAMETRIC):
+        return layer
+    w = layer.weight.detach()
+    b = layer.bias.detach() if layer.bias is not None else w.new_zeros(w.shape[0])
     if keep_out is not None:
         w, b = w[keep_out], b[keep_out]
     if keep_in is not None:
@@ -147,7 +137,7 @@ def _step(layers: list[nn.Module]) -> bool:
         if not drop.any() or bool(drop.all()):
             continue  # an all-dead layer is left alone: the network is then a constant anyway
         keep_units = torch.nonzero(~drop).flatten()
-        new_consumer = _copy(consumer)
+        new_consumer = _resize(consumer)
         with torch.no_grad():
             for j, c in consts.items():
                 if c:
@@ -197,7 +187,7 @@ def sparsify(model: nn.Sequential, max_density: float) -> nn.Sequential:
 
 def compact(model: nn.Module) -> nn.Sequential:
     """An exact, smaller copy of a masked chain model with dead units removed (see module doc)."""
-    layers = [_copy(m) for m in chain(model)]
+    layers = [_resize(m) for m in chain(model)]
     while _step(layers):
         pass
     return nn.Sequential(*layers).eval()
@@ -243,11 +233,10 @@ def export_ticket(ticket_dir: str | Path, out: str | Path, recipe: str | None = 
     from lth_core.merging import find_recipe
     from lth_core.plugins import get_registry
     from lth_core.recipes import check_against_plugins, load_recipe
-    from lth_core.tickets import is_ticket, load_ticket
+    from lth_core.tickets import load_ticket, require_ticket
 
     ticket_dir, out = Path(ticket_dir), Path(out)
-    if not is_ticket(ticket_dir):
-        raise LthError(f"{ticket_dir} is not a ticket folder (no ticket.json); give a folder such as RUN/round_3")
+    require_ticket(ticket_dir)
     registry = get_registry(pm)
     rec = load_recipe(recipe or find_recipe(ticket_dir))
     check_against_plugins(rec, registry)
@@ -261,7 +250,7 @@ def export_ticket(ticket_dir: str | Path, out: str | Path, recipe: str | None = 
     apply_mask(model, ticket.mask)
     model.eval()
     small = sparsify(compact(model), sparse_below)
-    x_test = torch.cat([x for x, _ in data.eval_loaders()[-1]])
+    x_test, y_test = data.test_x, data.test_y
     with torch.no_grad():
         want, got = model(x_test), small(x_test)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -295,7 +284,7 @@ def export_ticket(ticket_dir: str | Path, out: str | Path, recipe: str | None = 
         "max_abs_logit_diff": float((got - want).abs().max()),
         "max_abs_logit_diff_reloaded": float((reloaded - want).abs().max()),
         "prediction_agreement": float((reloaded.argmax(1) == want.argmax(1)).float().mean()),
-        "test_acc": float((reloaded.argmax(1) == torch.cat([y for _, y in data.eval_loaders()[-1]])).float().mean()),
+        "test_acc": float((reloaded.argmax(1) == y_test).float().mean()),
         "torch": torch.__version__,
         "lth_version": __version__,
     }

@@ -262,7 +262,7 @@ def _callbacks(run: Run, ctx: RoundContext, origins: dict[int, str]) -> list:
         if cb is not None:
             callbacks.append(cb)
             origins[id(cb)] = source
-    for impl in run.pm.hook.round_callbacks.get_hookimpls():
+    for impl in reversed(run.pm.hook.round_callbacks.get_hookimpls()):  # pluggy's call order
         source = f"round_callbacks of plugin {run.pm.get_name(impl.plugin)!r}"
         extra = call_plugin(source, impl.function, context=ctx)
         for cb in extra or []:

@@ -33,7 +33,7 @@ from lth_core.files import atomic_write_text
 from lth_core.masks import Mask, prunable_parameters
 from lth_core.plugins import call_plugin, get_plugin_manager, get_registry
 from lth_core.recipes import Recipe, check_against_plugins, check_options, load_recipe
-from lth_core.tickets import Ticket, is_ticket, load_ticket, save_ticket
+from lth_core.tickets import Ticket, load_ticket, require_ticket, save_ticket
 
 MERGE_FILE = "merge.json"
 TICKET_DIR = "ticket"
@@ -59,9 +59,7 @@ def check_out_dir(out: Path) -> None:
 def load_tickets(paths: list[Path], model: nn.Module, spec: dict) -> list[Ticket]:
     """Every ticket, checked against the recipe's model ``spec`` (names and shapes) and trained."""
     tickets = []
-    for p in paths:
-        if not is_ticket(p):
-            raise LthError(f"{p} is not a ticket folder (no ticket.json); give folders such as RUN/round_3")
+    for p in paths:  # each already passed require_ticket
         try:
             t = load_ticket(p, model)
         except LthError as exc:
@@ -220,8 +218,7 @@ def _setting(paths: list[Path], recipe: str | None, overrides: list[str], pm) ->
 
     registry = get_registry(pm)
     for p in paths:
-        if not is_ticket(p):
-            raise LthError(f"{p} is not a ticket folder (no ticket.json); give folders such as RUN/round_3")
+        require_ticket(p)
     recipe_obj = load_recipe(recipe or find_recipe(paths[0]), overrides)
     check_against_plugins(recipe_obj, registry)
     data = load_data(recipe_obj, registry)

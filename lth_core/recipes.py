@@ -142,9 +142,7 @@ class Recipe:
         """Each point of ``sweep:`` with its own recipe (no sweep; named after the point)."""
         out = []
         for point in _sweep_points(self.data["sweep"]):
-            raw = {k: v for k, v in self.to_dict().items() if k != "sweep"}
-            for key, value in point.items():
-                set_path(raw, key.split("."), copy.deepcopy(value), f"sweep.{key}")
+            raw = _point_raw(self.data, point, "sweep")
             raw["name"] = f"{self.name}-{point_name(point)}"
             out.append((point, validate(raw, self.source)))
         return out
@@ -258,13 +256,17 @@ def _check_sweep(sweep: Any, raw: dict, source: str) -> dict:
             raise LthError(f"{source}: sweep keys are recipe paths such as callbacks.0.density, got {key!r}")
         if not isinstance(values, list) or not values:
             raise LthError(f"{source}: sweep.{key} must be a non-empty list of values, got {values!r}")
-    base = {k: v for k, v in raw.items() if k != "sweep"}
     for point in _sweep_points(sweep):
-        point_raw = copy.deepcopy(base)
-        for key, value in point.items():
-            set_path(point_raw, key.split("."), copy.deepcopy(value), f"{source}: sweep.{key}")
-        validate(point_raw, f"{source} (sweep point {point_name(point)})")
+        validate(_point_raw(raw, point, f"{source}: sweep"), f"{source} (sweep point {point_name(point)})")
     return copy.deepcopy(sweep)
+
+
+def _point_raw(raw: dict, point: dict[str, Any], where: str) -> dict:
+    """A copy of ``raw`` without ``sweep``, with one sweep point's values set."""
+    out = copy.deepcopy({k: v for k, v in raw.items() if k != "sweep"})
+    for key, value in point.items():
+        set_path(out, key.split("."), copy.deepcopy(value), f"{where}.{key}")
+    return out
 
 
 def point_name(point: dict[str, Any]) -> str:

@@ -91,6 +91,12 @@ def is_ticket(folder: str | os.PathLike) -> bool:
     return (Path(folder) / "ticket.json").is_file()
 
 
+def require_ticket(folder: str | os.PathLike) -> None:
+    """Fail early, before any data loads, when a command is given a folder that is not a ticket."""
+    if not is_ticket(folder):
+        raise LthError(f"{folder} is not a ticket folder (no ticket.json); give a folder such as RUN/round_3")
+
+
 def load_ticket(folder: str | os.PathLike, model: nn.Module | None = None) -> Ticket:
     """Load a ticket folder, verifying checksums; with ``model``, also names and shapes."""
     folder = Path(folder)

@@ -21,8 +21,11 @@ from lth_core.files import atomic_write_text
 METRICS = ("weights_remaining", "early_stop_step", "val_loss_min", "val_acc", "test_acc", "test_acc_final", "steps")
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def extra_metrics(rows: list[dict]) -> list[str]:
+    """Numbers a row holds beyond the core's own (what callbacks put in ``context.metrics``)."""
+    own = {*METRICS, "round", "trials"}
+    return sorted({m for r in rows for m, v in r.items()
+                   if m not in own and isinstance(v, (int, float)) and not isinstance(v, bool)})
 
 
 def aggregate_rows(per_trial: list[list[dict]]) -> list[dict]:
@@ -32,8 +35,7 @@ def aggregate_rows(per_trial: list[list[dict]]) -> list[dict]:
     for k in rounds:
         rows = [r for trial in per_trial for r in trial if r["round"] == k]
         row: dict = {"round": k, "trials": len(rows), "stats": {}}
-        extra = sorted({m for r in rows for m, v in r.items() if m not in METRICS and m != "round" and _is_number(v)})
-        for m in (*METRICS, *extra):
+        for m in (*METRICS, *extra_metrics(rows)):
             values = [r[m] for r in rows if m in r]
             if not values:
                 continue
@@ -108,8 +110,7 @@ def sweep_table(sweep: dict) -> str:
     """One markdown row per sweep point: its values, then the last round's measurements."""
     keys = list(sweep["recipe"]["sweep"])
     metrics = ["weights_remaining", "test_acc", "test_acc_final"]
-    extra = sorted({m for p in sweep["points"] for m, v in p["last_round"].items()
-                    if m.startswith("supermask_") and _is_number(v)})
+    extra = extra_metrics([p["last_round"] for p in sweep["points"]])
     controls = sorted({c for p in sweep["points"] for c in p["controls"]})
     head = keys + metrics + extra + [f"{c} test_acc" for c in controls]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

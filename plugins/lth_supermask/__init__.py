@@ -168,17 +168,23 @@ class Supermask(pl.Callback):
         pl_module.density_fn = self.current_density
 
     def current_density(self) -> float:
-        """Density of the mask evaluated now, over every prunable weight (as Mask.density)."""
-        with torch.no_grad():
-            kept = sum(int(self._final_layer_mask(layer).sum()) for layer in self.layers)
+        """Density of the mask evaluated now, over every prunable weight (as Mask.density).
+
+        Edge-popup keeps exactly ``k`` weights per layer, so only Bernoulli masks are counted.
+        """
+        if self.method == "edge_popup":
+            kept = sum(layer.k for layer in self.layers)
+        else:
+            with torch.no_grad():
+                kept = sum(int(self._final_layer_mask(layer).sum()) for layer in self.layers)
         total = sum(layer.allowed.numel() for layer in self.layers)
         return kept / total if total else 1.0
 
     def _final_layer_mask(self, layer: _Layer) -> Tensor:
-        s = layer.scores.detach()
+        s, allowed = layer.scores.detach(), layer.allowed.to(layer.scores.device)
         if self.method == "edge_popup":
-            return topk_mask(s, layer.allowed.to(s.device), layer.k).bool()
-        return (s > 0) & layer.allowed.to(s.device)
+            return topk_mask(s, allowed, layer.k).bool()
+        return (s > 0) & allowed
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.layers:
@@ -232,7 +238,7 @@ class Supermask(pl.Callback):
         model = self.context.model
         was_training = model.training
         model.eval()
-        x, y = self._test_tensors(pl_module.device)
+        x, y = self.context.data.test_x.to(pl_module.device), self.context.data.test_y.to(pl_module.device)
         expected = self._accuracy(model, x, y, lambda layer: torch.sigmoid(layer.scores) * layer.allowed)
         gen = torch.Generator(device="cpu").manual_seed(self.context.round * 7919 + 17)
 
@@ -254,11 +260,6 @@ class Supermask(pl.Callback):
     def _expected_density(self) -> float:
         kept = sum(float((torch.sigmoid(layer.scores.detach()) * layer.allowed).sum()) for layer in self.layers)
         return kept / sum(layer.allowed.numel() for layer in self.layers)
-
-    def _test_tensors(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        test = self.context.data.eval_loaders()[-1]
-        xs, ys = zip(*list(test))
-        return torch.cat(xs).to(device), torch.cat(ys).to(device)
 
     def _accuracy(self, model: nn.Module, x: Tensor, y: Tensor, mask_of) -> float:
         """Test accuracy with each masked layer using ``mask_of(layer)`` (then rescaled)."""
