@@ -6,8 +6,11 @@ real Fashion-MNIST tensors, a mask keeping 20% of every layer (drawn once, share
 
 - ``raw``: a plain loop over in-memory tensors: index a batch, forward, backward, step,
   re-apply the masks (``w.mul_(m)``), the anchor of issue 8;
-- ``lth``: :class:`lth_core.module.LotteryModule` under ``pl.Trainer.fit`` with the core's
-  ``TensorLoader``, exactly as a lottery round trains (mask held by ``MaskEnforcer``);
+- ``lth``: :class:`lth_core.module.LotteryModule` under ``pl.Trainer.fit`` exactly as a
+  lottery round without training callbacks trains: 50 steps per Lightning call over
+  ``StepChunks`` (``steps_per_call``, the default), mask held by ``MaskEnforcer``;
+- ``lth_per_step``: the same with one step per call (Lightning's automatic loop), what a
+  round runs when a callback needs hooks inside the step;
 - ``modelpruning``: a plain LightningModule with Lightning's
   ``ModelPruning("l1_unstructured", use_lottery_ticket_hypothesis=True)`` pruning 80% at
   the start, fed by a standard ``DataLoader`` over a ``TensorDataset`` (shuffled).
@@ -35,7 +38,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lth_core.cli import _quiet_lightning
-from lth_core.data import TensorLoader
+from lth_core.data import StepChunks, TensorLoader
 from lth_core.masks import Mask, apply_mask, prunable_parameters
 from lth_core.module import LotteryModule, build_optimizer
 from lth_datasets import fashion_mnist
@@ -92,13 +95,19 @@ def _trainer(steps: int, clock: _Clock, callbacks: list | None = None) -> pl.Tra
                       limit_val_batches=0, callbacks=[clock, *(callbacks or [])])
 
 
-def lth_round(model: nn.Module, mask: Mask, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
-    """Seconds per step of a lottery round's training (LotteryModule + TensorLoader)."""
+def lth_round(model: nn.Module, mask: Mask, x: torch.Tensor, y: torch.Tensor, steps: int, chunk: int = 50) -> float:
+    """Seconds per step of a lottery round's training (LotteryModule, ``chunk`` steps per call)."""
     apply_mask(model, mask)
     module = LotteryModule(model, mask, OPT, num_classes=10)
+    module.train_in_chunks(chunk, BATCH)
+    loader = TensorLoader(x, y, BATCH, shuffle=True, seed=1, drop_last=True)
     clock = _Clock()
-    _trainer(steps, clock).fit(module, train_dataloaders=TensorLoader(x, y, BATCH, shuffle=True, seed=1, drop_last=True))
+    _trainer(steps, clock).fit(module, train_dataloaders=StepChunks(loader, 0, steps, chunk) if chunk > 1 else loader)
     return clock.seconds / steps
+
+
+def lth_per_step(model: nn.Module, mask: Mask, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
+    return lth_round(model, mask, x, y, steps, chunk=1)
 
 
 class _Plain(pl.LightningModule):
@@ -134,7 +143,7 @@ def model_pruning(model: nn.Module, mask: Mask, x: torch.Tensor, y: torch.Tensor
 
 
 def compare(name: str, build, x: torch.Tensor, y: torch.Tensor, steps: int, repeats: int) -> dict:
-    runs = {"raw": raw_loop, "lth": lth_round, "modelpruning": model_pruning}
+    runs = {"raw": raw_loop, "lth": lth_round, "lth_per_step": lth_per_step, "modelpruning": model_pruning}
     times: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(repeats):  # interleaved, so drift in the machine's load hits every variant
         for key, fn in runs.items():
@@ -143,6 +152,7 @@ def compare(name: str, build, x: torch.Tensor, y: torch.Tensor, steps: int, repe
             times[key].append(fn(model, make_mask(model), x, y, steps))
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"{name}: ms per step  raw {1000 * med['raw']:.2f}  lth {1000 * med['lth']:.2f}  "
+          f"lth one step per call {1000 * med['lth_per_step']:.2f}  "
           f"ModelPruning {1000 * med['modelpruning']:.2f}   (medians of {repeats} x {steps} steps)")
     return {
         "ms_per_step": {k: round(1000 * v, 3) for k, v in med.items()},

@@ -104,6 +104,43 @@ class TensorLoader:
             yield self.x[sel], self.y[sel]
 
 
+class StepChunks:
+    """The same training batches as :class:`TensorLoader`, ``chunk`` steps per item.
+
+    Item ``j`` holds steps ``start + j*chunk`` up to ``end`` (exclusive), concatenated: the
+    batches of step ``s`` are those ``TensorLoader`` yields at epoch ``s // len(loader)``,
+    position ``s % len(loader)``, so a run trained from chunks sees exactly the data it
+    would see one step at a time, across epoch boundaries too. One gather per chunk
+    replaces ``chunk`` small ones, and Lightning's per-batch machinery runs once per chunk.
+    """
+
+    def __init__(self, loader: TensorLoader, start: int, end: int, chunk: int):
+        if not loader.drop_last or chunk < 1 or end <= start:
+            raise ValueError("StepChunks needs a drop_last loader, chunk >= 1 and end > start")
+        self.loader, self.start, self.end, self.chunk = loader, start, end, chunk
+        self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return -(-(self.end - self.start) // self.chunk)
+
+    def _indices(self, first: int, last: int) -> Tensor:
+        per_epoch, b = len(self.loader), self.loader.batch_size
+        parts, s = [], first
+        while s < last:
+            epoch, pos = divmod(s, per_epoch)
+            if epoch != self._epoch:
+                self._epoch, self._order = epoch, self.loader.order(epoch)
+            take = min(last - s, per_epoch - pos)
+            parts.append(self._order[pos * b:(pos + take) * b])
+            s += take
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for first in range(self.start, self.end, self.chunk):
+            sel = self._indices(first, min(first + self.chunk, self.end))
+            yield self.loader.x[sel], self.loader.y[sel]
+
+
 class DataModule:
     """The run's data: train / validation / test tensors and their loaders.
 

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from lth_core import __version__, tracking
 from lth_core.context import PruneContext, RewindContext, RoundContext
-from lth_core.data import DataModule, select_classes
+from lth_core.data import DataModule, StepChunks, select_classes
 from lth_core.errors import LthError, NonFiniteLoss, PluginError
 from lth_core.masks import Mask, apply_mask, match_density, prune_by_scores, validate_scores
 from lth_core.module import LotteryModule
@@ -219,8 +219,20 @@ def rewind(run: Run, policy: str, model: nn.Module, mask: Mask, round_: int) -> 
     max_steps = ctx.max_steps
     if not isinstance(ctx.start_step, int) or ctx.start_step < 0 or (max_steps > 0 and ctx.start_step >= max_steps):
         raise PluginError(f"{source} set start_step={ctx.start_step!r}; it must be a step in [0, trainer.max_steps={max_steps})")
-    weights = {n: t.detach().to("cpu").clone() for n, t in state.items()}
-    return Start(weights, ctx.start_step, ctx.optimizer)
+    return Start(_share_initial(state, run.initial), ctx.start_step, ctx.optimizer)
+
+
+def _share_initial(state: dict[str, Tensor], initial: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A copy of ``state``, sharing θ0's tensors where a value equals θ0 exactly.
+
+    Rewinding to θ0 then costs no second copy of the weights (θ0 is never written to).
+    """
+    out = {}
+    for n, t in state.items():
+        t, ref = t.detach().to("cpu"), initial.get(n)
+        same = ref is not None and ref.shape == t.shape and ref.dtype == t.dtype and torch.equal(ref, t)
+        out[n] = ref if same else t.clone()
+    return out
 
 
 def summarise(history: list[dict], round_: int, mask: Mask, steps: int) -> dict:
@@ -282,17 +294,50 @@ def _culprit(exc: BaseException, origins: dict[int, str]) -> str | None:
     return found
 
 
-def _trainer(run: Run, ctx: RoundContext, start_step: int, extra_callbacks: tuple = (), origins: dict | None = None) -> pl.Trainer:
+#: Trainer settings under which several steps per Lightning call train exactly as one does.
+MULTI_STEP_TRAINER = {"accelerator", "devices", "num_nodes", "strategy", "precision", "max_epochs", "max_steps",
+                      "val_check_interval", "enable_progress_bar", "enable_model_summary", "log_every_n_steps",
+                      "deterministic", "benchmark"}
+
+
+def steps_per_call(recipe: Recipe, callbacks: list) -> int:
+    """How many optimiser steps one Lightning training call takes in this run.
+
+    The recipe's ``steps_per_call`` (default 50) when nothing needs Lightning inside a step:
+    no callback unless it says ``multi_step_safe = True`` (it only acts between calls), one
+    device, 32-bit precision, no gradient clipping or accumulation. Otherwise 1: Lightning's
+    automatic loop. It is cut to a divisor of ``val_check_interval`` so evaluations fall
+    on the same steps either way.
+    """
+    t = recipe["trainer"]
+    plain = (
+        set(t) <= MULTI_STEP_TRAINER
+        and str(t.get("strategy", "auto")) in ("auto", "single_device")
+        and t.get("devices", 1) == 1 and t.get("num_nodes", 1) == 1
+        and str(t.get("precision", "32-true")) in ("32", "32-true")
+        and t.get("max_steps", -1) > 0
+        and all(getattr(cb, "multi_step_safe", False) for cb in callbacks)
+    )
+    if not plain:
+        return 1
+    every = int(t.get("val_check_interval") or 1)
+    return max(d for d in range(1, min(recipe["steps_per_call"], every) + 1) if every % d == 0)
+
+
+def _trainer(run: Run, start_step: int, callbacks: list, chunk: int = 1) -> pl.Trainer:
     kwargs = dict(run.recipe["trainer"])
     if start_step and kwargs.get("max_steps", -1) > 0:
         kwargs["max_steps"] -= start_step  # resume the schedule at step k, end where it ends
     kwargs.setdefault("enable_progress_bar", sys.stderr.isatty())
     kwargs.setdefault("enable_model_summary", False)
     kwargs.setdefault("log_every_n_steps", run.recipe["tracking"]["log_every_n_steps"])
+    if chunk > 1:  # Lightning counts calls: evaluate and log on the same steps as one step per call
+        kwargs["val_check_interval"] //= chunk
+        kwargs["log_every_n_steps"] = max(1, kwargs["log_every_n_steps"] // chunk)
     return pl.Trainer(
         **kwargs,
         logger=run.logger if run.logger is not None else False,
-        callbacks=_callbacks(run, ctx, origins if origins is not None else {}) + list(extra_callbacks),
+        callbacks=callbacks,
         enable_checkpointing=False,
         default_root_dir=str(run.out_dir),
         num_sanity_val_steps=0,
@@ -300,9 +345,12 @@ def _trainer(run: Run, ctx: RoundContext, start_step: int, extra_callbacks: tupl
     )
 
 
-def _train_loader(run: Run, start_step: int):
-    """The training batches, starting at step ``start_step`` of the fixed data order."""
+def _train_loader(run: Run, start_step: int, chunk: int = 1):
+    """The training batches, starting at step ``start_step`` of the fixed data order
+    (``chunk`` steps per item when several steps train per call)."""
     loader = run.data.train_loader(run.data.order_seed)
+    if chunk > 1:
+        return StepChunks(loader, start_step, run.recipe["trainer"]["max_steps"], chunk)
     loader.epoch, loader.skip_batches = divmod(start_step, len(loader))
     return loader
 
@@ -333,9 +381,12 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
     module = LotteryModule(run.model, mask, optimizer, run.data.num_classes, log_prefix=f"round_{round_}/{name}", step_offset=start.step)
     ctx.module = module
     origins: dict[int, str] = {}
-    trainer = _trainer(run, ctx, start.step, extra_callbacks, origins)
+    callbacks = _callbacks(run, ctx, origins) + list(extra_callbacks)
+    chunk = steps_per_call(run.recipe, callbacks)
+    module.train_in_chunks(chunk, run.data.batch_size)
+    trainer = _trainer(run, start.step, callbacks, chunk)
     try:
-        trainer.fit(module, train_dataloaders=_train_loader(run, start.step), val_dataloaders=run.data.eval_loaders())
+        trainer.fit(module, train_dataloaders=_train_loader(run, start.step, chunk), val_dataloaders=run.data.eval_loaders())
     except NonFiniteLoss as exc:
         run.model.cpu()
         failure = {"round": round_, "run": name, "error": str(exc), "history": module.history}
@@ -425,11 +476,22 @@ def _transfer_source(recipe: Recipe, model: nn.Module) -> Ticket | None:
 
 @dataclass
 class Level:
-    """What a finished round leaves behind: its mask, trained weights and callback state."""
+    """What a finished round leaves behind: its mask, trained weights and callback state.
+
+    The trained weights stay in the round's ticket folder (``folder``) and are read when a
+    later step needs them, so a round in training holds no earlier round's weights in
+    memory: only the model, its gradients and optimiser state, θ0 and the masks (issue 8).
+    ``weights`` holds weights that are not in any folder (θ0 for ``mode: at_init``).
+    """
 
     mask: Mask
-    final: dict[str, Tensor]
+    folder: Path | None = None
     state: dict = field(default_factory=dict)
+    weights: dict[str, Tensor] | None = None
+
+    def load_into(self, model: nn.Module) -> None:
+        """Put this level's trained weights into ``model``."""
+        model.load_state_dict(self.weights if self.weights is not None else load_ticket(self.folder, model).final)
 
 
 def _prune_step(run: Run, k: int, prev: Level, round0: Level, rates: dict, pooled: list) -> tuple[Mask, Start, Level]:
@@ -445,23 +507,23 @@ def _prune_step(run: Run, k: int, prev: Level, round0: Level, rates: dict, poole
     elif lot["mode"] == "one_shot":
         source, step_rates = round0, compound(rates, k)
     else:  # at_init
-        source, step_rates = Level(Mask.ones_like(run.model), run.initial), compound(rates, k)
-    run.model.load_state_dict(source.final)
+        source, step_rates = Level(Mask.ones_like(run.model), weights=run.initial), compound(rates, k)
+    source.load_into(run.model)
     scores = score(run, lot["criterion"], run.model, source.mask, k, source.state, step_rates, pooled)
     new_mask = prune_by_scores(scores, source.mask, step_rates, lot["scope"], pooled)
     start = rewind(run, lot["rewind"], run.model, new_mask, k)
     return new_mask, start, source
 
 
-def _run_controls(run: Run, k: int, total: int, ticket: Ticket, start: Start, source: Level) -> None:
+def _run_controls(run: Run, k: int, total: int, ticket_mask: Mask, start: Start, source: Level) -> None:
     """Train every control beside round ``k``'s ticket; they never feed the next round."""
     for c in _control_specs(run):
-        c_mask, c_start = ticket.mask, start
+        c_mask, c_start = ticket_mask, start
         if c["criterion"]:
-            run.model.load_state_dict(source.final)
-            c_mask = match_density(score(run, c["criterion"], run.model, source.mask, k, source.state), ticket.mask)
+            source.load_into(run.model)
+            c_mask = match_density(score(run, c["criterion"], run.model, source.mask, k, source.state), ticket_mask)
         if c["rewind"]:
-            run.model.load_state_dict(source.final)  # what the main rewind saw
+            source.load_into(run.model)  # what the main rewind saw
             c_start = rewind(run, c["rewind"], run.model, c_mask, k)
         _, c_row, _ = train(run, k, c["name"], c_mask, c_start, run.out_dir / f"round_{k}" / f"control_{c['name']}")
         run.controls.setdefault(c["name"], []).append(c_row)
@@ -497,9 +559,10 @@ def run_lottery(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] 
     ticket, row, state = train(run, 0, "ticket", dense, start0, out_dir / "round_0")
     run.rows.append(row)
     _progress(run, row, "ticket", total)
-    round0 = prev = Level(ticket.mask, ticket.final, state)
-    if ticket.mask.density() < 1.0:
-        _run_controls(run, 0, total, ticket, start0, Level(dense, ticket.final, state))
+    round0 = prev = Level(ticket.mask, out_dir / "round_0", state)
+    del ticket  # its weights are on disk: keep no copy in memory while later rounds train
+    if round0.mask.density() < 1.0:
+        _run_controls(run, 0, total, round0.mask, start0, Level(dense, out_dir / "round_0", state))
     for k in range(1, total + 1):
         if source:
             mask, start, origin = source.mask, Start(source.init, int(source.meta.get("start_step", 0)), recipe["optimizer"]), round0
@@ -510,8 +573,9 @@ def run_lottery(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] 
         ticket, row, state = train(run, k, "ticket", mask, start, out_dir / f"round_{k}")
         run.rows.append(row)
         _progress(run, row, "ticket", total)
-        prev = Level(ticket.mask, ticket.final, state)
-        _run_controls(run, k, total, ticket, start, origin)
+        prev = Level(ticket.mask, out_dir / f"round_{k}", state)
+        del ticket
+        _run_controls(run, k, total, prev.mask, start, origin)
     summary = {
         "recipe": recipe.to_dict(),
         "recipe_hash": recipe.hash(),

@@ -84,6 +84,7 @@ class LotteryModule(pl.LightningModule):
 
     def __init__(self, model: nn.Module, mask: Mask, optimizer: dict, num_classes: int, log_prefix: str = "", step_offset: int = 0):
         super().__init__()
+        self.train_in_chunks(1)
         self.step_offset = step_offset  # training resumed at step k (late rewinding)
         self.log_prefix = f"{log_prefix}/" if log_prefix else ""
         self.model = model
@@ -97,6 +98,12 @@ class LotteryModule(pl.LightningModule):
         self.acc = nn.ModuleList([MulticlassAccuracy(num_classes, average="micro") for _ in EVAL_SPLITS])
         self.loss_mean = nn.ModuleList([MeanMetric() for _ in EVAL_SPLITS])
 
+    def train_in_chunks(self, steps_per_call: int, batch_size: int = 0) -> None:
+        """``steps_per_call > 1``: each training batch holds that many steps of ``batch_size``
+        examples (:class:`lth_core.data.StepChunks`), trained in one call by :meth:`_train_steps`."""
+        self.steps_per_call, self.batch_size = steps_per_call, batch_size
+        self.automatic_optimization = steps_per_call == 1
+
     def forward(self, x):
         return self.model(x)
 
@@ -105,7 +112,8 @@ class LotteryModule(pl.LightningModule):
         opt = build_optimizer(self.model.parameters(), self.optimizer_cfg)
         self.enforcer = MaskEnforcer(self.model, self.mask)
         self.enforcer.enforce()
-        self.enforcer.attach(opt)
+        if self.automatic_optimization:
+            self.enforcer.attach(opt)
         factor = lr_factor(self.optimizer_cfg)
         if factor is None:
             return opt
@@ -139,13 +147,51 @@ class LotteryModule(pl.LightningModule):
         self.on_fit_end()
 
     def training_step(self, batch, batch_idx):
+        if not self.automatic_optimization:
+            return self._train_steps(batch)
         x, y = batch
         loss = F.cross_entropy(self.model(x), y)
         if loss.device.type == "cpu" and not torch.isfinite(loss):  # free on the CPU; on a GPU, validation catches it
             raise NonFiniteLoss(f"the training loss is {float(loss.detach())} at step {self.step}")
         if self._log_now():
-            self.log(f"{self.log_prefix}train_loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+            self._log_train_loss(loss, self.step + 1)  # logged once the step is taken
         return loss
+
+    def _train_steps(self, batch) -> None:
+        """Several optimiser steps in one Lightning call: the same arithmetic, less Python.
+
+        Lightning's automatic optimisation costs about 1.3 ms of hooks per step, a third of
+        a LeNet-300-100 step on this CPU. Here each step is forward, backward, mask the
+        gradients, step, schedule: exactly what the automatic loop does with the hooks of
+        :meth:`MaskEnforcer.attach` (the results are bit-identical, tested), and Lightning's
+        machinery runs once per ``steps_per_call`` steps. The lottery uses this path only
+        when no callback needs a hook inside the step (see ``lottery.steps_per_call``).
+        """
+        lightning_opt = self.optimizers()
+        opt = lightning_opt.optimizer
+        sched = self.lr_schedulers()
+        first, losses = self.step, []
+        for x, y in zip(*(t.split(self.batch_size) for t in batch)):
+            loss = F.cross_entropy(self.model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.enforcer.mask_grads()
+            lightning_opt._on_before_step()  # Lightning's own step counter: global_step, max_steps
+            opt.step()
+            lightning_opt._on_after_step()
+            if sched is not None:
+                sched.step()
+            losses.append(loss.detach())
+        losses = torch.stack(losses)
+        finite = torch.isfinite(losses)
+        if not bool(finite.all()):
+            bad = int((~finite).nonzero()[0])
+            raise NonFiniteLoss(f"the training loss is {float(losses[bad])} at step {first + bad}")
+        self._log_train_loss(losses.mean(), self.step)
+
+    def _log_train_loss(self, loss, step: int) -> None:
+        self.log(f"{self.log_prefix}train_loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        self.log("step", float(step), on_step=True, on_epoch=False)  # the loggers' x-axis: the lottery's step
 
     def _log_now(self) -> bool:
         """Log the training loss only on steps the logger writes: Lightning's ``self.log``
@@ -181,3 +227,4 @@ class LotteryModule(pl.LightningModule):
         else:
             self.history.append(row)
         self.log_dict({f"{self.log_prefix}{k}": v for k, v in row.items() if k != "step"}, add_dataloader_idx=False)
+        self.log("step", float(self.step))

@@ -76,7 +76,7 @@ TOP_LEVEL = {
     "name": (str,), "seed": (int,), "controls": (list,), "description": (str,),
     "trials": (int,), "ticket": (str, type(None)), "callbacks": (list,),
     "init": (str, dict, type(None)), "sweep": (dict,),
-    "extend": (dict, type(None)),
+    "extend": (dict, type(None)), "steps_per_call": (int,),
 }
 TOP_LEVEL.update({s: (dict,) for s in SCHEMA})
 CHOICES = {
@@ -96,7 +96,7 @@ TRAINER_DEFAULTS = {"accelerator": "auto", "devices": 1, "max_epochs": -1, "max_
 
 #: Keys introduced after runs already existed, with their no-op defaults: a top-level key
 #: (``callbacks``) or ``section.key``. They enter the hash only when they differ from it.
-LATER_KEYS: dict[str, Any] = {"callbacks": [], "init": None, "data.order_seed": None, "data.classes": None, "extend": {}, "sweep": {}}
+LATER_KEYS: dict[str, Any] = {"callbacks": [], "init": None, "data.order_seed": None, "data.classes": None, "extend": {}, "sweep": {}, "steps_per_call": 50}
 
 
 def _drop_later_defaults(content: dict) -> dict:
@@ -306,6 +306,7 @@ def validate(raw: Any, source: str = "<dict>", name: str | None = None) -> Recip
         "name": raw.get("name") or name or "recipe",
         "seed": raw.get("seed", 0),
         "trials": raw.get("trials", 1),
+        "steps_per_call": raw.get("steps_per_call", LATER_KEYS["steps_per_call"]),
         "ticket": raw.get("ticket"),
         "description": raw.get("description", ""),
     }
@@ -360,6 +361,8 @@ def _named_spec(spec: Any, kind: str, source: str, form: str, keys: set[str] | N
 def _check_values(r: dict, source: str) -> None:
     if r["trials"] < 1:
         raise LthError(f"{source}: trials must be >= 1, got {r['trials']}")
+    if r["steps_per_call"] < 1:
+        raise LthError(f"{source}: steps_per_call must be >= 1 (1: Lightning's loop, one step per call), got {r['steps_per_call']}")
     lot = r["lottery"]
     if lot["rounds"] < 0:
         raise LthError(f"{source}: lottery.rounds must be >= 0 (0 trains only the dense network), got {lot['rounds']}")
