@@ -30,7 +30,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from lth_core import __version__, tracking
+from lth_core import __version__, checkpoints, tracking
 from lth_core.context import PruneContext, RewindContext, RoundContext
 from lth_core.data import DataModule, select_classes
 from lth_core.errors import LthError, NonFiniteLoss, PluginError
@@ -322,6 +322,7 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
         if ticket.meta.get("recipe_hash") == recipe_hash:
             run.model.load_state_dict(ticket.final)
             run.say(f"round {round_} [{name}]: reusing finished ticket in {folder}")
+            checkpoints.discard(folder)  # killed after the ticket was written, before this
             return ticket, ticket.meta["metrics"], {}
     run.model.load_state_dict(start.weights)
     apply_mask(run.model, mask)
@@ -330,12 +331,21 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
     run.pm.hook.on_round_start(context=ctx)
     pl.seed_everything(_derived_seed(run.recipe, round_, _salt(name)), verbose=False)
     optimizer = start.optimizer or run.recipe["optimizer"]
-    module = LotteryModule(run.model, mask, optimizer, run.data.num_classes, log_prefix=f"round_{round_}/{name}", step_offset=start.step)
+    expected = checkpoints.identity(recipe_hash, round_, name, mask, start.weights, start.step, optimizer)
+    saved = checkpoints.load(folder, expected, run.say)  # a killed run continues at its last checkpoint
+    step0 = saved.step if saved else start.step
+    module = LotteryModule(run.model, mask, optimizer, run.data.num_classes, log_prefix=f"round_{round_}/{name}", step_offset=step0)
     ctx.module = module
     origins: dict[int, str] = {}
-    trainer = _trainer(run, ctx, start.step, extra_callbacks, origins)
+    trainer = _trainer(run, ctx, step0, extra_callbacks, origins)
+    every = checkpoints.every_n_steps(run.recipe, len(run.data.train_loader(0)))
+    checkpoints.attach(trainer, checkpoints.RoundCheckpoint(ctx, expected, start.step, every, saved, origins, extra_callbacks, run.say))
     try:
-        trainer.fit(module, train_dataloaders=_train_loader(run, start.step), val_dataloaders=run.data.eval_loaders())
+        trainer.fit(module, train_dataloaders=_train_loader(run, step0), val_dataloaders=run.data.eval_loaders())
+    except checkpoints.StaleCheckpoint as exc:
+        run.say(f"warning: {exc}; round {round_} [{name}] trains from its start")
+        checkpoints.discard(folder)
+        return train(run, round_, name, mask, start, folder, extra_callbacks)
     except NonFiniteLoss as exc:
         run.model.cpu()
         failure = {"round": round_, "run": name, "error": str(exc), "history": module.history}
@@ -371,9 +381,10 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
     # Clone: on the CPU ``.cpu()`` aliases the live parameters, which the next round overwrites.
     trained = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
     ticket = Ticket(final_mask, start.weights, trained, meta)
+    atomic_write_text(folder / "curves.json", json.dumps(module.history, indent=1))  # before ticket.json: a kill keeps both or neither
     save_ticket(ticket, folder)
+    checkpoints.discard(folder)  # the ticket supersedes the run's checkpoint
     (folder / "failure.json").unlink(missing_ok=True)  # an earlier attempt diverged; this one did not
-    atomic_write_text(folder / "curves.json", json.dumps(module.history, indent=1))
     run.pm.hook.on_round_end(context=ctx, ticket=ticket, metrics=row)
     tracking.log_round(run.logger, row, name)
     tracking.log_ticket(run.logger, folder, run.recipe, row, name)

@@ -104,6 +104,18 @@ class MovementScores(pl.Callback):
         self.steps += 1
         self.context.state[STATE_KEY]["steps"] = self.steps
 
+    def state_dict(self) -> dict[str, Any]:
+        """The scores so far, for a checkpoint inside the run."""
+        return {"scores": dict(zip(self.names, self.scores)), "steps": self.steps}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Back to a checkpoint's scores, in place: ``context.state`` shares these tensors."""
+        with torch.no_grad():
+            for name, s in zip(self.names, self.scores):
+                s.copy_(state_dict["scores"][name])
+        self.steps = state_dict["steps"]
+        self.context.state[STATE_KEY]["steps"] = self.steps
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._publish([s.detach().cpu().clone() for s in self.scores])
 
