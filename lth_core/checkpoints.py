@@ -28,6 +28,11 @@ exists.
 
 A callback without ``state_dict`` may hold state a checkpoint cannot see: runs with one
 write no checkpoints (said once) and restart from their start if interrupted.
+
+A finished run also leaves ``round_state.json`` + ``round_state.safetensors`` beside its
+ticket (before ``ticket.json``): the ``context.state`` its callbacks collected for the next
+round's criterion (movement scores), so a rerun that reuses the ticket prunes as the
+uninterrupted run did.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from lth_core.files import atomic_write_text, sha256_file
 from lth_core.masks import Mask
 
 RECORD = "checkpoint.json"
+ROUND_STATE = "round_state"
 FORMAT = 1
 #: With ``checkpoint_every_n_steps: null``, about this many checkpoints per training run.
 AUTO_PER_RUN = 4
@@ -160,9 +166,11 @@ def every_n_steps(recipe: Any, steps_per_epoch: int) -> tuple[int, str]:
         return 0, "training is not limited by trainer.max_steps"
     if max_epochs not in (None, -1) and max_epochs * steps_per_epoch < max_steps:
         return 0, "trainer.max_epochs ends training before trainer.max_steps"
-    for key, plain in (("accumulate_grad_batches", 1), ("limit_train_batches", 1.0)):
-        if t.get(key, plain) not in (None, plain):
-            return 0, f"trainer.{key} is set"
+    if t.get("accumulate_grad_batches") not in (None, 1):
+        return 0, "trainer.accumulate_grad_batches is set"
+    limit = t.get("limit_train_batches")
+    if limit is not None and not (isinstance(limit, float) and limit == 1.0):  # an int counts batches
+        return 0, "trainer.limit_train_batches is set"
     n = recipe.data.get("checkpoint_every_n_steps")
     if n is None:
         return max(1, math.ceil(max_steps / AUTO_PER_RUN)), ""
@@ -253,6 +261,46 @@ def load(folder: Path, expected: dict, say: Callable[[str], None]) -> Saved | No
     return saved
 
 
+# -- what a finished run hands the next round ----------------------------------------------
+
+def save_round_state(folder: Path, state: dict) -> None:
+    """Keep ``context.state`` beside the ticket, written before ``ticket.json``.
+
+    The next round's criterion reads it (movement scores): a rerun that reuses the ticket
+    then prunes as the uninterrupted run did. State that is not plain data and tensors is
+    not kept (such a rerun gets none, as before this file existed).
+    """
+    if not state:
+        return
+    tensors: dict[str, Tensor] = {}
+    try:
+        payload = pack(state, tensors)
+    except TypeError:
+        return
+    tmp = folder / f".{ROUND_STATE}.safetensors.tmp{os.getpid()}"
+    save_file(tensors, str(tmp))
+    os.replace(tmp, folder / f"{ROUND_STATE}.safetensors")
+    record = {"sha256": sha256_file(folder / f"{ROUND_STATE}.safetensors"), "state_sha256": _digest(payload), "state": payload}
+    atomic_write_text(folder / f"{ROUND_STATE}.json", json.dumps(record))
+
+
+def load_round_state(folder: Path, say: Callable[[str], None]) -> dict:
+    """The state a reused ticket's run handed on; ``{}`` when none was kept or it is damaged."""
+    path, tensors_path = Path(folder) / f"{ROUND_STATE}.json", Path(folder) / f"{ROUND_STATE}.safetensors"
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+        if _digest(record["state"]) != record["state_sha256"]:
+            raise ValueError(f"{path} does not match its own checksum")
+        if not tensors_path.is_file() or sha256_file(tensors_path) != record["sha256"]:
+            raise ValueError(f"{tensors_path} is missing or does not match its checksum in {path}")
+        return unpack(record["state"], load_file(str(tensors_path)))
+    except Exception as exc:  # noqa: BLE001 - any damage means: no state
+        say(f"warning: {exc if isinstance(exc, ValueError) else f'{path} is unreadable ({exc})'}; the next round gets no state from {folder}")
+        return {}
+
+
 # -- the callback ---------------------------------------------------------------------------
 
 def keeps_state(callback: pl.Callback) -> bool:
@@ -324,7 +372,12 @@ class RoundCheckpoint(pl.Callback):
             "callbacks": [[type(cb).__qualname__, cb.state_dict()] for cb in self.tracked],
             "rng": rng_state(),
         }
-        write(Path(self.context.out_dir), step, state)
+        try:
+            write(Path(self.context.out_dir), step, state)
+        except TypeError as exc:  # a callback's state_dict holds something else than data and tensors
+            culprit = next((cb for cb in self.tracked if not _packable(cb.state_dict())), None)
+            who = f"{self.origins.get(id(culprit), 'a callback')} ({type(culprit).__name__})" if culprit else "this run"
+            self._off(f"the state_dict of {who} is not plain data and tensors ({exc})")
 
     def _restore(self, trainer: pl.Trainer, pl_module: pl.LightningModule, saved: Saved) -> None:
         s = saved.state
@@ -341,6 +394,14 @@ class RoundCheckpoint(pl.Callback):
             cb.load_state_dict(cb_state)
         set_rng_state(s["rng"])
         self.say(f"{self._where()}: resumed at step {saved.step} from {saved.path}")
+
+
+def _packable(obj: Any) -> bool:
+    try:
+        pack(obj, {})
+    except TypeError:
+        return False
+    return True
 
 
 def attach(trainer: pl.Trainer, keeper: RoundCheckpoint) -> None:

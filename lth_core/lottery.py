@@ -323,7 +323,7 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
             run.model.load_state_dict(ticket.final)
             run.say(f"round {round_} [{name}]: reusing finished ticket in {folder}")
             checkpoints.discard(folder)  # killed after the ticket was written, before this
-            return ticket, ticket.meta["metrics"], {}
+            return ticket, ticket.meta["metrics"], checkpoints.load_round_state(folder, run.say)
     run.model.load_state_dict(start.weights)
     apply_mask(run.model, mask)
     ctx = RoundContext(recipe=run.recipe, round=round_, name=name, mask=mask, model=run.model, out_dir=folder, registry=run.registry, data=run.data)
@@ -382,6 +382,7 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
     trained = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
     ticket = Ticket(final_mask, start.weights, trained, meta)
     atomic_write_text(folder / "curves.json", json.dumps(module.history, indent=1))  # before ticket.json: a kill keeps both or neither
+    checkpoints.save_round_state(folder, ctx.state)  # for the next round's criterion, also when this ticket is reused
     save_ticket(ticket, folder)
     checkpoints.discard(folder)  # the ticket supersedes the run's checkpoint
     (folder / "failure.json").unlink(missing_ok=True)  # an earlier attempt diverged; this one did not

@@ -179,7 +179,7 @@ def run(raw: dict, out: Path, pm, stop: StopPlugin | None = None) -> list[str]:
     return lines
 
 
-def stopped_and_resumed(raw: dict, tmp_path: Path, pm, round_: int, step: int) -> tuple[Path, list[str], StopPlugin]:
+def stopped_and_resumed(raw: dict, tmp_path: Path, pm, round_: int, step: int, checkpointed: bool = True) -> tuple[Path, list[str], StopPlugin]:
     """An uninterrupted run, then one stopped at ``step`` of ``round_`` and resumed."""
     stop = StopPlugin(round_, step)
     run(raw, tmp_path / "baseline", pm, _disarmed(stop))
@@ -187,7 +187,8 @@ def stopped_and_resumed(raw: dict, tmp_path: Path, pm, round_: int, step: int) -
     out = tmp_path / "out"
     run(raw, out, pm, stop)
     assert not stop.armed, "the run was not stopped"
-    assert (out / f"round_{round_}" / "checkpoint.json").is_file() and not (out / f"round_{round_}" / "ticket.json").exists()
+    assert (out / f"round_{round_}" / "checkpoint.json").is_file() == checkpointed
+    assert not (out / f"round_{round_}" / "ticket.json").exists()
     lines = run(raw, out, pm, stop)
     assert_same_results(out, tmp_path / "baseline")
     return out, lines, stop
@@ -222,6 +223,17 @@ def test_gradual_pruning_and_movement_scores_resume_mid_round(tmp_path: Path, pm
     assert [r["step"] for r in gradual["steps"]] == [10, 20, 30, 40, 50, 60], "the pruning steps before the checkpoint are kept"
 
 
+def test_movement_scores_kept_with_a_reused_ticket_prune_the_next_round(tmp_path: Path, pm) -> None:
+    """Stopped before round 1's first checkpoint: the rerun reuses round 0's ticket, whose
+    run's movement scores (kept beside it) prune round 1 exactly as the uninterrupted run."""
+    raw = tiny()
+    raw["lottery"]["criterion"] = "movement"
+    out, lines, _ = stopped_and_resumed(raw, tmp_path, pm, round_=1, step=5, checkpointed=False)
+    assert f"round 0 [ticket]: reusing finished ticket in {out / 'round_0'}" in lines
+    assert (out / "round_0" / "round_state.safetensors").is_file()
+    assert not any("resumed at step" in line for line in lines)
+
+
 def test_late_rewinding_resumes_a_round_that_starts_at_step_k(tmp_path: Path, pm) -> None:
     """Round 1 starts at step 30 (late rewinding); its checkpoints fall at 50 and 70."""
     raw = tiny()
@@ -238,16 +250,18 @@ def test_bernoulli_supermask_resumes_its_scores_and_random_draws(tmp_path: Path,
     assert any(line.startswith("round 0 [ticket]: resumed at step 60") for line in lines), lines
 
 
-@pytest.fixture
-def stopped(tmp_path: Path, pm) -> tuple[dict, Path, Path]:
-    """A baseline and a copy of one run stopped at step 50 of round 1 (checkpoint at 40)."""
-    raw = tiny()
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory) -> tuple[dict, Path, Path]:
+    """A baseline and one run stopped at step 50 of round 1 (checkpoint at 40); tests copy it."""
+    from lth_core.plugins import make_plugin_manager
+
+    pm, root, raw = make_plugin_manager(), tmp_path_factory.mktemp("stopped"), tiny()
     stop = StopPlugin(1, 50)
-    run(raw, tmp_path / "baseline", pm, _disarmed(stop))
+    run(raw, root / "baseline", pm, _disarmed(stop))
     stop.armed = True
-    run(raw, tmp_path / "stopped", pm, stop)
-    assert _checkpoint_step(tmp_path / "stopped" / "round_1") == 40
-    return raw, tmp_path / "stopped", tmp_path / "baseline"
+    run(raw, root / "stopped", pm, stop)
+    assert _checkpoint_step(root / "stopped" / "round_1") == 40
+    return raw, root / "stopped", root / "baseline"
 
 
 @pytest.mark.parametrize("damage", ["truncate_tensors", "alter_record", "truncate_record", "drop_tensors"])
@@ -291,7 +305,7 @@ def test_a_checkpoint_of_another_start_is_not_resumed(stopped, tmp_path: Path, p
     record.write_text(json.dumps(data))
     lines = run(raw, out, pm)
     assert any(str(record) in line and "another start" in line for line in lines), lines
-    assert_same_results(out, tmp_path / "baseline")
+    assert_same_results(out, stopped[2])
 
 
 class Blind(pl.Callback):
