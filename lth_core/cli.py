@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
-        print("lth: interrupted; finished rounds are kept, rerun the same command to continue", file=sys.stderr)
+        print("lth: interrupted; finished rounds and the last checkpoint are kept, rerun the same command (or lth run --resume DIR) to continue", file=sys.stderr)
         return 130
 
 

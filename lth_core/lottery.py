@@ -10,7 +10,8 @@ training; a ticket's mask is the one in force when its training ends.
 
 Every training run is one ``Trainer.fit``. Every finished run is a ticket folder
 (``round_<k>/`` or ``round_<k>/control_<name>/``) whose ``ticket.json`` is written last; a
-rerun with the same recipe into the same folder reuses finished tickets and continues.
+rerun with the same recipe into the same folder reuses finished tickets and continues, a
+killed run at its last checkpoint (:mod:`lth_core.checkpoints`).
 """
 
 from __future__ import annotations
