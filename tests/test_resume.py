@@ -40,8 +40,8 @@ KILL_RECIPE = {
     "model": {"name": "mlp", "hidden": [64, 32]},
     "data": {"name": "digits", "batch_size": 32, "val_size": 0.1},
     "optimizer": {"name": "adam", "lr": 3.0e-3, "warmup_steps": 30},
-    "trainer": {"max_steps": 160, "val_check_interval": 10, "enable_progress_bar": False},
-    "lottery": {"criterion": "magnitude", "rewind": "init", "rounds": 2, "rate": 0.5},
+    "trainer": {"max_steps": 120, "val_check_interval": 10, "enable_progress_bar": False},
+    "lottery": {"criterion": "magnitude", "rewind": "init", "rounds": 1, "rate": 0.5},
     "controls": ["random_reinit"],
     "checkpoint_every_n_steps": 20,
     "tracking": "none",
@@ -235,8 +235,9 @@ def test_movement_scores_kept_with_a_reused_ticket_prune_the_next_round(tmp_path
 
 
 def test_late_rewinding_resumes_a_round_that_starts_at_step_k(tmp_path: Path, pm) -> None:
-    """Round 1 starts at step 30 (late rewinding); its checkpoints fall at 50 and 70."""
-    raw = tiny()
+    """Round 1 starts at step 30 (late rewinding); its checkpoints fall at 50 and 70. SGD with
+    momentum and a step schedule (milestone 60, after the checkpoint) this time."""
+    raw = tiny(optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9, "milestones": [60], "gamma": 0.2})
     raw["lottery"].update(rewind="late", rewind_options={"to": "30it"})
     out, lines, _ = stopped_and_resumed(raw, tmp_path, pm, round_=1, step=65)
     assert any(line.startswith("round 1 [ticket]: resumed at step 50") for line in lines), lines
