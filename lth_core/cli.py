@@ -31,6 +31,12 @@ def _quiet_lightning() -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from lth_core.recipes import load_recipe
 
+    if args.resume is not None:
+        from lth_core.resume import resume_args
+
+        resume_args(args)  # the run folder's own recipe.yaml, into that folder
+    elif args.recipe is None:
+        raise LthError("lth run needs a RECIPE (a YAML file or a bundled recipe name), or --resume DIR")
     recipe = load_recipe(args.recipe, args.set)  # recipe mistakes fail before torch loads
     if recipe["extend"]:
         raise LthError(f"{recipe.source} extends a ticket (it has an extend: section): use `lth extend TICKET --recipe {args.recipe} --out DIR`")
@@ -182,8 +188,9 @@ def build_parser(plugin_commands: bool = False) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a recipe (a YAML file or a bundled recipe name)")
-    run.add_argument("recipe")
+    run.add_argument("recipe", nargs="?")
     run.add_argument("--out", help="run folder (default: runs/NAME-HASH); rerunning into it resumes")
+    run.add_argument("--resume", metavar="DIR", help="continue the run in DIR (a killed run resumes at its last checkpoint) with DIR/recipe.yaml")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key, e.g. lottery.rate=0.1")
     run.set_defaults(func=cmd_run)
 
@@ -248,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
-        print("lth: interrupted; finished rounds are kept, rerun the same command to continue", file=sys.stderr)
+        print("lth: interrupted; finished rounds and the last checkpoint are kept, rerun the same command (or lth run --resume DIR) to continue", file=sys.stderr)
         return 130
 
 

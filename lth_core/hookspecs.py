@@ -136,6 +136,13 @@ def register_callbacks(register):
     options are validated against the factory's keyword parameters. A callback that
     prunes during training calls ``context.module.set_mask(mask)``; the ticket keeps the
     mask in force when training ends.
+
+    Checkpoints inside a run (:mod:`lth_core.checkpoints`) keep a callback's
+    ``state_dict()`` and give it back with ``load_state_dict`` at the first batch of the
+    resumed run, after ``on_train_start`` saw the run's start. Define both (``state_dict``
+    may return ``{}`` when ``on_train_start`` rebuilds everything); a run with a callback
+    that does not define ``state_dict`` writes no checkpoints. The same holds for
+    ``round_callbacks``.
     """
 
 

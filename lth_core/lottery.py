@@ -10,7 +10,8 @@ training; a ticket's mask is the one in force when its training ends.
 
 Every training run is one ``Trainer.fit``. Every finished run is a ticket folder
 (``round_<k>/`` or ``round_<k>/control_<name>/``) whose ``ticket.json`` is written last; a
-rerun with the same recipe into the same folder reuses finished tickets and continues.
+rerun with the same recipe into the same folder reuses finished tickets and continues, a
+killed run at its last checkpoint (:mod:`lth_core.checkpoints`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from lth_core import __version__, tracking
+from lth_core import __version__, checkpoints, tracking
 from lth_core.context import PruneContext, RewindContext, RoundContext
 from lth_core.data import DataModule, StepChunks, select_classes
 from lth_core.errors import LthError, NonFiniteLoss, PluginError
@@ -370,7 +371,8 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
         if ticket.meta.get("recipe_hash") == recipe_hash:
             run.model.load_state_dict(ticket.final)
             run.say(f"round {round_} [{name}]: reusing finished ticket in {folder}")
-            return ticket, ticket.meta["metrics"], {}
+            checkpoints.discard(folder)  # killed after the ticket was written, before this
+            return ticket, ticket.meta["metrics"], checkpoints.load_round_state(folder, run.say)
     run.model.load_state_dict(start.weights)
     apply_mask(run.model, mask)
     ctx = RoundContext(recipe=run.recipe, round=round_, name=name, mask=mask, model=run.model, out_dir=folder, registry=run.registry, data=run.data)
@@ -378,15 +380,24 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
     run.pm.hook.on_round_start(context=ctx)
     pl.seed_everything(_derived_seed(run.recipe, round_, _salt(name)), verbose=False)
     optimizer = start.optimizer or run.recipe["optimizer"]
-    module = LotteryModule(run.model, mask, optimizer, run.data.num_classes, log_prefix=f"round_{round_}/{name}", step_offset=start.step)
+    expected = checkpoints.identity(recipe_hash, round_, name, mask, start.weights, start.step, optimizer)
+    saved = checkpoints.load(folder, expected, run.say)  # a killed run continues at its last checkpoint
+    step0 = saved.step if saved else start.step
+    module = LotteryModule(run.model, mask, optimizer, run.data.num_classes, log_prefix=f"round_{round_}/{name}", step_offset=step0)
     ctx.module = module
     origins: dict[int, str] = {}
     callbacks = _callbacks(run, ctx, origins) + list(extra_callbacks)
     chunk = steps_per_call(run.recipe, callbacks)
     module.train_in_chunks(chunk, run.data.batch_size)
-    trainer = _trainer(run, start.step, callbacks, chunk)
+    trainer = _trainer(run, step0, callbacks, chunk)
+    every = checkpoints.every_n_steps(run.recipe, len(run.data.train_loader(0)))
+    checkpoints.attach(trainer, checkpoints.RoundCheckpoint(ctx, expected, start.step, every, saved, origins, extra_callbacks, run.say))
     try:
-        trainer.fit(module, train_dataloaders=_train_loader(run, start.step, chunk), val_dataloaders=run.data.eval_loaders())
+        trainer.fit(module, train_dataloaders=_train_loader(run, step0, chunk), val_dataloaders=run.data.eval_loaders())
+    except checkpoints.StaleCheckpoint as exc:
+        run.say(f"warning: {exc}; round {round_} [{name}] trains from its start")
+        checkpoints.discard(folder)
+        return train(run, round_, name, mask, start, folder, extra_callbacks)
     except NonFiniteLoss as exc:
         run.model.cpu()
         failure = {"round": round_, "run": name, "error": str(exc), "history": module.history}
@@ -422,9 +433,11 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
     # Clone: on the CPU ``.cpu()`` aliases the live parameters, which the next round overwrites.
     trained = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
     ticket = Ticket(final_mask, start.weights, trained, meta)
+    atomic_write_text(folder / "curves.json", json.dumps(module.history, indent=1))  # before ticket.json: a kill keeps both or neither
+    checkpoints.save_round_state(folder, ctx.state)  # for the next round's criterion, also when this ticket is reused
     save_ticket(ticket, folder)
+    checkpoints.discard(folder)  # the ticket supersedes the run's checkpoint
     (folder / "failure.json").unlink(missing_ok=True)  # an earlier attempt diverged; this one did not
-    atomic_write_text(folder / "curves.json", json.dumps(module.history, indent=1))
     run.pm.hook.on_round_end(context=ctx, ticket=ticket, metrics=row)
     tracking.log_round(run.logger, row, name)
     tracking.log_ticket(run.logger, folder, run.recipe, row, name)

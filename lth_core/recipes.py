@@ -77,6 +77,7 @@ TOP_LEVEL = {
     "trials": (int,), "ticket": (str, type(None)), "callbacks": (list,),
     "init": (str, dict, type(None)), "sweep": (dict,),
     "extend": (dict, type(None)), "steps_per_call": (int,),
+    "checkpoint_every_n_steps": (int, type(None)),
 }
 TOP_LEVEL.update({s: (dict,) for s in SCHEMA})
 CHOICES = {
@@ -96,7 +97,11 @@ TRAINER_DEFAULTS = {"accelerator": "auto", "devices": 1, "max_epochs": -1, "max_
 
 #: Keys introduced after runs already existed, with their no-op defaults: a top-level key
 #: (``callbacks``) or ``section.key``. They enter the hash only when they differ from it.
-LATER_KEYS: dict[str, Any] = {"callbacks": [], "init": None, "data.order_seed": None, "data.classes": None, "extend": {}, "sweep": {}, "steps_per_call": 50}
+LATER_KEYS: dict[str, Any] = {"callbacks": [], "init": None, "data.order_seed": None, "data.classes": None, "extend": {}, "sweep": {},
+                              "checkpoint_every_n_steps": None, "steps_per_call": 50}
+#: Keys that never change results (where files go, how often to checkpoint, how many steps
+#: per Lightning call): not hashed.
+UNHASHED = ("tracking", "description", "name", "checkpoint_every_n_steps", "steps_per_call")
 
 
 def _drop_later_defaults(content: dict) -> dict:
@@ -153,7 +158,7 @@ class Recipe:
         Keys added after a release are hashed only when they differ from their default
         (:data:`LATER_KEYS`), so upgrading lth never orphans an existing run folder.
         """
-        content = _drop_later_defaults({k: v for k, v in self.data.items() if k not in ("tracking", "description", "name")})
+        content = _drop_later_defaults({k: v for k, v in self.data.items() if k not in UNHASHED})
         trainer = {k: v for k, v in content.get("trainer", {}).items() if k != "enable_progress_bar"}
         content["trainer"] = trainer
         blob = json.dumps(_str_keys(content), sort_keys=True, default=str)
@@ -309,6 +314,7 @@ def validate(raw: Any, source: str = "<dict>", name: str | None = None) -> Recip
         "steps_per_call": raw.get("steps_per_call", LATER_KEYS["steps_per_call"]),
         "ticket": raw.get("ticket"),
         "description": raw.get("description", ""),
+        "checkpoint_every_n_steps": raw.get("checkpoint_every_n_steps"),
     }
     for section, fields in SCHEMA.items():
         given = dict(raw.get(section) or {})
@@ -363,6 +369,8 @@ def _check_values(r: dict, source: str) -> None:
         raise LthError(f"{source}: trials must be >= 1, got {r['trials']}")
     if r["steps_per_call"] < 1:
         raise LthError(f"{source}: steps_per_call must be >= 1 (1: Lightning's loop, one step per call), got {r['steps_per_call']}")
+    if (r["checkpoint_every_n_steps"] or 0) < 0:
+        raise LthError(f"{source}: checkpoint_every_n_steps must be a number of steps >= 1, 0 (no checkpoints) or null (about 4 per round), got {r['checkpoint_every_n_steps']}")
     lot = r["lottery"]
     if lot["rounds"] < 0:
         raise LthError(f"{source}: lottery.rounds must be >= 0 (0 trains only the dense network), got {lot['rounds']}")

@@ -47,6 +47,11 @@ class FreezeOwned(pl.Callback):
             self._handles.append(opt.register_step_post_hook(lambda *_: self.restore()))
         self._norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
 
+    def state_dict(self) -> dict:
+        """Nothing: the frozen entries' snapshot is retaken from the run's start weights by
+        ``on_train_start``, which a resumed run sees before it jumps to its checkpoint."""
+        return {}
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         for m in self._norms:  # Lightning puts the model back in train mode after each validation
             m.eval()

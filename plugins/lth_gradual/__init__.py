@@ -172,6 +172,17 @@ class GradualPruning(pl.Callback):
             self._prune(pl_module, t)
         pl_module.log(f"{pl_module.log_prefix}density", self._density, on_step=True, on_epoch=False)
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint inside the run keeps (``initial`` and ``kept_at_start`` are
+        rebuilt by ``on_train_start`` from the run's start, as the first time)."""
+        return {"records": self.records, "density": self._density, "state": self.context.state.get(NAME)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.records = list(state_dict["records"])
+        self._density = state_dict["density"]
+        if state_dict["state"] is not None:
+            self.context.state[NAME] = state_dict["state"]
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         out = self.context.out_dir
         if out is not None and self.records:

@@ -92,6 +92,12 @@ class SaveRewindPoint(pl.Callback):
             save_state(pl_module.model.state_dict(), self.path, self.k)
             self.saved = True
 
+    def state_dict(self) -> dict:
+        return {"saved": self.saved}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.saved = state_dict["saved"]
+
     def on_train_start(self, trainer, pl_module) -> None:
         self._save(pl_module)  # k = 0: θ0 as trained (mask already enforced)
 

@@ -23,9 +23,10 @@ is pruned from round 0's scores.
 
 What it refuses: movement needs the scores of the training run it prunes from. There are
 none in ``lottery.mode: at_init`` (θ0 is scored before any training) or when a rerun
-*reuses* the finished ticket of the previous round (the core does not train it again, so
-nothing is collected); the criterion then raises an :class:`LthError` saying so, rather
-than silently falling back to another criterion.
+*reuses* a finished ticket written without them (the core keeps a run's ``context.state``
+beside its ticket, ``round_state.*``, so a resumed lottery prunes with the scores its
+ticket's run collected; older tickets have none); the criterion then raises an
+:class:`LthError` saying so, rather than silently falling back to another criterion.
 
 Hard movement pruning (learned scores, top-k with a straight-through estimator) is *not*
 provided: in Sanh et al. a masked weight keeps its value and keeps receiving the score
@@ -102,6 +103,18 @@ class MovementScores(pl.Callback):
                 if p.grad is not None:
                     s.addcmul_(p.detach().float(), p.grad.detach().float(), value=-1.0)
         self.steps += 1
+        self.context.state[STATE_KEY]["steps"] = self.steps
+
+    def state_dict(self) -> dict[str, Any]:
+        """The scores so far, for a checkpoint inside the run."""
+        return {"scores": dict(zip(self.names, self.scores)), "steps": self.steps}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Back to a checkpoint's scores, in place: ``context.state`` shares these tensors."""
+        with torch.no_grad():
+            for name, s in zip(self.names, self.scores):
+                s.copy_(state_dict["scores"][name])
+        self.steps = state_dict["steps"]
         self.context.state[STATE_KEY]["steps"] = self.steps
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -167,6 +167,12 @@ class Supermask(pl.Callback):
             self.layers.append(layer)
         pl_module.density_fn = self.current_density
 
+    def state_dict(self) -> dict:
+        """Nothing beyond the model: the scores it trains are model parameters (a checkpoint
+        keeps them with the weights, their optimiser state with the optimiser's) and
+        everything else is rebuilt by ``setup`` from the run's start."""
+        return {}
+
     def current_density(self) -> float:
         """Density of the mask evaluated now, over every prunable weight (as Mask.density).
 
