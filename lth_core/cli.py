@@ -43,7 +43,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"{recipe.name}-{recipe.hash()}"
     print(f"lth: recipe {recipe.source} (hash {recipe.hash()}) -> {out}", file=sys.stderr)
     run_experiment(recipe, out, say=lambda s: print(s, file=sys.stderr, flush=True))
-    print(out / ("sweep.json" if recipe["sweep"] else "summary.json"))
+    from lth_core import distributed
+
+    distributed.disconnect()  # data parallel: wait for every process; rank 0 answers
+    if distributed.rank() == 0:
+        print(out / ("sweep.json" if recipe["sweep"] else "summary.json"))
     return 0
 
 

@@ -30,7 +30,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from lth_core import __version__, tracking
+from lth_core import __version__, distributed, tracking
 from lth_core.context import PruneContext, RewindContext, RoundContext
 from lth_core.data import DataModule, select_classes
 from lth_core.errors import LthError, NonFiniteLoss, PluginError
@@ -304,7 +304,7 @@ def _train_loader(run: Run, start_step: int):
     """The training batches, starting at step ``start_step`` of the fixed data order."""
     loader = run.data.train_loader(run.data.order_seed)
     loader.epoch, loader.skip_batches = divmod(start_step, len(loader))
-    return loader
+    return distributed.shard(loader)
 
 
 def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Path,
@@ -317,12 +317,13 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
     ``extra_callbacks`` join the recipe's and the plugins' (``lth extend`` freezes weights so).
     """
     recipe_hash = run.recipe.hash()
-    if is_ticket(folder):
-        ticket = load_ticket(folder, run.model)
+    if distributed.from_rank_zero(is_ticket(folder)):  # data parallel: rank 0's run folder decides
+        ticket = distributed.ticket_from_rank_zero(load_ticket, folder, run.model)
         if ticket.meta.get("recipe_hash") == recipe_hash:
             run.model.load_state_dict(ticket.final)
             run.say(f"round {round_} [{name}]: reusing finished ticket in {folder}")
             return ticket, ticket.meta["metrics"], {}
+    mask, start = distributed.agree(mask, start)  # data parallel: rank 0's mask and start everywhere
     run.model.load_state_dict(start.weights)
     apply_mask(run.model, mask)
     ctx = RoundContext(recipe=run.recipe, round=round_, name=name, mask=mask, model=run.model, out_dir=folder, registry=run.registry, data=run.data)
@@ -333,13 +334,15 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
     module = LotteryModule(run.model, mask, optimizer, run.data.num_classes, log_prefix=f"round_{round_}/{name}", step_offset=start.step)
     ctx.module = module
     origins: dict[int, str] = {}
-    trainer = _trainer(run, ctx, start.step, extra_callbacks, origins)
+    witnesses = distributed.witnesses()
+    trainer = _trainer(run, ctx, start.step, (*extra_callbacks, *witnesses), origins)
     try:
-        trainer.fit(module, train_dataloaders=_train_loader(run, start.step), val_dataloaders=run.data.eval_loaders())
+        trainer.fit(module, train_dataloaders=_train_loader(run, start.step), val_dataloaders=distributed.shard(run.data.eval_loaders()))
     except NonFiniteLoss as exc:
         run.model.cpu()
         failure = {"round": round_, "run": name, "error": str(exc), "history": module.history}
-        atomic_write_text(folder / "failure.json", json.dumps(failure, indent=2))
+        if distributed.is_writer():
+            atomic_write_text(folder / "failure.json", json.dumps(failure, indent=2))
         raise NonFiniteLoss(
             f"round {round_} [{name}] diverged: {exc}; nothing of it was saved as a ticket ({folder / 'failure.json'} "
             f"has its curve), earlier rounds in {run.out_dir} are kept; lower optimizer.lr or add warmup_steps"
@@ -351,8 +354,9 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
         what = str(exc) if isinstance(exc, LthError) else f"{type(exc).__name__}: {exc}"
         raise PluginError(f"{culprit} failed in round {round_} [{name}]: {what}") from exc
     if not module.history or module.history[-1]["step"] != module.step:
-        trainer.validate(module, dataloaders=run.data.eval_loaders(), verbose=False)
+        trainer.validate(module, dataloaders=distributed.shard(run.data.eval_loaders()), verbose=False)
     run.model.cpu()
+    distributed.verify(witnesses, module, run.out_dir, folder, round_, name)
     final_mask = module.mask
     row = summarise(module.history, round_, final_mask, module.step)
     row.update({k: v for k, v in ctx.metrics.items() if k not in row})
@@ -371,9 +375,10 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
     # Clone: on the CPU ``.cpu()`` aliases the live parameters, which the next round overwrites.
     trained = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
     ticket = Ticket(final_mask, start.weights, trained, meta)
-    save_ticket(ticket, folder)
-    (folder / "failure.json").unlink(missing_ok=True)  # an earlier attempt diverged; this one did not
-    atomic_write_text(folder / "curves.json", json.dumps(module.history, indent=1))
+    if distributed.is_writer():  # data parallel: every process trained this ticket; one writes it
+        save_ticket(ticket, folder)
+        (folder / "failure.json").unlink(missing_ok=True)  # an earlier attempt diverged; this one did not
+        atomic_write_text(folder / "curves.json", json.dumps(module.history, indent=1))
     run.pm.hook.on_round_end(context=ctx, ticket=ticket, metrics=row)
     tracking.log_round(run.logger, row, name)
     tracking.log_ticket(run.logger, folder, run.recipe, row, name)
@@ -393,6 +398,8 @@ def _control_specs(run: Run) -> list[dict]:
 
 def prepare_out_dir(recipe: Recipe, out_dir: Path) -> None:
     """Refuse to mix two different recipes in one folder; record what produced the run."""
+    if not distributed.is_writer():  # data parallel: rank 0 keeps the run folder
+        return
     out_dir.mkdir(parents=True, exist_ok=True)
     run_json = out_dir / "run.json"
     if run_json.is_file():
@@ -485,10 +492,12 @@ def run_lottery(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] 
     source = _transfer_source(recipe, model)
     dense = Mask.ones_like(model)
     rates, pooled = layer_rates(recipe, dense)  # a wrong layer name fails before any folder exists
+    distributed.connect(recipe)  # data parallel: start or join the other processes
+    say = distributed.speaker(say)
     prepare_out_dir(recipe, out_dir)
     initial = source.init if source else {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     run = Run(recipe, out_dir, registry, pm, data, model, initial, say=say)
-    run.logger = tracking.make_logger(recipe, out_dir, say, group=group)
+    run.logger = tracking.make_logger(recipe, out_dir, say, group=group) if distributed.is_writer() else None
     total = 1 if source else recipe["lottery"]["rounds"]
     started = time.time()
 
@@ -522,7 +531,8 @@ def run_lottery(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] 
     }
     if source:
         summary["transferred_from"] = {"path": str(recipe["ticket"]), **{k: source.meta.get(k) for k in ("round", "data", "recipe_hash", "seed", "weights_remaining")}}
-    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
+    if distributed.is_writer():
+        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
     pm.hook.on_run_end(summary=summary, out_dir=out_dir)
     tracking.finish(run.logger, summary, out_dir)
     say(format_table(summary))
