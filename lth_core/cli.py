@@ -41,12 +41,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_against_plugins(recipe, get_registry())
     _quiet_lightning()
     out = Path(args.out) if args.out else Path("runs") / f"{recipe.name}-{recipe.hash()}"
-    print(f"lth: recipe {recipe.source} (hash {recipe.hash()}) -> {out}", file=sys.stderr)
-    run_experiment(recipe, out, say=lambda s: print(s, file=sys.stderr, flush=True))
     from lth_core import distributed
 
+    if distributed.is_writer():  # data parallel: the other processes run the same command quietly
+        print(f"lth: recipe {recipe.source} (hash {recipe.hash()}) -> {out}", file=sys.stderr)
+    run_experiment(recipe, out, say=lambda s: print(s, file=sys.stderr, flush=True))
     distributed.disconnect()  # data parallel: wait for every process; rank 0 answers
-    if distributed.rank() == 0:
+    if distributed.is_writer():
         print(out / ("sweep.json" if recipe["sweep"] else "summary.json"))
     return 0
 

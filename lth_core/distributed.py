@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -97,7 +98,8 @@ def world_size() -> int:
 
 
 def rank() -> int:
-    """This process's global rank: the group's, or before it exists what the launcher set."""
+    """The group's rank of this process; before the group exists, a launcher's rank variable
+    (0 exactly when every one the launchers set is 0: global rank 0)."""
     dist = _dist()
     if dist:
         return dist.get_rank()
@@ -140,8 +142,14 @@ def connect(recipe) -> int:
         fabric.launch()  # starts the other local ranks (or joins the cluster's) and the group
         _launched.extend(getattr(fabric.strategy.launcher, "procs", []))
     world = world_size()
+    if declared_world(trainer) not in (None, world):
+        raise LthError(f"trainer.devices x trainer.num_nodes is {declared_world(trainer)}, but this command already runs on {world} processes; "
+                       "every trial and sweep point of one command must use the same processes")
     if batch_size % world:
         raise LthError(_indivisible(batch_size, world))
+    # The evaluation numbers LotteryModule logs come from torchmetrics, already summed over
+    # every process: Lightning's advice to add sync_dist=True would only repeat that sum.
+    warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed setting.*")
     return world
 
 

@@ -492,9 +492,9 @@ def run_lottery(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] 
     source = _transfer_source(recipe, model)
     dense = Mask.ones_like(model)
     rates, pooled = layer_rates(recipe, dense)  # a wrong layer name fails before any folder exists
+    prepare_out_dir(recipe, out_dir)  # before connect: a folder of another recipe stops one process
     distributed.connect(recipe)  # data parallel: start or join the other processes
     say = distributed.speaker(say)
-    prepare_out_dir(recipe, out_dir)
     initial = source.init if source else {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     run = Run(recipe, out_dir, registry, pm, data, model, initial, say=say)
     run.logger = tracking.make_logger(recipe, out_dir, say, group=group) if distributed.is_writer() else None
