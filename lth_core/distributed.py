@@ -78,6 +78,13 @@ def check_trainer(trainer: dict, batch_size: int, source: str) -> None:
     world = declared_world(trainer)
     if world and batch_size % world:
         raise LthError(_indivisible(batch_size, world, source))
+    if trainer.get("sync_batchnorm") and trainer.get("accelerator") == "cpu" and world != 1:
+        raise LthError(_no_sync_bn(source))
+
+
+def _no_sync_bn(source: str = "") -> str:
+    where = f"{source}: " if source else ""
+    return f"{where}trainer.sync_batchnorm needs GPUs (torch's SyncBatchNorm has no CPU version); remove it or use accelerator: gpu"
 
 
 def _indivisible(batch_size: int, world: int, source: str = "") -> str:
@@ -137,6 +144,8 @@ def connect(recipe) -> int:
         fabric = _fabric(trainer)
         if fabric.world_size == 1:
             return 1
+        if trainer.get("sync_batchnorm") and fabric.device.type == "cpu":
+            raise LthError(_no_sync_bn())
         if batch_size % fabric.world_size:
             raise LthError(_indivisible(batch_size, fabric.world_size))
         fabric.launch()  # starts the other local ranks (or joins the cluster's) and the group

@@ -157,6 +157,7 @@ def test_each_process_takes_its_share_of_every_batch():
     ("trainer.strategy=fsdp", "trainer.strategy 'fsdp' is not supported; valid: auto, ddp"),
     ("data.batch_size=33", "data.batch_size=33 is the global batch and must split evenly over 2 processes"),
     ("trainer.num_nodes=0", "trainer.num_nodes must be a whole number >= 1"),
+    ("trainer.sync_batchnorm=true", "trainer.sync_batchnorm needs GPUs"),
 ])
 def test_recipe_mistakes_are_one_line_errors(tmp_path, capsys, setting, message):
     recipe = tmp_path / "ddp.yaml"
