@@ -180,6 +180,15 @@ def _fabric(trainer: dict):
     return fabric
 
 
+def require_connected(trainer: dict) -> None:
+    """A training run outside ``lth run`` (``lth merge``, ``lth extend``) has no processes
+    to share with: refuse a recipe that asks for several rather than train it twice."""
+    declared = declared_world(trainer)
+    if world_size() == 1 and declared and declared > 1:
+        raise LthError(f"the recipe's trainer asks for {declared} processes, which only `lth run` starts; "
+                       "add --set trainer.devices=1 --set trainer.num_nodes=1 --set trainer.strategy=auto")
+
+
 def disconnect() -> None:
     """End of a command: every process arrives, the group closes, launched ranks are reaped."""
     dist = _dist()

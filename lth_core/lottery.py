@@ -323,6 +323,7 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
             run.model.load_state_dict(ticket.final)
             run.say(f"round {round_} [{name}]: reusing finished ticket in {folder}")
             return ticket, ticket.meta["metrics"], {}
+    distributed.require_connected(run.recipe["trainer"])
     mask, start = distributed.agree(mask, start)  # data parallel: rank 0's mask and start everywhere
     run.model.load_state_dict(start.weights)
     apply_mask(run.model, mask)

@@ -132,6 +132,15 @@ def test_resume_sends_rank_zeros_tickets_and_retrains_the_same(runs):
         assert after[0][key] == after[1][key] == before[0][key], key
 
 
+def test_other_commands_refuse_to_train_on_several_processes(runs, tmp_path, capsys):
+    """``lth merge`` retrains with the run's recipe; only ``lth run`` starts processes."""
+    tickets = [str(runs["ddp"] / "round_1"), str(runs["ddp"] / "round_2")]
+    assert cli.main(["merge", *tickets, "--strategy", "union", "--out", str(tmp_path / "m")]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after merge's progress lines
+    assert last.startswith("lth: error: the recipe's trainer asks for 2 processes, which only `lth run` starts; add --set trainer.devices=1")
+    assert not (tmp_path / "m" / "ticket").exists()
+
+
 def test_each_process_takes_its_share_of_every_batch():
     bundle = get_registry().get("datasets", "digits").obj()
     x, y = bundle.train_x[:100], bundle.train_y[:100]
