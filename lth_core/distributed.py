@@ -341,13 +341,13 @@ def witnesses() -> list[Witness]:
     return [Witness()] if world_size() > 1 else []
 
 
-def verify(found: list[Witness], module, out_dir: Path, folder: Path, round_: int, name: str) -> None:
+def verify(found: list[Witness], history: list[dict], out_dir: Path, folder: Path, round_: int, name: str) -> None:
     """Gather every process's witness; rank 0 records them in ``ranks.json``; any
     difference in the mask or the trained weights stops the lottery on every process."""
     if not found:
         return
     mine = {"rank": rank(), **found[0].record, "examples": found[0].examples,
-            "eval": module.history[-1] if module.history else None}
+            "eval": history[-1] if history else None}
     ranks = all_gather_json(mine)
     if is_writer():
         _record(Path(out_dir), {"round": round_, "run": name, "folder": str(Path(folder).relative_to(out_dir)), "ranks": ranks})

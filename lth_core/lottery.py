@@ -357,7 +357,7 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
     if not module.history or module.history[-1]["step"] != module.step:
         trainer.validate(module, dataloaders=distributed.shard(run.data.eval_loaders()), verbose=False)
     run.model.cpu()
-    distributed.verify(witnesses, module, run.out_dir, folder, round_, name)
+    distributed.verify(witnesses, module.history, run.out_dir, folder, round_, name)
     final_mask = module.mask
     row = summarise(module.history, round_, final_mask, module.step)
     row.update({k: v for k, v in ctx.metrics.items() if k not in row})

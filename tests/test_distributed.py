@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -24,9 +25,10 @@ import yaml
 from safetensors.torch import load_file
 
 from conftest import TINY
-from lth_core import cli
+from lth_core import cli, distributed
 from lth_core.data import TensorLoader
 from lth_core.distributed import RANKS_FILE, _ENV_RANKS, digest
+from lth_core.errors import LthError
 from lth_core.lottery import run_lottery
 from lth_core.plugins import get_registry
 from lth_core.recipes import validate
@@ -139,6 +141,48 @@ def test_other_commands_refuse_to_train_on_several_processes(runs, tmp_path, cap
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after merge's progress lines
     assert last.startswith("lth: error: the recipe's trainer asks for 2 processes, which only `lth run` starts; add --set trainer.devices=1")
     assert not (tmp_path / "m" / "ticket").exists()
+
+
+def _two_processes(rank: int, rendezvous: str, out: str, results) -> None:
+    """One of two gloo processes: rank 0's values reach rank 1; masks that differ stop both."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
+    try:
+        head = distributed.broadcast_json({"from": rank, "step": 7} if rank == 0 else None)
+        mine = {"m": torch.tensor([True, False, rank == 1]), "w": torch.full((2, 3), float(rank))}
+        sent = distributed.broadcast_tensors(mine if rank == 0 else None)
+        witness = distributed.Witness()
+        witness.examples = 16
+        witness.record = {"mask_start": "same", "mask": f"mask of rank {rank}", "final": "same", "steps": 3}
+        try:
+            distributed.verify([witness], [{"step": 3, "val_acc": 0.5}], Path(out), Path(out) / "round_1", 1, "ticket")
+            error = None
+        except LthError as exc:
+            error = str(exc)
+        results.put((rank, head, sent["m"].tolist(), sent["m"].dtype == torch.bool, sent["w"].sum().item(), error))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_rank_zeros_values_reach_every_process_and_a_split_ticket_stops_the_run(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_two_processes, args=(r, str(tmp_path / "rendezvous"), str(tmp_path), results)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    got = sorted(results.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    for rank, head, mask, is_bool, weight_sum, error in got:
+        assert head == {"from": 0, "step": 7} and mask == [True, False, False] and is_bool and weight_sum == 0.0
+        assert error == (f"round 1 [ticket]: process 1 ended with another mask than rank 0 (see {tmp_path / RANKS_FILE}); "
+                         "a callback that prunes must decide the same on every process")
+    record = json.loads((tmp_path / RANKS_FILE).read_text())  # written by rank 0 before stopping
+    assert record["world_size"] == 2
+    assert [r["mask"] for r in record["runs"][0]["ranks"]] == ["mask of rank 0", "mask of rank 1"]
+    assert [r["examples"] for r in record["runs"][0]["ranks"]] == [16, 16]
 
 
 def test_each_process_takes_its_share_of_every_batch():
