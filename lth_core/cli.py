@@ -247,7 +247,9 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser(plugin_commands=_wants_plugin_commands(argv)).parse_args(argv)
         return args.func(args)
     except LthError as exc:
-        print(f"lth: error: {exc}", file=sys.stderr)
+        ddp = sys.modules.get("lth_core.distributed")  # loaded only once a run has started
+        who = f"process {ddp.rank()}: " if ddp is not None and ddp.rank() else ""
+        print(f"lth: error: {who}{exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except BrokenPipeError:  # `lth plugins --json | head`
         sys.stderr.close()
