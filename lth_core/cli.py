@@ -47,9 +47,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_against_plugins(recipe, get_registry())
     _quiet_lightning()
     out = Path(args.out) if args.out else Path("runs") / f"{recipe.name}-{recipe.hash()}"
-    print(f"lth: recipe {recipe.source} (hash {recipe.hash()}) -> {out}", file=sys.stderr)
+    from lth_core import distributed
+
+    if distributed.is_writer():  # data parallel: the other processes run the same command quietly
+        print(f"lth: recipe {recipe.source} (hash {recipe.hash()}) -> {out}", file=sys.stderr)
     run_experiment(recipe, out, say=lambda s: print(s, file=sys.stderr, flush=True))
-    print(out / ("sweep.json" if recipe["sweep"] else "summary.json"))
+    distributed.disconnect()  # data parallel: wait for every process; rank 0 answers
+    if distributed.is_writer():
+        print(out / ("sweep.json" if recipe["sweep"] else "summary.json"))
     return 0
 
 
@@ -249,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser(plugin_commands=_wants_plugin_commands(argv)).parse_args(argv)
         return args.func(args)
     except LthError as exc:
-        print(f"lth: error: {exc}", file=sys.stderr)
+        ddp = sys.modules.get("lth_core.distributed")  # loaded only once a run has started
+        who = f"process {ddp.rank()}: " if ddp is not None and ddp.rank() else ""
+        print(f"lth: error: {who}{exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except BrokenPipeError:  # `lth plugins --json | head`
         sys.stderr.close()

@@ -76,6 +76,9 @@ class TensorLoader:
     seeded with ``seed * 1_000_003 + e``: it does not depend on what ran before, so
     resuming at epoch ``e`` (or step ``k``) sees the same data as an uninterrupted run.
     ``drop_last`` keeps every training step the same size, as the paper's fixed batch.
+    Under data parallel training (:mod:`lth_core.distributed`) process ``rank`` of
+    ``world`` takes its contiguous ``1/world`` share of every batch: the batches, their
+    order and their number stay those of one process, so the averaged gradient is the same.
     """
 
     def __init__(self, x: Tensor, y: Tensor, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False):
@@ -83,6 +86,7 @@ class TensorLoader:
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
         self.epoch = 0
         self.skip_batches = 0  # set to resume in the middle of an epoch
+        self.rank, self.world = 0, 1  # this process's share of each batch (data parallel)
 
     def __len__(self) -> int:
         n = self.x.shape[0]
@@ -101,6 +105,10 @@ class TensorLoader:
         start, self.skip_batches = self.skip_batches, 0
         for b in range(start, len(self)):
             sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
+            if self.world > 1:
+                sel = torch.tensor_split(sel, self.world)[self.rank]
+                if not len(sel):  # a last evaluation batch smaller than the world
+                    continue
             yield self.x[sel], self.y[sel]
 
 

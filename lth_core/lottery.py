@@ -31,7 +31,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from lth_core import __version__, checkpoints, tracking
+from lth_core import __version__, checkpoints, distributed, tracking
 from lth_core.context import PruneContext, RewindContext, RoundContext
 from lth_core.data import DataModule, StepChunks, select_classes
 from lth_core.errors import LthError, NonFiniteLoss, PluginError
@@ -353,7 +353,7 @@ def _train_loader(run: Run, start_step: int, chunk: int = 1):
     if chunk > 1:
         return StepChunks(loader, start_step, run.recipe["trainer"]["max_steps"], chunk)
     loader.epoch, loader.skip_batches = divmod(start_step, len(loader))
-    return loader
+    return distributed.shard(loader)
 
 
 def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Path,
@@ -366,13 +366,16 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
     ``extra_callbacks`` join the recipe's and the plugins' (``lth extend`` freezes weights so).
     """
     recipe_hash = run.recipe.hash()
-    if is_ticket(folder):
-        ticket = load_ticket(folder, run.model)
+    if distributed.from_rank_zero(is_ticket(folder)):  # data parallel: rank 0's run folder decides
+        ticket = distributed.ticket_from_rank_zero(load_ticket, folder, run.model)
         if ticket.meta.get("recipe_hash") == recipe_hash:
             run.model.load_state_dict(ticket.final)
             run.say(f"round {round_} [{name}]: reusing finished ticket in {folder}")
-            checkpoints.discard(folder)  # killed after the ticket was written, before this
+            if distributed.is_writer():
+                checkpoints.discard(folder)  # killed after the ticket was written, before this
             return ticket, ticket.meta["metrics"], checkpoints.load_round_state(folder, run.say)
+    distributed.require_connected(run.recipe["trainer"])
+    mask, start = distributed.agree(mask, start)  # data parallel: rank 0's mask and start everywhere
     run.model.load_state_dict(start.weights)
     apply_mask(run.model, mask)
     ctx = RoundContext(recipe=run.recipe, round=round_, name=name, mask=mask, model=run.model, out_dir=folder, registry=run.registry, data=run.data)
@@ -386,14 +389,17 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
     module = LotteryModule(run.model, mask, optimizer, run.data.num_classes, log_prefix=f"round_{round_}/{name}", step_offset=step0)
     ctx.module = module
     origins: dict[int, str] = {}
-    callbacks = _callbacks(run, ctx, origins) + list(extra_callbacks)
+    witnesses = distributed.witnesses()
+    callbacks = _callbacks(run, ctx, origins) + list(extra_callbacks) + witnesses
     chunk = steps_per_call(run.recipe, callbacks)
     module.train_in_chunks(chunk, run.data.batch_size)
     trainer = _trainer(run, step0, callbacks, chunk)
     every = checkpoints.every_n_steps(run.recipe, len(run.data.train_loader(0)))
+    if distributed.world_size() > 1:  # every process would write the same files; rounds still resume
+        every = (0, "data parallel runs resume from their last finished round")
     checkpoints.attach(trainer, checkpoints.RoundCheckpoint(ctx, expected, start.step, every, saved, origins, extra_callbacks, run.say))
     try:
-        trainer.fit(module, train_dataloaders=_train_loader(run, step0, chunk), val_dataloaders=run.data.eval_loaders())
+        trainer.fit(module, train_dataloaders=_train_loader(run, step0, chunk), val_dataloaders=distributed.shard(run.data.eval_loaders()))
     except checkpoints.StaleCheckpoint as exc:
         run.say(f"warning: {exc}; round {round_} [{name}] trains from its start")
         checkpoints.discard(folder)
@@ -401,7 +407,8 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
     except NonFiniteLoss as exc:
         run.model.cpu()
         failure = {"round": round_, "run": name, "error": str(exc), "history": module.history}
-        atomic_write_text(folder / "failure.json", json.dumps(failure, indent=2))
+        if distributed.is_writer():
+            atomic_write_text(folder / "failure.json", json.dumps(failure, indent=2))
         raise NonFiniteLoss(
             f"round {round_} [{name}] diverged: {exc}; nothing of it was saved as a ticket ({folder / 'failure.json'} "
             f"has its curve), earlier rounds in {run.out_dir} are kept; lower optimizer.lr or add warmup_steps"
@@ -413,8 +420,9 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
         what = str(exc) if isinstance(exc, LthError) else f"{type(exc).__name__}: {exc}"
         raise PluginError(f"{culprit} failed in round {round_} [{name}]: {what}") from exc
     if not module.history or module.history[-1]["step"] != module.step:
-        trainer.validate(module, dataloaders=run.data.eval_loaders(), verbose=False)
+        trainer.validate(module, dataloaders=distributed.shard(run.data.eval_loaders()), verbose=False)
     run.model.cpu()
+    distributed.verify(witnesses, module.history, run.out_dir, folder, round_, name)
     final_mask = module.mask
     row = summarise(module.history, round_, final_mask, module.step)
     row.update({k: v for k, v in ctx.metrics.items() if k not in row})
@@ -433,11 +441,12 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
     # Clone: on the CPU ``.cpu()`` aliases the live parameters, which the next round overwrites.
     trained = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
     ticket = Ticket(final_mask, start.weights, trained, meta)
-    atomic_write_text(folder / "curves.json", json.dumps(module.history, indent=1))  # before ticket.json: a kill keeps both or neither
-    checkpoints.save_round_state(folder, ctx.state)  # for the next round's criterion, also when this ticket is reused
-    save_ticket(ticket, folder)
-    checkpoints.discard(folder)  # the ticket supersedes the run's checkpoint
-    (folder / "failure.json").unlink(missing_ok=True)  # an earlier attempt diverged; this one did not
+    if distributed.is_writer():  # data parallel: every process trained this ticket; one writes it
+        atomic_write_text(folder / "curves.json", json.dumps(module.history, indent=1))  # before ticket.json: a kill keeps both or neither
+        checkpoints.save_round_state(folder, ctx.state)  # for the next round's criterion, also when this ticket is reused
+        save_ticket(ticket, folder)
+        checkpoints.discard(folder)  # the ticket supersedes the run's checkpoint
+        (folder / "failure.json").unlink(missing_ok=True)  # an earlier attempt diverged; this one did not
     run.pm.hook.on_round_end(context=ctx, ticket=ticket, metrics=row)
     tracking.log_round(run.logger, row, name)
     tracking.log_ticket(run.logger, folder, run.recipe, row, name)
@@ -457,6 +466,8 @@ def _control_specs(run: Run) -> list[dict]:
 
 def prepare_out_dir(recipe: Recipe, out_dir: Path) -> None:
     """Refuse to mix two different recipes in one folder; record what produced the run."""
+    if not distributed.is_writer():  # data parallel: rank 0 keeps the run folder
+        return
     out_dir.mkdir(parents=True, exist_ok=True)
     run_json = out_dir / "run.json"
     if run_json.is_file():
@@ -505,6 +516,12 @@ class Level:
     def load_into(self, model: nn.Module) -> None:
         """Put this level's trained weights into ``model``."""
         model.load_state_dict(self.weights if self.weights is not None else load_ticket(self.folder, model).final)
+
+
+def _unless_written(ticket: Ticket) -> dict[str, Tensor] | None:
+    """A ticket's trained weights where this process did not write its folder (data
+    parallel processes other than 0, which may not share rank 0's disk); else ``None``."""
+    return None if distributed.is_writer() else ticket.final
 
 
 def _prune_step(run: Run, k: int, prev: Level, round0: Level, rates: dict, pooled: list) -> tuple[Mask, Start, Level]:
@@ -560,10 +577,12 @@ def run_lottery(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] 
     source = _transfer_source(recipe, model)
     dense = Mask.ones_like(model)
     rates, pooled = layer_rates(recipe, dense)  # a wrong layer name fails before any folder exists
-    prepare_out_dir(recipe, out_dir)
+    prepare_out_dir(recipe, out_dir)  # before connect: a folder of another recipe stops one process
+    distributed.connect(recipe)  # data parallel: start or join the other processes
+    say = distributed.speaker(say)
     initial = source.init if source else {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     run = Run(recipe, out_dir, registry, pm, data, model, initial, say=say)
-    run.logger = tracking.make_logger(recipe, out_dir, say, group=group)
+    run.logger = tracking.make_logger(recipe, out_dir, say, group=group) if distributed.is_writer() else None
     total = 1 if source else recipe["lottery"]["rounds"]
     started = time.time()
 
@@ -572,10 +591,10 @@ def run_lottery(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] 
     ticket, row, state = train(run, 0, "ticket", dense, start0, out_dir / "round_0")
     run.rows.append(row)
     _progress(run, row, "ticket", total)
-    round0 = prev = Level(ticket.mask, out_dir / "round_0", state)
+    round0 = prev = Level(ticket.mask, out_dir / "round_0", state, _unless_written(ticket))
     del ticket  # its weights are on disk: keep no copy in memory while later rounds train
     if round0.mask.density() < 1.0:
-        _run_controls(run, 0, total, round0.mask, start0, Level(dense, out_dir / "round_0", state))
+        _run_controls(run, 0, total, round0.mask, start0, Level(dense, out_dir / "round_0", state, round0.weights))
     for k in range(1, total + 1):
         if source:
             mask, start, origin = source.mask, Start(source.init, int(source.meta.get("start_step", 0)), recipe["optimizer"]), round0
@@ -586,7 +605,7 @@ def run_lottery(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] 
         ticket, row, state = train(run, k, "ticket", mask, start, out_dir / f"round_{k}")
         run.rows.append(row)
         _progress(run, row, "ticket", total)
-        prev = Level(ticket.mask, out_dir / f"round_{k}", state)
+        prev = Level(ticket.mask, out_dir / f"round_{k}", state, _unless_written(ticket))
         del ticket
         _run_controls(run, k, total, prev.mask, start, origin)
     summary = {
@@ -599,7 +618,8 @@ def run_lottery(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] 
     }
     if source:
         summary["transferred_from"] = {"path": str(recipe["ticket"]), **{k: source.meta.get(k) for k in ("round", "data", "recipe_hash", "seed", "weights_remaining")}}
-    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
+    if distributed.is_writer():
+        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
     pm.hook.on_run_end(summary=summary, out_dir=out_dir)
     tracking.finish(run.logger, summary, out_dir)
     say(format_table(summary))

@@ -397,6 +397,9 @@ def _check_values(r: dict, source: str) -> None:
     if bad:
         raise LthError(f"{source}: trainer.{bad[0]} is set by lth itself and cannot be given in a recipe")
     _check_trainer_keys(t, source)
+    from lth_core.distributed import check_trainer
+
+    check_trainer(t, r["data"]["batch_size"], source)  # data parallel: strategy, nodes, batch split
     vci = t.get("val_check_interval")
     if not isinstance(vci, int) or isinstance(vci, bool) or vci < 1:
         raise LthError(f"{source}: trainer.val_check_interval must be a whole number of steps >= 1, got {vci!r}")

@@ -12,6 +12,7 @@ import statistics
 from pathlib import Path
 from typing import Callable
 
+from lth_core import distributed
 from lth_core.lottery import prepare_out_dir, run_lottery
 from lth_core.recipes import Recipe, point_name
 from lth_core.report import write_report
@@ -74,6 +75,8 @@ def run_experiment(recipe: Recipe, out_dir: str | Path, say: Callable[[str], Non
         summaries.append(run_lottery(recipe.for_trial(i), folder, say=say, pm=pm, group=f"{recipe.name}-{recipe.hash()}"))
         folders.append(folder)
     summary = aggregate(recipe, summaries, folders)
+    if not distributed.is_writer():  # data parallel: rank 0 writes the aggregate and the report
+        return summary
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
     report = write_report([out_dir], out_dir / "report")
     say(f"report over {n} trials: {report}")
@@ -100,6 +103,8 @@ def run_sweep(recipe: Recipe, out_dir: Path, say: Callable[[str], None] = print,
         controls = {c: rows[-1] for c, rows in summary["controls"].items() if rows}
         results.append({"point": point, "folder": folder.name, "recipe_hash": sub.hash(), "last_round": last, "controls": controls})
     sweep = {"recipe": recipe.to_dict(), "recipe_hash": recipe.hash(), "points": results}
+    if not distributed.is_writer():  # data parallel: rank 0 writes the table
+        return sweep
     atomic_write_text(out_dir / "sweep.json", json.dumps(sweep, indent=2))
     atomic_write_text(out_dir / "sweep.md", sweep_table(sweep))
     say(sweep_table(sweep))
