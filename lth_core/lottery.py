@@ -59,6 +59,9 @@ class Run:
     say: Callable[[str], None] = print
     rows: list[dict] = field(default_factory=list)
     controls: dict[str, list[dict]] = field(default_factory=dict)
+    #: Replaces ``trainer.fit`` as ``fit(run, module, trainer, start_step)``: trials trained
+    #: stacked hand their runs over through it (:mod:`lth_core.lockstep`).
+    fit: Callable[..., None] | None = None
 
     def new_model(self, seed: int) -> nn.Module:
         return build_model(self.recipe, self.registry, self.data, seed)
@@ -335,7 +338,10 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
     origins: dict[int, str] = {}
     trainer = _trainer(run, ctx, start.step, extra_callbacks, origins)
     try:
-        trainer.fit(module, train_dataloaders=_train_loader(run, start.step), val_dataloaders=run.data.eval_loaders())
+        if run.fit is None:
+            trainer.fit(module, train_dataloaders=_train_loader(run, start.step), val_dataloaders=run.data.eval_loaders())
+        else:
+            run.fit(run, module, trainer, start.step)
     except NonFiniteLoss as exc:
         run.model.cpu()
         failure = {"round": round_, "run": name, "error": str(exc), "history": module.history}
@@ -468,13 +474,15 @@ def _run_controls(run: Run, k: int, total: int, ticket: Ticket, start: Start, so
         _progress(run, c_row, c["name"], total)
 
 
-def run_lottery(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] = print, pm=None, group: str | None = None) -> dict:
+def run_lottery(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] = print, pm=None, group: str | None = None,
+                fit: Callable[..., None] | None = None) -> dict:
     """Run a whole lottery and return (and write) ``summary.json``.
 
     With ``ticket: PATH`` in the recipe it does not search: round 0 trains the dense
     network from that ticket's start weights on this recipe's data, round 1 trains the
     transferred ticket itself (mask and start weights), with the controls beside it.
     Controls also run beside round 0 when a callback pruned during its training.
+    ``fit`` replaces every ``trainer.fit`` (see :attr:`Run.fit`).
     """
     out_dir = Path(out_dir)
     pm = pm or get_plugin_manager()
@@ -487,7 +495,7 @@ def run_lottery(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] 
     rates, pooled = layer_rates(recipe, dense)  # a wrong layer name fails before any folder exists
     prepare_out_dir(recipe, out_dir)
     initial = source.init if source else {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    run = Run(recipe, out_dir, registry, pm, data, model, initial, say=say)
+    run = Run(recipe, out_dir, registry, pm, data, model, initial, say=say, fit=fit)
     run.logger = tracking.make_logger(recipe, out_dir, say, group=group)
     total = 1 if source else recipe["lottery"]["rounds"]
     started = time.time()

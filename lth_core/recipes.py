@@ -76,7 +76,7 @@ TOP_LEVEL = {
     "name": (str,), "seed": (int,), "controls": (list,), "description": (str,),
     "trials": (int,), "ticket": (str, type(None)), "callbacks": (list,),
     "init": (str, dict, type(None)), "sweep": (dict,),
-    "extend": (dict, type(None)),
+    "extend": (dict, type(None)), "vectorize_trials": (bool,),
 }
 TOP_LEVEL.update({s: (dict,) for s in SCHEMA})
 CHOICES = {
@@ -96,7 +96,11 @@ TRAINER_DEFAULTS = {"accelerator": "auto", "devices": 1, "max_epochs": -1, "max_
 
 #: Keys introduced after runs already existed, with their no-op defaults: a top-level key
 #: (``callbacks``) or ``section.key``. They enter the hash only when they differ from it.
-LATER_KEYS: dict[str, Any] = {"callbacks": [], "init": None, "data.order_seed": None, "data.classes": None, "extend": {}, "sweep": {}}
+LATER_KEYS: dict[str, Any] = {"callbacks": [], "init": None, "data.order_seed": None, "data.classes": None, "extend": {}, "sweep": {},
+                              "vectorize_trials": False}
+#: Keys that say how to compute, not what: never hashed, so a run folder is the same run with
+#: or without them (``vectorize_trials`` trains the trials stacked, with the same results).
+UNHASHED_KEYS = ("tracking", "description", "name", "vectorize_trials")
 
 
 def _drop_later_defaults(content: dict) -> dict:
@@ -135,6 +139,7 @@ class Recipe:
         data = self.to_dict()
         data["seed"] = self.data["seed"] + index
         data["trials"] = 1
+        data["vectorize_trials"] = False  # one lottery: nothing to stack
         data["name"] = f"{self.name}-trial{index}"
         return Recipe(data, self.source)
 
@@ -153,7 +158,7 @@ class Recipe:
         Keys added after a release are hashed only when they differ from their default
         (:data:`LATER_KEYS`), so upgrading lth never orphans an existing run folder.
         """
-        content = _drop_later_defaults({k: v for k, v in self.data.items() if k not in ("tracking", "description", "name")})
+        content = _drop_later_defaults({k: v for k, v in self.data.items() if k not in UNHASHED_KEYS})
         trainer = {k: v for k, v in content.get("trainer", {}).items() if k != "enable_progress_bar"}
         content["trainer"] = trainer
         blob = json.dumps(_str_keys(content), sort_keys=True, default=str)
@@ -308,6 +313,7 @@ def validate(raw: Any, source: str = "<dict>", name: str | None = None) -> Recip
         "trials": raw.get("trials", 1),
         "ticket": raw.get("ticket"),
         "description": raw.get("description", ""),
+        "vectorize_trials": raw.get("vectorize_trials", False),
     }
     for section, fields in SCHEMA.items():
         given = dict(raw.get(section) or {})
@@ -360,6 +366,8 @@ def _named_spec(spec: Any, kind: str, source: str, form: str, keys: set[str] | N
 def _check_values(r: dict, source: str) -> None:
     if r["trials"] < 1:
         raise LthError(f"{source}: trials must be >= 1, got {r['trials']}")
+    if r["vectorize_trials"] and r["trials"] < 2:
+        raise LthError(f"{source}: vectorize_trials stacks the trials of a recipe, and trials is {r['trials']}; set trials: 2 or more, or vectorize_trials: false")
     lot = r["lottery"]
     if lot["rounds"] < 0:
         raise LthError(f"{source}: lottery.rounds must be >= 0 (0 trains only the dense network), got {lot['rounds']}")

@@ -1,0 +1,269 @@
+"""K training runs of one architecture as one stacked model: one ``Trainer.fit``, one optimiser.
+
+``vectorize_trials: true`` trains the same run (round ``k``, ticket or control) of K trials
+together (:mod:`lth_core.lockstep` collects them). Each replicate keeps everything its
+sequential run has:
+
+- **parameters**: one leaf tensor of shape ``(K, *shape)`` per parameter. Replicate ``i``
+  runs the unchanged model on its own batch through ``torch.func.functional_call`` with
+  its slice (``unbind``) of every stacked tensor: the kernels are those of a sequential
+  run, so its numbers agree with it to rounding (``vmap`` turns the matrix products into
+  batched ones, which on this CPU were no faster and round differently);
+- **loss**: the sum of the replicates' mean losses, so replicate ``i``'s gradient is
+  exactly the gradient of its own run;
+- **optimiser**: one fused optimiser over the stacked tensors. Adam, AdamW and SGD
+  (momentum, Nesterov, weight decay) update every element from that element's gradient
+  and state alone, so replicate ``i``'s state and step are those of a separate optimiser;
+  one step for K networks is where the time goes down (one Lightning step, one optimiser
+  call, one mask enforcement instead of K). Gradient clipping, which takes a norm over all
+  tensors, is refused;
+- **mask**: :class:`lth_core.masks.MaskEnforcer` over the stacked tensors and masks;
+- **data**: replicate ``i``'s batches come from its own trial's loaders (its seed, order
+  seed and validation split), stacked step by step; a split all replicates share (the test
+  set) is passed once;
+- **randomness**: dropout draws from the global RNG. Each replicate carries its own CPU
+  RNG state, the one its trial left when it asked to train, and the state is swapped in
+  around its forward: the same draws as the sequential run;
+- **history**: one evaluation row list per replicate, as :class:`LotteryModule` keeps it.
+
+Models with buffers (batch norm's running statistics) are refused: they would be updated
+outside the stacked parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from lth_core.errors import LthError, NonFiniteLoss
+from lth_core.masks import Mask
+from lth_core.module import EVAL_SPLITS, LotteryModule
+
+OFF = "set vectorize_trials: false to train the trials one after another"
+
+
+class ReplicaDiverged(NonFiniteLoss):
+    """Replicate ``replica``'s loss became NaN or infinite (the others were still finite).
+
+    Inside a stacked fit ``replica`` is the replicate's index; :func:`train_stacked`
+    re-raises it with the trial's number."""
+
+    def __init__(self, replica: int, message: str):
+        super().__init__(message)
+        self.replica = replica
+
+
+@dataclass
+class Job:
+    """One trial's request to train: what ``lottery.train`` built for its run."""
+
+    trial: int
+    run: Any  # lth_core.lottery.Run
+    module: LotteryModule
+    trainer: pl.Trainer
+    start_step: int
+    rng: Tensor = field(default_factory=torch.get_rng_state)  # the trial's RNG when it asked
+    error: BaseException | None = None  # raised in the trial's thread instead of returning
+
+
+class StackedLoader:
+    """Iterates K loaders in step and stacks their batches: ``(K, B, ...)`` inputs.
+
+    Loaders over the same tensors (a test set every trial shares) yield their batch once,
+    unstacked: a 1-D label tensor tells :class:`StackedModule` it is shared.
+    """
+
+    def __init__(self, loaders: list):
+        self.loaders = loaders
+        if len({len(ld) for ld in loaders}) != 1:
+            raise LthError(f"vectorize_trials: the trials' loaders differ in length ({[len(ld) for ld in loaders]}); {OFF}")
+        first = loaders[0]
+        self.shared = all(ld.x is first.x or (ld.x.shape == first.x.shape and torch.equal(ld.x, first.x) and torch.equal(ld.y, first.y))
+                          for ld in loaders[1:])
+
+    def __len__(self) -> int:
+        return len(self.loaders[0])
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        if self.shared:
+            yield from iter(self.loaders[0])
+            return
+        for batches in zip(*self.loaders):
+            yield torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
+
+
+def _stacked_holder(models: list[nn.Module]) -> nn.Module:
+    """A copy of the architecture whose parameters are the replicates' stacked ``(K, ...)``."""
+    holder = copy.deepcopy(models[0])
+    for name, _ in models[0].named_parameters():
+        owner, _, leaf = name.rpartition(".")
+        value = torch.stack([dict(m.named_parameters())[name].detach() for m in models])
+        setattr(holder.get_submodule(owner), leaf, nn.Parameter(value))
+    return holder
+
+
+def _has_dropout(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules())
+
+
+class StackedModule(LotteryModule):
+    """Trains K replicates of one architecture as one module (see the module docstring).
+
+    ``histories[i]`` receives replicate ``i``'s evaluation rows, the rows
+    :class:`LotteryModule` writes to its ``history``; ``model`` holds the stacked parameters
+    and ``mask`` the stacked masks, so the optimiser, mask enforcement and learning-rate
+    schedule are :class:`LotteryModule`'s own.
+    """
+
+    def __init__(self, models: list[nn.Module], masks: list[Mask], optimizer: dict, num_classes: int,
+                 step_offset: int = 0, rng: list[Tensor] | None = None):
+        stacked_mask = Mask({n: torch.stack([m[n] for m in masks]) for n in masks[0]})
+        super().__init__(_stacked_holder(models), stacked_mask, optimizer, num_classes, step_offset=step_offset)
+        self.k = len(models)
+        self.densities = [m.density() for m in masks]
+        self.histories: list[list[dict]] = [[] for _ in models]
+        # Per replicate and split, the metrics LotteryModule keeps per split: same numbers.
+        self.replica_acc = nn.ModuleList([MulticlassAccuracy(num_classes, average="micro") for _ in range(2 * self.k)])
+        self.replica_loss = nn.ModuleList([MeanMetric() for _ in range(2 * self.k)])
+        self.rng = list(rng) if rng is not None and _has_dropout(models[0]) else None
+
+    def replicas(self) -> list[dict[str, Tensor]]:
+        """Replicate ``i``'s parameters: views of the stacked tensors (gradients flow back)."""
+        slices = {n: p.unbind(0) for n, p in self.model.named_parameters()}
+        return [{n: s[i] for n, s in slices.items()} for i in range(self.k)]
+
+    def replica_state(self, i: int) -> dict[str, Tensor]:
+        return {n: p[i].detach() for n, p in self.model.named_parameters()}
+
+    def _logits(self, params: dict[str, Tensor], x: Tensor, i: int) -> Tensor:
+        if self.rng is None or not self.training:
+            return functional_call(self.model, params, (x,))
+        saved = torch.get_rng_state()
+        torch.set_rng_state(self.rng[i])  # replicate i's own stream of dropout draws
+        try:
+            return functional_call(self.model, params, (x,))
+        finally:
+            self.rng[i] = torch.get_rng_state()
+            torch.set_rng_state(saved)
+
+    def forward(self, x):
+        return torch.stack([self._logits(p, x[i], i) for i, p in enumerate(self.replicas())])
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        losses = torch.stack([F.cross_entropy(self._logits(p, x[i], i), y[i]) for i, p in enumerate(self.replicas())])
+        if losses.device.type == "cpu" and not bool(torch.isfinite(losses).all()):
+            bad = int((~torch.isfinite(losses)).nonzero()[0])
+            raise ReplicaDiverged(bad, f"the training loss is {float(losses[bad].detach())} at step {self.step}")
+        if self._log_now():
+            self.log(f"{self.log_prefix}train_loss", losses.detach().mean(), prog_bar=True, on_step=True, on_epoch=False)
+        return losses.sum()
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        x, y = batch
+        shared = y.dim() == 1
+        for i, p in enumerate(self.replicas()):
+            xi, yi = (x, y) if shared else (x[i], y[i])
+            logits = self._logits(p, xi, i)
+            slot = dataloader_idx * self.k + i
+            self.replica_loss[slot].update(F.cross_entropy(logits, yi, reduction="mean"), weight=yi.shape[0])
+            self.replica_acc[slot].update(logits, yi)
+
+    def on_validation_epoch_end(self) -> None:
+        for i in range(self.k):
+            row = {"step": self.step, "weights_remaining": self.densities[i]}
+            for s, split in enumerate(EVAL_SPLITS):
+                slot = s * self.k + i
+                row[f"{split}_loss"] = float(self.replica_loss[slot].compute())
+                row[f"{split}_acc"] = float(self.replica_acc[slot].compute())
+                self.replica_loss[slot].reset()
+                self.replica_acc[slot].reset()
+            history = self.histories[i]
+            if history and history[-1]["step"] == row["step"]:
+                history[-1] = row  # a repeated evaluation at the same step (final check)
+            else:
+                history.append(row)
+        for i, history in enumerate(self.histories):  # after every replicate has its row
+            if not math.isfinite(history[-1]["val_loss"]):
+                raise ReplicaDiverged(i, f"the validation loss is {history[-1]['val_loss']} at step {self.step}")
+
+
+def check_stackable(job: Job) -> None:
+    """Refuse, in one line, a run the stacked model cannot train as its sequential run."""
+    model, trainer = job.module.model, job.trainer
+    buffers = [n for n, _ in model.named_buffers()]
+    if buffers:
+        raise LthError(f"vectorize_trials: the model has buffers ({', '.join(buffers[:3])}{', ...' if len(buffers) > 3 else ''}: "
+                       f"batch norm's running statistics), which stacked training does not carry; {OFF}")
+    own = (pl.callbacks.ProgressBar, pl.callbacks.ModelSummary)
+    foreign = [cb for cb in trainer.callbacks if not isinstance(cb, own)]
+    if foreign:
+        cb = foreign[0]
+        raise LthError(f"vectorize_trials: callback {type(cb).__name__} (from {type(cb).__module__.split('.')[0]}) "
+                       f"works on one unstacked model; {OFF}")
+    if trainer.gradient_clip_val:
+        raise LthError(f"vectorize_trials: trainer.gradient_clip_val clips by a norm over all of a network's gradients; {OFF}")
+    if _has_dropout(model) and trainer.strategy.root_device.type != "cpu":
+        raise LthError(f"vectorize_trials: dropout on {trainer.strategy.root_device.type} is not replayed per trial (CPU only); {OFF}")
+
+
+def _group_key(job: Job) -> str:
+    """Jobs that can share one stacked fit: same start step, optimiser and data shapes."""
+    d = job.run.data
+    return json.dumps([job.start_step, job.module.optimizer_cfg, list(d.train_x.shape), list(d.val_x.shape),
+                       list(d.test_x.shape), d.batch_size, d.eval_batch_size], sort_keys=True, default=str)
+
+
+def train_stacked(jobs: list[Job]) -> None:
+    """Train every job, stacking those that fit together; results go back into each job.
+
+    Each job's ``module`` gets its replicate's ``history`` and its model the trained
+    weights, as if ``trainer.fit`` had trained it alone. A replicate whose loss diverged
+    raises :class:`ReplicaDiverged` (its history up to then is in its module).
+    """
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        check_stackable(job)
+        groups.setdefault(_group_key(job), []).append(job)
+    for group in groups.values():
+        _fit_group(group)
+
+
+def _fit_group(jobs: list[Job]) -> None:
+    from lth_core.lottery import _train_loader
+
+    first = jobs[0]
+    stacked = StackedModule([j.module.model for j in jobs], [j.module.mask for j in jobs], first.module.optimizer_cfg,
+                            first.run.data.num_classes, step_offset=first.start_step, rng=[j.rng for j in jobs])
+    train = StackedLoader([_train_loader(j.run, j.start_step) for j in jobs])
+    evals = [StackedLoader(list(split)) for split in zip(*(j.run.data.eval_loaders() for j in jobs))]
+    trainer = first.trainer  # configured by lottery._trainer from the recipe, as every job's is
+    try:
+        trainer.fit(stacked, train_dataloaders=train, val_dataloaders=evals)
+        if not stacked.histories[0] or stacked.histories[0][-1]["step"] != stacked.step:
+            trainer.validate(stacked, dataloaders=evals, verbose=False)
+    except ReplicaDiverged as exc:
+        jobs[exc.replica].module.history = stacked.histories[exc.replica]
+        raise ReplicaDiverged(jobs[exc.replica].trial, str(exc)) from None
+    stacked.cpu()
+    for i, job in enumerate(jobs):
+        with torch.no_grad():
+            for name, p in job.module.model.named_parameters():
+                p.copy_(stacked.model.get_parameter(name)[i])
+        job.module.history = stacked.histories[i]
+        # The replicate's module never ran under a Trainer (its global step is 0): the
+        # lottery reads ``module.step`` as where training ended.
+        job.module.step_offset = stacked.step
+        if stacked.rng is not None:
+            job.rng = stacked.rng[i]
