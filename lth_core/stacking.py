@@ -4,11 +4,13 @@
 together (:mod:`lth_core.lockstep` collects them). Each replicate keeps everything its
 sequential run has:
 
-- **parameters**: one leaf tensor of shape ``(K, *shape)`` per parameter. Replicate ``i``
-  runs the unchanged model on its own batch through ``torch.func.functional_call`` with
-  its slice (``unbind``) of every stacked tensor: the kernels are those of a sequential
-  run, so its numbers agree with it to rounding (``vmap`` turns the matrix products into
-  batched ones, which on this CPU were no faster and round differently);
+- **parameters**: one leaf tensor of shape ``(K, *shape)`` per parameter. An MLP (every
+  parameter in an ``nn.Linear``) runs its own ``forward`` once on the K batches folded
+  into one, each ``nn.Linear`` swapped for a :class:`StackedLinear` (one batched matrix
+  product for the K replicates). Any other model runs replicate by replicate through
+  ``torch.func.functional_call`` with its slice (``unbind``) of every stacked tensor.
+  Measured on LeNet-300-100, K=4, a loaded 2-core CPU (ms per network-step): sequential
+  14.7, per-replicate 10.7, ``vmap(functional_call)`` 10.1, batched matrix products 8.8;
 - **loss**: the sum of the replicates' mean losses, so replicate ``i``'s gradient is
   exactly the gradient of its own run;
 - **optimiser**: one fused optimiser over the stacked tensors. Adam, AdamW and SGD
@@ -80,8 +82,8 @@ class Job:
 class StackedLoader:
     """Iterates K loaders in step and stacks their batches: ``(K, B, ...)`` inputs.
 
-    Loaders over the same tensors (a test set every trial shares) yield their batch once,
-    unstacked: a 1-D label tensor tells :class:`StackedModule` it is shared.
+    Unshuffled loaders over equal tensors (a test set every trial shares) yield their batch
+    once, unstacked: a 1-D label tensor tells :class:`StackedModule` it is shared.
     """
 
     def __init__(self, loaders: list):
@@ -89,8 +91,9 @@ class StackedLoader:
         if len({len(ld) for ld in loaders}) != 1:
             raise LthError(f"vectorize_trials: the trials' loaders differ in length ({[len(ld) for ld in loaders]}); {OFF}")
         first = loaders[0]
-        self.shared = all(ld.x is first.x or (ld.x.shape == first.x.shape and torch.equal(ld.x, first.x) and torch.equal(ld.y, first.y))
-                          for ld in loaders[1:])
+        self.shared = not any(ld.shuffle for ld in loaders) and all(
+            ld.x is first.x or (ld.x.shape == first.x.shape and torch.equal(ld.x, first.x) and torch.equal(ld.y, first.y))
+            for ld in loaders[1:])
 
     def __len__(self) -> int:
         return len(self.loaders[0])
@@ -113,6 +116,56 @@ def _stacked_holder(models: list[nn.Module]) -> nn.Module:
     return holder
 
 
+class StackedLinear(nn.Module):
+    """K ``nn.Linear`` layers, one per block of a folded batch ``(K*B, ..., in)``: one batched
+    matrix product (``baddbmm``) instead of K, and gradients born stacked."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None):
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(bias) if bias is not None else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.reshape(self.weight.shape[0], -1, x.shape[-1])
+        w = self.weight.transpose(1, 2)
+        out = torch.bmm(h, w) if self.bias is None else torch.baddbmm(self.bias.unsqueeze(1), h, w)
+        return out.reshape(*x.shape[:-1], -1)
+
+
+def _batched_holder(models: list[nn.Module], input_shape: tuple | None) -> nn.Module | None:
+    """For MLPs: the architecture with each ``nn.Linear`` made a :class:`StackedLinear`.
+
+    The K replicates' batches are folded into one batch of K*B; every layer without
+    parameters (ReLU, Flatten, ...) treats the samples independently, so the model's own
+    ``forward`` runs all K at once. Only models whose parameters all live in ``nn.Linear``
+    layers qualify, without dropout (its draws would not be the sequential runs'), and
+    only if a probe batch gives each replicate the logits its own model gives: otherwise
+    None (the per-replicate path).
+    """
+    model = models[0]
+    own_params = [m for m in model.modules() if next(m.parameters(recurse=False), None) is not None]
+    if input_shape is None or _has_dropout(model) or not all(isinstance(m, nn.Linear) for m in own_params):
+        return None
+    holder = copy.deepcopy(model)
+    for name, module in list(holder.named_modules()):
+        if isinstance(module, nn.Linear):
+            weight = torch.stack([m.get_submodule(name).weight.detach() for m in models])
+            bias = torch.stack([m.get_submodule(name).bias.detach() for m in models]) if module.bias is not None else None
+            if not name:
+                holder = StackedLinear(weight, bias)
+                break
+            owner, _, leaf = name.rpartition(".")
+            setattr(holder.get_submodule(owner), leaf, StackedLinear(weight, bias))
+    probe = torch.randn(len(models), 3, *input_shape, generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad():
+            folded = holder(probe.flatten(0, 1)).reshape(len(models), 3, -1)
+            each = torch.stack([m(probe[i]).reshape(3, -1) for i, m in enumerate(models)])
+    except Exception:  # noqa: BLE001 - a forward that does not fold: use the per-replicate path
+        return None
+    return holder if folded.shape == each.shape and torch.allclose(folded, each, rtol=1e-4, atol=1e-5) else None
+
+
 def _has_dropout(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules())
 
@@ -127,9 +180,13 @@ class StackedModule(LotteryModule):
     """
 
     def __init__(self, models: list[nn.Module], masks: list[Mask], optimizer: dict, num_classes: int,
-                 step_offset: int = 0, rng: list[Tensor] | None = None):
+                 step_offset: int = 0, rng: list[Tensor] | None = None, input_shape: tuple | None = None):
         stacked_mask = Mask({n: torch.stack([m[n] for m in masks]) for n in masks[0]})
-        super().__init__(_stacked_holder(models), stacked_mask, optimizer, num_classes, step_offset=step_offset)
+        batched = _batched_holder(models, input_shape)
+        super().__init__(batched or _stacked_holder(models), stacked_mask, optimizer, num_classes, step_offset=step_offset)
+        #: MLPs run as one folded batch through StackedLinear layers; other models replicate
+        #: by replicate through functional_call.
+        self.batched = batched is not None
         self.k = len(models)
         self.densities = [m.density() for m in masks]
         self.histories: list[list[dict]] = [[] for _ in models]
@@ -157,12 +214,18 @@ class StackedModule(LotteryModule):
             self.rng[i] = torch.get_rng_state()
             torch.set_rng_state(saved)
 
-    def forward(self, x):
-        return torch.stack([self._logits(p, x[i], i) for i, p in enumerate(self.replicas())])
+    def forward(self, x: Tensor, shared: bool = False) -> Tensor:
+        """Every replicate's logits, ``(K, B, classes)``, for stacked inputs ``(K, B, ...)``
+        (or one batch ``(B, ...)`` all replicates see, with ``shared``)."""
+        if self.batched:
+            xs = x.expand(self.k, *x.shape) if shared else x
+            return self.model(xs.flatten(0, 1)).reshape(self.k, xs.shape[1], -1)
+        return torch.stack([self._logits(p, x if shared else x[i], i) for i, p in enumerate(self.replicas())])
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        losses = torch.stack([F.cross_entropy(self._logits(p, x[i], i), y[i]) for i, p in enumerate(self.replicas())])
+        logits = self(x)
+        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
         if losses.device.type == "cpu" and not bool(torch.isfinite(losses).all()):
             bad = int((~torch.isfinite(losses)).nonzero()[0])
             raise ReplicaDiverged(bad, f"the training loss is {float(losses[bad].detach())} at step {self.step}")
@@ -173,12 +236,12 @@ class StackedModule(LotteryModule):
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
         x, y = batch
         shared = y.dim() == 1
-        for i, p in enumerate(self.replicas()):
-            xi, yi = (x, y) if shared else (x[i], y[i])
-            logits = self._logits(p, xi, i)
+        logits = self(x, shared=shared)
+        for i in range(self.k):
+            yi = y if shared else y[i]
             slot = dataloader_idx * self.k + i
-            self.replica_loss[slot].update(F.cross_entropy(logits, yi, reduction="mean"), weight=yi.shape[0])
-            self.replica_acc[slot].update(logits, yi)
+            self.replica_loss[slot].update(F.cross_entropy(logits[i], yi, reduction="mean"), weight=yi.shape[0])
+            self.replica_acc[slot].update(logits[i], yi)
 
     def on_validation_epoch_end(self) -> None:
         for i in range(self.k):
@@ -245,7 +308,8 @@ def _fit_group(jobs: list[Job]) -> None:
 
     first = jobs[0]
     stacked = StackedModule([j.module.model for j in jobs], [j.module.mask for j in jobs], first.module.optimizer_cfg,
-                            first.run.data.num_classes, step_offset=first.start_step, rng=[j.rng for j in jobs])
+                            first.run.data.num_classes, step_offset=first.start_step, rng=[j.rng for j in jobs],
+                            input_shape=first.run.data.input_shape)
     train = StackedLoader([_train_loader(j.run, j.start_step) for j in jobs])
     evals = [StackedLoader(list(split)) for split in zip(*(j.run.data.eval_loaders() for j in jobs))]
     trainer = first.trainer  # configured by lottery._trainer from the recipe, as every job's is
