@@ -49,8 +49,8 @@ def _set_rng_state(state: tuple) -> None:
 class Lockstep:
     """K worker threads that run one at a time and meet to train (see the module docstring)."""
 
-    def __init__(self, k: int):
-        self.k = k
+    def __init__(self, k: int, batched: bool = False):
+        self.k, self.batched = k, batched
         self._go = [threading.Semaphore(0) for _ in range(k)]
         self._back = threading.Semaphore(0)
         self._jobs: dict[int, Job] = {}
@@ -132,7 +132,7 @@ class Lockstep:
 
     def _train(self, jobs: list[Job]) -> None:
         try:
-            train_stacked(jobs)
+            train_stacked(jobs, self.batched)
         except ReplicaDiverged as exc:
             # Only that trial diverged: let its own lottery report it (failure.json, message).
             failed = next(j for j in jobs if j.trial == exc.replica)
@@ -160,8 +160,10 @@ def run_trials(recipe: Recipe, out_dir: Path, say: Callable[[str], None] = print
     check_recipe(recipe)
     n = recipe["trials"]
     folders = [out_dir / f"trial_{i}" for i in range(n)]
-    say(f"trials 1..{n} (seeds {recipe['seed']}..{recipe['seed'] + n - 1}) trained stacked as one model")
-    lockstep = Lockstep(n)
+    batched = recipe["vectorize_trials"] == "batched"
+    say(f"trials 1..{n} (seeds {recipe['seed']}..{recipe['seed'] + n - 1}) trained stacked as one model"
+        + (" (batched matrix products)" if batched else ""))
+    lockstep = Lockstep(n, batched)
 
     def body(i: int) -> Callable[[], dict]:
         def tell(text: str) -> None:

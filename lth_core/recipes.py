@@ -76,7 +76,7 @@ TOP_LEVEL = {
     "name": (str,), "seed": (int,), "controls": (list,), "description": (str,),
     "trials": (int,), "ticket": (str, type(None)), "callbacks": (list,),
     "init": (str, dict, type(None)), "sweep": (dict,),
-    "extend": (dict, type(None)), "vectorize_trials": (bool,),
+    "extend": (dict, type(None)), "vectorize_trials": (bool, str),
 }
 TOP_LEVEL.update({s: (dict,) for s in SCHEMA})
 CHOICES = {
@@ -366,6 +366,8 @@ def _named_spec(spec: Any, kind: str, source: str, form: str, keys: set[str] | N
 def _check_values(r: dict, source: str) -> None:
     if r["trials"] < 1:
         raise LthError(f"{source}: trials must be >= 1, got {r['trials']}")
+    if r["vectorize_trials"] not in (True, False, "batched"):
+        raise LthError(f"{source}: vectorize_trials is {r['vectorize_trials']!r}; valid: true, false, batched")
     if r["vectorize_trials"] and r["trials"] < 2:
         raise LthError(f"{source}: vectorize_trials stacks the trials of a recipe, and trials is {r['trials']}; set trials: 2 or more, or vectorize_trials: false")
     lot = r["lottery"]

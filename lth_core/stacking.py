@@ -4,13 +4,18 @@
 together (:mod:`lth_core.lockstep` collects them). Each replicate keeps everything its
 sequential run has:
 
-- **parameters**: one leaf tensor of shape ``(K, *shape)`` per parameter. An MLP (every
-  parameter in an ``nn.Linear``) runs its own ``forward`` once on the K batches folded
-  into one, each ``nn.Linear`` swapped for a :class:`StackedLinear` (one batched matrix
-  product for the K replicates). Any other model runs replicate by replicate through
-  ``torch.func.functional_call`` with its slice (``unbind``) of every stacked tensor.
-  Measured on LeNet-300-100, K=4, a loaded 2-core CPU (ms per network-step): sequential
-  14.7, per-replicate 10.7, ``vmap(functional_call)`` 10.1, batched matrix products 8.8;
+- **parameters**: with ``vectorize_trials: true`` the replicates' own modules sit side by
+  side (one ``nn.ModuleList``) and each runs its own forward on its own batch: the
+  kernels, memory layout and arithmetic of its sequential run, so a stacked trial equals
+  its sequential twin bit for bit. With ``vectorize_trials: batched`` (MLPs only: every
+  parameter in an ``nn.Linear``) each parameter is one ``(K, *shape)`` tensor and the
+  model's own ``forward`` runs once on the K batches folded into one, each ``nn.Linear``
+  swapped for a :class:`StackedLinear` (one batched matrix product for K replicates):
+  faster, but batched products round differently from K separate ones, and a long
+  training run amplifies rounding (Adam's nearly sign-like steps on tiny gradients, then
+  the usual divergence of trajectories), so the results agree only to what the numbers
+  of two machines would. LeNet-300-100, K=4, ms per network-step on this 2-core CPU:
+  sequential 6.10, stacked 4.31, batched 3.94 (``benchmarks/vectorised_trials.py``);
 - **loss**: the sum of the replicates' mean losses, so replicate ``i``'s gradient is
   exactly the gradient of its own run;
 - **optimiser**: one fused optimiser over the stacked tensors. Adam, AdamW and SGD
@@ -44,7 +49,6 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -104,16 +108,6 @@ class StackedLoader:
             return
         for batches in zip(*self.loaders):
             yield torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
-
-
-def _stacked_holder(models: list[nn.Module]) -> nn.Module:
-    """A copy of the architecture whose parameters are the replicates' stacked ``(K, ...)``."""
-    holder = copy.deepcopy(models[0])
-    for name, _ in models[0].named_parameters():
-        owner, _, leaf = name.rpartition(".")
-        value = torch.stack([dict(m.named_parameters())[name].detach() for m in models])
-        setattr(holder.get_submodule(owner), leaf, nn.Parameter(value))
-    return holder
 
 
 class StackedLinear(nn.Module):
@@ -176,18 +170,22 @@ class StackedModule(LotteryModule):
     """Trains K replicates of one architecture as one module (see the module docstring).
 
     ``histories[i]`` receives replicate ``i``'s evaluation rows, the rows
-    :class:`LotteryModule` writes to its ``history``; ``model`` holds the stacked parameters
-    and ``mask`` the stacked masks, so the optimiser, mask enforcement and learning-rate
-    schedule are :class:`LotteryModule`'s own.
+    :class:`LotteryModule` writes to its ``history``; ``model`` holds every replicate's
+    parameters and ``mask`` their masks, so the optimiser, mask enforcement and
+    learning-rate schedule are :class:`LotteryModule`'s own. With ``input_shape`` an MLP
+    takes the batched path (``batched`` says whether it did).
     """
 
     def __init__(self, models: list[nn.Module], masks: list[Mask], optimizer: dict, num_classes: int,
                  step_offset: int = 0, rng: list[Tensor] | None = None, input_shape: tuple | None = None):
-        stacked_mask = Mask({n: torch.stack([m[n] for m in masks]) for n in masks[0]})
         batched = _batched_holder(models, input_shape)
-        super().__init__(batched or _stacked_holder(models), stacked_mask, optimizer, num_classes, step_offset=step_offset)
-        #: MLPs run as one folded batch through StackedLinear layers; other models replicate
-        #: by replicate through functional_call.
+        if batched is not None:
+            holder, mask = batched, Mask({n: torch.stack([m[n] for m in masks]) for n in masks[0]})
+        else:  # the replicates' own modules side by side: parameters "<i>.<name>"
+            holder, mask = nn.ModuleList(models), Mask({f"{i}.{n}": t for i, m in enumerate(masks) for n, t in m.items()})
+        super().__init__(holder, mask, optimizer, num_classes, step_offset=step_offset)
+        #: MLPs run as one folded batch through StackedLinear layers (stacked parameters);
+        #: other models run each replicate's own module in turn (its own parameters).
         self.batched = batched is not None
         self.k = len(models)
         self.densities = [m.density() for m in masks]
@@ -197,21 +195,19 @@ class StackedModule(LotteryModule):
         self.replica_loss = nn.ModuleList([MeanMetric() for _ in range(2 * self.k)])
         self.rng = list(rng) if rng is not None and _has_dropout(models[0]) else None
 
-    def replicas(self) -> list[dict[str, Tensor]]:
-        """Replicate ``i``'s parameters: views of the stacked tensors (gradients flow back)."""
-        slices = {n: p.unbind(0) for n, p in self.model.named_parameters()}
-        return [{n: s[i] for n, s in slices.items()} for i in range(self.k)]
-
     def replica_state(self, i: int) -> dict[str, Tensor]:
-        return {n: p[i].detach() for n, p in self.model.named_parameters()}
+        """Replicate ``i``'s parameters by the model's own names."""
+        if self.batched:
+            return {n: p[i].detach() for n, p in self.model.named_parameters()}
+        return {n: p.detach() for n, p in self.model[i].named_parameters()}
 
-    def _logits(self, params: dict[str, Tensor], x: Tensor, i: int) -> Tensor:
+    def _logits(self, i: int, x: Tensor) -> Tensor:
         if self.rng is None or not self.training:
-            return functional_call(self.model, params, (x,))
+            return self.model[i](x)
         saved = torch.get_rng_state()
         torch.set_rng_state(self.rng[i])  # replicate i's own stream of dropout draws
         try:
-            return functional_call(self.model, params, (x,))
+            return self.model[i](x)
         finally:
             self.rng[i] = torch.get_rng_state()
             torch.set_rng_state(saved)
@@ -222,12 +218,15 @@ class StackedModule(LotteryModule):
         if self.batched:
             xs = x.expand(self.k, *x.shape) if shared else x
             return self.model(xs.flatten(0, 1)).reshape(self.k, xs.shape[1], -1)
-        return torch.stack([self._logits(p, x if shared else x[i], i) for i, p in enumerate(self.replicas())])
+        return torch.stack([self._logits(i, x if shared else x[i]) for i in range(self.k)])
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        logits = self(x)
-        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
+        if self.batched:
+            logits = list(self(x))
+        else:  # a fresh (aligned) copy of each batch: the kernels then take the sequential run's path
+            logits = [self._logits(i, x[i].clone()) for i in range(self.k)]
+        losses = torch.stack([F.cross_entropy(out, y[i]) for i, out in enumerate(logits)])  # each run's own loss
         if losses.device.type == "cpu" and not bool(torch.isfinite(losses).all()):
             bad = int((~torch.isfinite(losses)).nonzero()[0])
             raise ReplicaDiverged(bad, f"the training loss is {float(losses[bad].detach())} at step {self.step}")
@@ -290,8 +289,11 @@ def _group_key(job: Job) -> str:
                        list(d.test_x.shape), d.batch_size, d.eval_batch_size], sort_keys=True, default=str)
 
 
-def train_stacked(jobs: list[Job]) -> None:
+def train_stacked(jobs: list[Job], batched: bool = False) -> None:
     """Train every job, stacking those that fit together; results go back into each job.
+
+    ``batched`` (``vectorize_trials: batched``) runs an MLP's replicates through batched
+    matrix products, and refuses any other model.
 
     Each job's ``module`` gets its replicate's ``history`` and its model the trained
     weights, as if ``trainer.fit`` had trained it alone. A replicate whose loss diverged
@@ -302,16 +304,20 @@ def train_stacked(jobs: list[Job]) -> None:
         check_stackable(job)
         groups.setdefault(_group_key(job), []).append(job)
     for group in groups.values():
-        _fit_group(group)
+        _fit_group(group, batched)
 
 
-def _fit_group(jobs: list[Job]) -> None:
+def _fit_group(jobs: list[Job], batched: bool = False) -> None:
     from lth_core.lottery import _train_loader
 
     first = jobs[0]
     stacked = StackedModule([j.module.model for j in jobs], [j.module.mask for j in jobs], first.module.optimizer_cfg,
                             first.run.data.num_classes, step_offset=first.start_step, rng=[j.rng for j in jobs],
-                            input_shape=first.run.data.input_shape)
+                            input_shape=first.run.data.input_shape if batched else None)
+    if batched and not stacked.batched:
+        raise LthError("vectorize_trials: batched runs MLPs only (every parameter in an nn.Linear, no dropout, a forward "
+                       f"that treats samples independently), not model {first.run.recipe['model']['name']!r}; "
+                       "use vectorize_trials: true")
     train = StackedLoader([_train_loader(j.run, j.start_step) for j in jobs])
     evals = [StackedLoader(list(split)) for split in zip(*(j.run.data.eval_loaders() for j in jobs))]
     trainer = first.trainer  # configured by lottery._trainer from the recipe, as every job's is
@@ -324,9 +330,10 @@ def _fit_group(jobs: list[Job]) -> None:
         raise ReplicaDiverged(jobs[exc.replica].trial, str(exc)) from None
     stacked.cpu()
     for i, job in enumerate(jobs):
-        with torch.no_grad():
-            for name, p in job.module.model.named_parameters():
-                p.copy_(stacked.model.get_parameter(name)[i])
+        if stacked.batched:  # otherwise the replicate trained the trial's own model in place
+            with torch.no_grad():
+                for name, value in stacked.replica_state(i).items():
+                    job.module.model.get_parameter(name).copy_(value)
         job.module.history = stacked.histories[i]
         # The replicate's module never ran under a Trainer (its global step is 0): the
         # lottery reads ``module.step`` as where training ended.
