@@ -15,7 +15,7 @@ sequential run has:
   training run amplifies rounding (Adam's nearly sign-like steps on tiny gradients, then
   the usual divergence of trajectories), so the results agree only to what the numbers
   of two machines would. LeNet-300-100, K=4, ms per network-step on this 2-core CPU:
-  sequential 6.10, stacked 4.31, batched 3.94 (``benchmarks/vectorised_trials.py``);
+  sequential 6.35, stacked 4.14, batched 3.91 (``benchmarks/vectorised_trials.py``, rough);
 - **loss**: the sum of the replicates' mean losses, so replicate ``i``'s gradient is
   exactly the gradient of its own run;
 - **optimiser**: one fused optimiser over the stacked tensors. Adam, AdamW and SGD
