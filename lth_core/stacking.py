@@ -18,13 +18,13 @@ sequential run has:
   sequential 6.35, stacked 4.14, batched 3.91 (``benchmarks/vectorised_trials.py``, rough);
 - **loss**: the sum of the replicates' mean losses, so replicate ``i``'s gradient is
   exactly the gradient of its own run;
-- **optimiser**: one fused optimiser over the stacked tensors. Adam, AdamW and SGD
+- **optimiser**: one fused optimiser over every replicate's tensors. Adam, AdamW and SGD
   (momentum, Nesterov, weight decay) update every element from that element's gradient
   and state alone, so replicate ``i``'s state and step are those of a separate optimiser;
   one step for K networks is where the time goes down (one Lightning step, one optimiser
   call, one mask enforcement instead of K). Gradient clipping, which takes a norm over all
   tensors, is refused;
-- **mask**: :class:`lth_core.masks.MaskEnforcer` over the stacked tensors and masks;
+- **mask**: one :class:`lth_core.masks.MaskEnforcer` over every replicate's tensors and masks;
 - **data**: replicate ``i``'s batches come from its own trial's loaders (its seed, order
   seed and validation split), stacked step by step; a split all replicates share (the test
   set) is passed once;
@@ -33,8 +33,9 @@ sequential run has:
   around its forward: the same draws as the sequential run;
 - **history**: one evaluation row list per replicate, as :class:`LotteryModule` keeps it.
 
-Models with buffers (batch norm's running statistics) are refused: they would be updated
-outside the stacked parameters.
+Models with buffers (batch norm's running statistics) are refused: stacked training does
+not carry them (batched cannot fold batch statistics; per replicate they would need their
+own bookkeeping and test).
 """
 
 from __future__ import annotations
@@ -112,7 +113,8 @@ class StackedLoader:
 
 class StackedLinear(nn.Module):
     """K ``nn.Linear`` layers, one per block of a folded batch ``(K*B, ..., in)``: one batched
-    matrix product (``baddbmm``) instead of K, and gradients born stacked."""
+    matrix product (``baddbmm``) instead of K, and gradients born stacked
+    (``vectorize_trials: batched``)."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None):
         super().__init__()
@@ -136,7 +138,7 @@ def _batched_holder(models: list[nn.Module], input_shape: tuple | None) -> nn.Mo
     ``forward`` runs all K at once. Only models whose parameters all live in ``nn.Linear``
     layers qualify, without dropout (its draws would not be the sequential runs'), and
     only if a probe batch gives each replicate the logits its own model gives: otherwise
-    None (the per-replicate path).
+    None (and ``vectorize_trials: batched`` is refused for this model).
     """
     model = models[0]
     own_params = [m for m in model.modules() if next(m.parameters(recurse=False), None) is not None]
