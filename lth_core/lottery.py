@@ -60,6 +60,9 @@ class Run:
     say: Callable[[str], None] = print
     rows: list[dict] = field(default_factory=list)
     controls: dict[str, list[dict]] = field(default_factory=dict)
+    #: Replaces ``trainer.fit`` as ``fit(run, module, trainer, start_step)``: trials trained
+    #: stacked hand their runs over through it (:mod:`lth_core.lockstep`).
+    fit: Callable[..., None] | None = None
 
     def new_model(self, seed: int) -> nn.Module:
         return build_model(self.recipe, self.registry, self.data, seed)
@@ -384,22 +387,27 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
     pl.seed_everything(_derived_seed(run.recipe, round_, _salt(name)), verbose=False)
     optimizer = start.optimizer or run.recipe["optimizer"]
     expected = checkpoints.identity(recipe_hash, round_, name, mask, start.weights, start.step, optimizer)
-    saved = checkpoints.load(folder, expected, run.say)  # a killed run continues at its last checkpoint
+    stacked = run.fit is not None  # vectorize_trials: trained beside the other trials' runs, one step per call
+    saved = None if stacked else checkpoints.load(folder, expected, run.say)  # a killed run continues at its last checkpoint
     step0 = saved.step if saved else start.step
     module = LotteryModule(run.model, mask, optimizer, run.data.num_classes, log_prefix=f"round_{round_}/{name}", step_offset=step0)
     ctx.module = module
     origins: dict[int, str] = {}
     witnesses = distributed.witnesses()
     callbacks = _callbacks(run, ctx, origins) + list(extra_callbacks) + witnesses
-    chunk = steps_per_call(run.recipe, callbacks)
+    chunk = 1 if stacked else steps_per_call(run.recipe, callbacks)
     module.train_in_chunks(chunk, run.data.batch_size)
     trainer = _trainer(run, step0, callbacks, chunk)
     every = checkpoints.every_n_steps(run.recipe, len(run.data.train_loader(0)))
     if distributed.world_size() > 1:  # every process would write the same files; rounds still resume
         every = (0, "data parallel runs resume from their last finished round")
-    checkpoints.attach(trainer, checkpoints.RoundCheckpoint(ctx, expected, start.step, every, saved, origins, extra_callbacks, run.say))
+    if not stacked:  # stacked trials resume from their last finished round
+        checkpoints.attach(trainer, checkpoints.RoundCheckpoint(ctx, expected, start.step, every, saved, origins, extra_callbacks, run.say))
     try:
-        trainer.fit(module, train_dataloaders=_train_loader(run, step0, chunk), val_dataloaders=distributed.shard(run.data.eval_loaders()))
+        if run.fit is None:
+            trainer.fit(module, train_dataloaders=_train_loader(run, step0, chunk), val_dataloaders=distributed.shard(run.data.eval_loaders()))
+        else:
+            run.fit(run, module, trainer, start.step)
     except checkpoints.StaleCheckpoint as exc:
         run.say(f"warning: {exc}; round {round_} [{name}] trains from its start")
         checkpoints.discard(folder)
@@ -560,13 +568,15 @@ def _run_controls(run: Run, k: int, total: int, ticket_mask: Mask, start: Start,
         _progress(run, c_row, c["name"], total)
 
 
-def run_lottery(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] = print, pm=None, group: str | None = None) -> dict:
+def run_lottery(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] = print, pm=None, group: str | None = None,
+                fit: Callable[..., None] | None = None) -> dict:
     """Run a whole lottery and return (and write) ``summary.json``.
 
     With ``ticket: PATH`` in the recipe it does not search: round 0 trains the dense
     network from that ticket's start weights on this recipe's data, round 1 trains the
     transferred ticket itself (mask and start weights), with the controls beside it.
     Controls also run beside round 0 when a callback pruned during its training.
+    ``fit`` replaces every ``trainer.fit`` (see :attr:`Run.fit`).
     """
     out_dir = Path(out_dir)
     pm = pm or get_plugin_manager()
@@ -581,7 +591,7 @@ def run_lottery(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] 
     distributed.connect(recipe)  # data parallel: start or join the other processes
     say = distributed.speaker(say)
     initial = source.init if source else {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    run = Run(recipe, out_dir, registry, pm, data, model, initial, say=say)
+    run = Run(recipe, out_dir, registry, pm, data, model, initial, say=say, fit=fit)
     run.logger = tracking.make_logger(recipe, out_dir, say, group=group) if distributed.is_writer() else None
     total = 1 if source else recipe["lottery"]["rounds"]
     started = time.time()

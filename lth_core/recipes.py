@@ -77,7 +77,7 @@ TOP_LEVEL = {
     "trials": (int,), "ticket": (str, type(None)), "callbacks": (list,),
     "init": (str, dict, type(None)), "sweep": (dict,),
     "extend": (dict, type(None)), "steps_per_call": (int,),
-    "checkpoint_every_n_steps": (int, type(None)),
+    "checkpoint_every_n_steps": (int, type(None)), "vectorize_trials": (bool, str),
 }
 TOP_LEVEL.update({s: (dict,) for s in SCHEMA})
 CHOICES = {
@@ -98,10 +98,11 @@ TRAINER_DEFAULTS = {"accelerator": "auto", "devices": 1, "max_epochs": -1, "max_
 #: Keys introduced after runs already existed, with their no-op defaults: a top-level key
 #: (``callbacks``) or ``section.key``. They enter the hash only when they differ from it.
 LATER_KEYS: dict[str, Any] = {"callbacks": [], "init": None, "data.order_seed": None, "data.classes": None, "extend": {}, "sweep": {},
-                              "checkpoint_every_n_steps": None, "steps_per_call": 50}
-#: Keys that never change results (where files go, how often to checkpoint, how many steps
-#: per Lightning call): not hashed.
-UNHASHED = ("tracking", "description", "name", "checkpoint_every_n_steps", "steps_per_call")
+                              "checkpoint_every_n_steps": None, "steps_per_call": 50, "vectorize_trials": False}
+#: Keys that say how to compute, not what: never hashed, so a run folder is the same run with
+#: or without them (where files go, how often to checkpoint, how many steps per Lightning
+#: call, ``vectorize_trials`` training the trials stacked with the same results).
+UNHASHED_KEYS = ("tracking", "description", "name", "checkpoint_every_n_steps", "steps_per_call", "vectorize_trials")
 
 
 def _drop_later_defaults(content: dict) -> dict:
@@ -140,6 +141,7 @@ class Recipe:
         data = self.to_dict()
         data["seed"] = self.data["seed"] + index
         data["trials"] = 1
+        data["vectorize_trials"] = False  # one lottery: nothing to stack
         data["name"] = f"{self.name}-trial{index}"
         return Recipe(data, self.source)
 
@@ -158,7 +160,7 @@ class Recipe:
         Keys added after a release are hashed only when they differ from their default
         (:data:`LATER_KEYS`), so upgrading lth never orphans an existing run folder.
         """
-        content = _drop_later_defaults({k: v for k, v in self.data.items() if k not in UNHASHED})
+        content = _drop_later_defaults({k: v for k, v in self.data.items() if k not in UNHASHED_KEYS})
         trainer = {k: v for k, v in content.get("trainer", {}).items() if k != "enable_progress_bar"}
         content["trainer"] = trainer
         blob = json.dumps(_str_keys(content), sort_keys=True, default=str)
@@ -315,6 +317,7 @@ def validate(raw: Any, source: str = "<dict>", name: str | None = None) -> Recip
         "ticket": raw.get("ticket"),
         "description": raw.get("description", ""),
         "checkpoint_every_n_steps": raw.get("checkpoint_every_n_steps"),
+        "vectorize_trials": raw.get("vectorize_trials", False),
     }
     for section, fields in SCHEMA.items():
         given = dict(raw.get(section) or {})
@@ -371,6 +374,10 @@ def _check_values(r: dict, source: str) -> None:
         raise LthError(f"{source}: steps_per_call must be >= 1 (1: Lightning's loop, one step per call), got {r['steps_per_call']}")
     if (r["checkpoint_every_n_steps"] or 0) < 0:
         raise LthError(f"{source}: checkpoint_every_n_steps must be a number of steps >= 1, 0 (no checkpoints) or null (about 4 per round), got {r['checkpoint_every_n_steps']}")
+    if r["vectorize_trials"] not in (True, False, "batched"):
+        raise LthError(f"{source}: vectorize_trials is {r['vectorize_trials']!r}; valid: true, false, batched")
+    if r["vectorize_trials"] and r["trials"] < 2:
+        raise LthError(f"{source}: vectorize_trials stacks the trials of a recipe, and trials is {r['trials']}; set trials: 2 or more, or vectorize_trials: false")
     lot = r["lottery"]
     if lot["rounds"] < 0:
         raise LthError(f"{source}: lottery.rounds must be >= 0 (0 trains only the dense network), got {lot['rounds']}")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from lth_core import distributed
+from lth_core.lockstep import run_trials as run_trials_stacked
 from lth_core.lottery import prepare_out_dir, run_lottery
 from lth_core.recipes import Recipe, point_name
 from lth_core.report import write_report
@@ -69,7 +70,9 @@ def run_experiment(recipe: Recipe, out_dir: str | Path, say: Callable[[str], Non
         return run_lottery(recipe, out_dir, say=say, pm=pm)
     prepare_out_dir(recipe, out_dir)
     summaries, folders = [], []
-    for i in range(n):
+    if recipe["vectorize_trials"]:  # the same trials, trained as one stacked model (the loop has none left)
+        summaries, folders = run_trials_stacked(recipe, out_dir, say=say, pm=pm, group=f"{recipe.name}-{recipe.hash()}")
+    for i in range(len(summaries), n):
         say(f"trial {i + 1}/{n} (seed {recipe['seed'] + i})")
         folder = out_dir / f"trial_{i}"
         summaries.append(run_lottery(recipe.for_trial(i), folder, say=say, pm=pm, group=f"{recipe.name}-{recipe.hash()}"))

@@ -1,0 +1,137 @@
+"""Time per network-step: K trials trained one after another vs stacked (``vectorize_trials``).
+
+The same work in one process, side by side: K = 4 LeNet-300-100 replicates (own θ0, own
+data order) on real Fashion-MNIST tensors, each under a mask keeping 20% of every layer,
+batch 60, Adam 1.2e-3, the same number of steps, no evaluation inside the timed span.
+
+- ``sequential``: K lottery rounds, each :class:`lth_core.module.LotteryModule` under its
+  own ``pl.Trainer.fit`` (``benchmarks/overhead.py``'s ``lth`` variant, data order seed i);
+- ``stacked``: one :class:`lth_core.stacking.StackedModule` holding the K replicates under
+  one ``pl.Trainer.fit``, fed by a :class:`lth_core.stacking.StackedLoader` over the same K
+  loaders: what ``vectorize_trials: true`` trains (each replicate's own forward, results
+  bit for bit those of its sequential run);
+- ``batched``: the same with ``vectorize_trials: batched`` (an MLP's K replicates through
+  batched matrix products; results equal only to rounding).
+
+A network-step is one optimiser step of one replicate: sequential time / (K x steps) and
+stacked time / (K x steps). Both variants run ``--repeats`` times, interleaved, and the
+medians count. The last line is a JSON object with ``stacked_vs_sequential`` (throughput
+ratio: sequential ms per network-step / stacked ms per network-step, wall clock),
+``batched_vs_sequential`` and ``cpu_stacked_vs_sequential`` (the first ratio in the
+process's CPU time, steadier when other jobs share the machine).
+
+    OMP_NUM_THREADS=1 python benchmarks/vectorised_trials.py [--k 4] [--steps 600] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+import warnings
+
+import pytorch_lightning as pl
+import torch
+
+from lth_core.cli import _quiet_lightning
+from lth_core.data import TensorLoader
+from lth_core.masks import apply_mask
+from lth_core.stacking import StackedLoader, StackedModule
+from lth_datasets import fashion_mnist
+from lth_models import lenet300
+from overhead import BATCH, OPT, _Clock, _trainer, make_mask  # noqa: E402 - benchmarks/ is on sys.path
+
+
+class CpuClock(_Clock):
+    """Also the process's CPU seconds over the same span: on a machine other jobs load, CPU
+    time is what the work itself costs (wall time adds the waits for a core)."""
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if batch_idx == 0 and not hasattr(self, "start"):
+            self.cpu_start = time.process_time()
+        super().on_train_batch_start(trainer, module, batch, batch_idx)
+
+    def on_train_end(self, trainer, module):
+        super().on_train_end(trainer, module)
+        self.cpu_seconds = time.process_time() - self.cpu_start
+
+
+def replicates(k: int) -> list:
+    """K LeNet-300-100s with their own θ0 (seed i), each under a 20%-density mask."""
+    out = []
+    for i in range(k):
+        torch.manual_seed(i)
+        model = lenet300((1, 28, 28), 10)
+        mask = make_mask(model)
+        apply_mask(model, mask)
+        out.append((model, mask))
+    return out
+
+
+def loader(x: torch.Tensor, y: torch.Tensor, i: int) -> TensorLoader:
+    return TensorLoader(x, y, BATCH, shuffle=True, seed=i, drop_last=True)
+
+
+def sequential(k: int, x: torch.Tensor, y: torch.Tensor, steps: int) -> tuple[float, float]:
+    """Wall and CPU seconds per network-step of K lottery rounds trained one after another."""
+    from lth_core.module import LotteryModule
+
+    wall = cpu = 0.0
+    for i, (model, mask) in enumerate(replicates(k)):
+        clock = CpuClock()
+        _trainer(steps, clock).fit(LotteryModule(model, mask, OPT, num_classes=10), train_dataloaders=loader(x, y, i))
+        wall, cpu = wall + clock.seconds, cpu + clock.cpu_seconds
+    return wall / (k * steps), cpu / (k * steps)
+
+
+def stacked(k: int, x: torch.Tensor, y: torch.Tensor, steps: int, batched: bool = False) -> tuple[float, float]:
+    """Wall and CPU seconds per network-step of the K replicates as one stacked model."""
+    reps = replicates(k)
+    module = StackedModule([m for m, _ in reps], [mk for _, mk in reps], OPT, num_classes=10,
+                           input_shape=(1, 28, 28) if batched else None)
+    assert module.batched == batched
+    clock = CpuClock()
+    _trainer(steps, clock).fit(module, train_dataloaders=StackedLoader([loader(x, y, i) for i in range(k)]))
+    return clock.seconds / (k * steps), clock.cpu_seconds / (k * steps)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    _quiet_lightning()
+    warnings.filterwarnings("ignore")
+    bundle = fashion_mnist()
+    x, y = bundle.train_x, bundle.train_y
+    runs = {"sequential": sequential, "stacked": stacked, "batched": lambda *a: stacked(*a, batched=True)}
+    times: dict[str, list[tuple[float, float]]] = {key: [] for key in runs}
+    for _ in range(args.repeats):  # interleaved, so drift in the machine's load hits every variant
+        for key, fn in runs.items():
+            times[key].append(fn(args.k, x, y, args.steps))
+    med = {key: statistics.median(t[0] for t in v) for key, v in times.items()}
+    cpu = {key: statistics.median(t[1] for t in v) for key, v in times.items()}
+    ratio = med["sequential"] / med["stacked"]
+    print(f"LeNet-300-100, K={args.k}: ms per network-step  sequential {1000 * med['sequential']:.3f}  "
+          f"stacked {1000 * med['stacked']:.3f}  -> {ratio:.2f}x throughput   "
+          f"(batched {1000 * med['batched']:.3f}: {med['sequential'] / med['batched']:.2f}x; medians of {args.repeats} x {args.steps} steps)")
+    print(f"CPU ms per network-step  sequential {1000 * cpu['sequential']:.3f}  stacked {1000 * cpu['stacked']:.3f}  "
+          f"-> {cpu['sequential'] / cpu['stacked']:.2f}x   (batched {1000 * cpu['batched']:.3f})")
+    print(json.dumps({
+        "stacked_vs_sequential": round(ratio, 3),
+        "batched_vs_sequential": round(med["sequential"] / med["batched"], 3),
+        "cpu_stacked_vs_sequential": round(cpu["sequential"] / cpu["stacked"], 3),
+        "ms_per_network_step": {key: round(1000 * v, 3) for key, v in med.items()},
+        "cpu_ms_per_network_step": {key: round(1000 * v, 3) for key, v in cpu.items()},
+        "runs_ms_per_network_step": {key: [round(1000 * t[0], 3) for t in v] for key, v in times.items()},
+        "k": args.k, "steps": args.steps, "repeats": args.repeats,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "pytorch_lightning": pl.__version__,
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,344 @@
+"""K training runs of one architecture as one stacked model: one ``Trainer.fit``, one optimiser.
+
+``vectorize_trials: true`` trains the same run (round ``k``, ticket or control) of K trials
+together (:mod:`lth_core.lockstep` collects them). Each replicate keeps everything its
+sequential run has:
+
+- **parameters**: with ``vectorize_trials: true`` the replicates' own modules sit side by
+  side (one ``nn.ModuleList``) and each runs its own forward on its own batch: the
+  kernels, memory layout and arithmetic of its sequential run, so a stacked trial equals
+  its sequential twin bit for bit. With ``vectorize_trials: batched`` (MLPs only: every
+  parameter in an ``nn.Linear``) each parameter is one ``(K, *shape)`` tensor and the
+  model's own ``forward`` runs once on the K batches folded into one, each ``nn.Linear``
+  swapped for a :class:`StackedLinear` (one batched matrix product for K replicates):
+  faster, but batched products round differently from K separate ones, and a long
+  training run amplifies rounding (Adam's nearly sign-like steps on tiny gradients, then
+  the usual divergence of trajectories), so the results agree only to what the numbers
+  of two machines would. LeNet-300-100, K=4, ms per network-step on this 2-core CPU:
+  sequential 6.35, stacked 4.14, batched 3.91 (``benchmarks/vectorised_trials.py``, rough);
+- **loss**: the sum of the replicates' mean losses, so replicate ``i``'s gradient is
+  exactly the gradient of its own run;
+- **optimiser**: one fused optimiser over every replicate's tensors. Adam, AdamW and SGD
+  (momentum, Nesterov, weight decay) update every element from that element's gradient
+  and state alone, so replicate ``i``'s state and step are those of a separate optimiser;
+  one step for K networks is where the time goes down (one Lightning step, one optimiser
+  call, one mask enforcement instead of K). Gradient clipping, which takes a norm over all
+  tensors, is refused;
+- **mask**: one :class:`lth_core.masks.MaskEnforcer` over every replicate's tensors and masks;
+- **data**: replicate ``i``'s batches come from its own trial's loaders (its seed, order
+  seed and validation split), stacked step by step; a split all replicates share (the test
+  set) is passed once;
+- **randomness**: dropout draws from the global RNG. Each replicate carries its own CPU
+  RNG state, the one its trial left when it asked to train, and the state is swapped in
+  around its forward: the same draws as the sequential run;
+- **history**: one evaluation row list per replicate, as :class:`LotteryModule` keeps it.
+
+Models with buffers (batch norm's running statistics) are refused: stacked training does
+not carry them (batched cannot fold batch statistics; per replicate they would need their
+own bookkeeping and test).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from lth_core.errors import LthError, NonFiniteLoss
+from lth_core.masks import Mask
+from lth_core.module import EVAL_SPLITS, LotteryModule
+
+OFF = "set vectorize_trials: false to train the trials one after another"
+
+
+class ReplicaDiverged(NonFiniteLoss):
+    """Replicate ``replica``'s loss became NaN or infinite (the others were still finite).
+
+    Inside a stacked fit ``replica`` is the replicate's index; :func:`train_stacked`
+    re-raises it with the trial's number."""
+
+    def __init__(self, replica: int, message: str):
+        super().__init__(message)
+        self.replica = replica
+
+
+@dataclass
+class Job:
+    """One trial's request to train: what ``lottery.train`` built for its run."""
+
+    trial: int
+    run: Any  # lth_core.lottery.Run
+    module: LotteryModule
+    trainer: pl.Trainer
+    start_step: int
+    rng: Tensor = field(default_factory=torch.get_rng_state)  # the trial's RNG when it asked
+    error: BaseException | None = None  # raised in the trial's thread instead of returning
+
+
+class StackedLoader:
+    """Iterates K loaders in step and stacks their batches: ``(K, B, ...)`` inputs.
+
+    Unshuffled loaders over equal tensors (a test set every trial shares) yield their batch
+    once, unstacked: a 1-D label tensor tells :class:`StackedModule` it is shared.
+    """
+
+    def __init__(self, loaders: list):
+        self.loaders = loaders
+        if len({len(ld) for ld in loaders}) != 1:
+            raise LthError(f"vectorize_trials: the trials' loaders differ in length ({[len(ld) for ld in loaders]}); {OFF}")
+        first = loaders[0]
+        self.shared = not any(ld.shuffle for ld in loaders) and all(
+            ld.x is first.x or (ld.x.shape == first.x.shape and torch.equal(ld.x, first.x) and torch.equal(ld.y, first.y))
+            for ld in loaders[1:])
+
+    def __len__(self) -> int:
+        return len(self.loaders[0])
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        if self.shared:
+            yield from iter(self.loaders[0])
+            return
+        for batches in zip(*self.loaders):
+            yield torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
+
+
+class StackedLinear(nn.Module):
+    """K ``nn.Linear`` layers, one per block of a folded batch ``(K*B, ..., in)``: one batched
+    matrix product (``baddbmm``) instead of K, and gradients born stacked
+    (``vectorize_trials: batched``)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None):
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(bias) if bias is not None else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        # (W @ h^T)^T rather than h @ W^T: the weight's gradient is then born in the weight's
+        # own layout, where h @ W^T leaves it transposed and autograd copies it (LeNet's
+        # first layer, K=4: 4.8 ms forward + backward against 8.3 ms).
+        ht = x.reshape(self.weight.shape[0], -1, x.shape[-1]).transpose(1, 2)
+        out = torch.bmm(self.weight, ht) if self.bias is None else torch.baddbmm(self.bias.unsqueeze(2), self.weight, ht)
+        return out.transpose(1, 2).reshape(*x.shape[:-1], -1)
+
+
+def _batched_holder(models: list[nn.Module], input_shape: tuple | None) -> nn.Module | None:
+    """For MLPs: the architecture with each ``nn.Linear`` made a :class:`StackedLinear`.
+
+    The K replicates' batches are folded into one batch of K*B; every layer without
+    parameters (ReLU, Flatten, ...) treats the samples independently, so the model's own
+    ``forward`` runs all K at once. Only models whose parameters all live in ``nn.Linear``
+    layers qualify, without dropout (its draws would not be the sequential runs'), and
+    only if a probe batch gives each replicate the logits its own model gives: otherwise
+    None (and ``vectorize_trials: batched`` is refused for this model).
+    """
+    model = models[0]
+    own_params = [m for m in model.modules() if next(m.parameters(recurse=False), None) is not None]
+    if input_shape is None or _has_dropout(model) or not all(isinstance(m, nn.Linear) for m in own_params):
+        return None
+    holder = copy.deepcopy(model)
+    for name, module in list(holder.named_modules()):
+        if isinstance(module, nn.Linear):
+            weight = torch.stack([m.get_submodule(name).weight.detach() for m in models])
+            bias = torch.stack([m.get_submodule(name).bias.detach() for m in models]) if module.bias is not None else None
+            if not name:
+                holder = StackedLinear(weight, bias)
+                break
+            owner, _, leaf = name.rpartition(".")
+            setattr(holder.get_submodule(owner), leaf, StackedLinear(weight, bias))
+    probe = torch.randn(len(models), 3, *input_shape, generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad():
+            folded = holder(probe.flatten(0, 1)).reshape(len(models), 3, -1)
+            each = torch.stack([m(probe[i]).reshape(3, -1) for i, m in enumerate(models)])
+    except Exception:  # noqa: BLE001 - a forward that does not fold: use the per-replicate path
+        return None
+    return holder if folded.shape == each.shape and torch.allclose(folded, each, rtol=1e-4, atol=1e-5) else None
+
+
+def _has_dropout(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules())
+
+
+class StackedModule(LotteryModule):
+    """Trains K replicates of one architecture as one module (see the module docstring).
+
+    ``histories[i]`` receives replicate ``i``'s evaluation rows, the rows
+    :class:`LotteryModule` writes to its ``history``; ``model`` holds every replicate's
+    parameters and ``mask`` their masks, so the optimiser, mask enforcement and
+    learning-rate schedule are :class:`LotteryModule`'s own. With ``input_shape`` an MLP
+    takes the batched path (``batched`` says whether it did).
+    """
+
+    def __init__(self, models: list[nn.Module], masks: list[Mask], optimizer: dict, num_classes: int,
+                 step_offset: int = 0, rng: list[Tensor] | None = None, input_shape: tuple | None = None):
+        batched = _batched_holder(models, input_shape)
+        if batched is not None:
+            holder, mask = batched, Mask({n: torch.stack([m[n] for m in masks]) for n in masks[0]})
+        else:  # the replicates' own modules side by side: parameters "<i>.<name>"
+            holder, mask = nn.ModuleList(models), Mask({f"{i}.{n}": t for i, m in enumerate(masks) for n, t in m.items()})
+        super().__init__(holder, mask, optimizer, num_classes, step_offset=step_offset)
+        #: MLPs run as one folded batch through StackedLinear layers (stacked parameters);
+        #: other models run each replicate's own module in turn (its own parameters).
+        self.batched = batched is not None
+        self.k = len(models)
+        self.densities = [m.density() for m in masks]
+        self.histories: list[list[dict]] = [[] for _ in models]
+        # Per replicate and split, the metrics LotteryModule keeps per split: same numbers.
+        self.replica_acc = nn.ModuleList([MulticlassAccuracy(num_classes, average="micro") for _ in range(2 * self.k)])
+        self.replica_loss = nn.ModuleList([MeanMetric() for _ in range(2 * self.k)])
+        self.rng = list(rng) if rng is not None and _has_dropout(models[0]) else None
+
+    def replica_state(self, i: int) -> dict[str, Tensor]:
+        """Replicate ``i``'s parameters by the model's own names."""
+        if self.batched:
+            return {n: p[i].detach() for n, p in self.model.named_parameters()}
+        return {n: p.detach() for n, p in self.model[i].named_parameters()}
+
+    def _logits(self, i: int, x: Tensor) -> Tensor:
+        if self.rng is None or not self.training:
+            return self.model[i](x)
+        saved = torch.get_rng_state()
+        torch.set_rng_state(self.rng[i])  # replicate i's own stream of dropout draws
+        try:
+            return self.model[i](x)
+        finally:
+            self.rng[i] = torch.get_rng_state()
+            torch.set_rng_state(saved)
+
+    def forward(self, x: Tensor, shared: bool = False) -> Tensor:
+        """Every replicate's logits, ``(K, B, classes)``, for stacked inputs ``(K, B, ...)``
+        (or one batch ``(B, ...)`` all replicates see, with ``shared``)."""
+        if self.batched:
+            xs = x.expand(self.k, *x.shape) if shared else x
+            return self.model(xs.flatten(0, 1)).reshape(self.k, xs.shape[1], -1)
+        return torch.stack([self._logits(i, x if shared else x[i]) for i in range(self.k)])
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        if self.batched:
+            logits = list(self(x))
+        else:  # a fresh (aligned) copy of each batch: the kernels then take the sequential run's path
+            logits = [self._logits(i, x[i].clone()) for i in range(self.k)]
+        losses = torch.stack([F.cross_entropy(out, y[i]) for i, out in enumerate(logits)])  # each run's own loss
+        if losses.device.type == "cpu" and not bool(torch.isfinite(losses).all()):
+            bad = int((~torch.isfinite(losses)).nonzero()[0])
+            raise ReplicaDiverged(bad, f"the training loss is {float(losses[bad].detach())} at step {self.step}")
+        if self._log_now():
+            self.log(f"{self.log_prefix}train_loss", losses.detach().mean(), prog_bar=True, on_step=True, on_epoch=False)
+        return losses.sum()
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        x, y = batch
+        shared = y.dim() == 1
+        logits = self(x, shared=shared)
+        for i in range(self.k):
+            yi = y if shared else y[i]
+            slot = dataloader_idx * self.k + i
+            self.replica_loss[slot].update(F.cross_entropy(logits[i], yi, reduction="mean"), weight=yi.shape[0])
+            self.replica_acc[slot].update(logits[i], yi)
+
+    def on_validation_epoch_end(self) -> None:
+        for i in range(self.k):
+            row = {"step": self.step, "weights_remaining": self.densities[i]}
+            for s, split in enumerate(EVAL_SPLITS):
+                slot = s * self.k + i
+                row[f"{split}_loss"] = float(self.replica_loss[slot].compute())
+                row[f"{split}_acc"] = float(self.replica_acc[slot].compute())
+                self.replica_loss[slot].reset()
+                self.replica_acc[slot].reset()
+            history = self.histories[i]
+            if history and history[-1]["step"] == row["step"]:
+                history[-1] = row  # a repeated evaluation at the same step (final check)
+            else:
+                history.append(row)
+        for i, history in enumerate(self.histories):  # after every replicate has its row
+            if not math.isfinite(history[-1]["val_loss"]):
+                raise ReplicaDiverged(i, f"the validation loss is {history[-1]['val_loss']} at step {self.step}")
+
+
+def check_stackable(job: Job) -> None:
+    """Refuse, in one line, a run the stacked model cannot train as its sequential run."""
+    model, trainer = job.module.model, job.trainer
+    buffers = [n for n, _ in model.named_buffers()]
+    if buffers:
+        raise LthError(f"vectorize_trials: the model has buffers ({', '.join(buffers[:3])}{', ...' if len(buffers) > 3 else ''}: "
+                       f"batch norm's running statistics), which stacked training does not carry; {OFF}")
+    own = (pl.callbacks.ProgressBar, pl.callbacks.ModelSummary)
+    foreign = [cb for cb in trainer.callbacks if not isinstance(cb, own)]
+    if foreign:
+        cb = foreign[0]
+        raise LthError(f"vectorize_trials: callback {type(cb).__name__} (from {type(cb).__module__.split('.')[0]}) "
+                       f"works on one unstacked model; {OFF}")
+    if trainer.gradient_clip_val:
+        raise LthError(f"vectorize_trials: trainer.gradient_clip_val clips by a norm over all of a network's gradients; {OFF}")
+    if _has_dropout(model) and trainer.strategy.root_device.type != "cpu":
+        raise LthError(f"vectorize_trials: dropout on {trainer.strategy.root_device.type} is not replayed per trial (CPU only); {OFF}")
+
+
+def _group_key(job: Job) -> str:
+    """Jobs that can share one stacked fit: same start step, optimiser and data shapes."""
+    d = job.run.data
+    return json.dumps([job.start_step, job.module.optimizer_cfg, list(d.train_x.shape), list(d.val_x.shape),
+                       list(d.test_x.shape), d.batch_size, d.eval_batch_size], sort_keys=True, default=str)
+
+
+def train_stacked(jobs: list[Job], batched: bool = False) -> None:
+    """Train every job, stacking those that fit together; results go back into each job.
+
+    ``batched`` (``vectorize_trials: batched``) runs an MLP's replicates through batched
+    matrix products, and refuses any other model.
+
+    Each job's ``module`` gets its replicate's ``history`` and its model the trained
+    weights, as if ``trainer.fit`` had trained it alone. A replicate whose loss diverged
+    raises :class:`ReplicaDiverged` (its history up to then is in its module).
+    """
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        check_stackable(job)
+        groups.setdefault(_group_key(job), []).append(job)
+    for group in groups.values():
+        _fit_group(group, batched)
+
+
+def _fit_group(jobs: list[Job], batched: bool = False) -> None:
+    from lth_core.lottery import _train_loader
+
+    first = jobs[0]
+    stacked = StackedModule([j.module.model for j in jobs], [j.module.mask for j in jobs], first.module.optimizer_cfg,
+                            first.run.data.num_classes, step_offset=first.start_step, rng=[j.rng for j in jobs],
+                            input_shape=first.run.data.input_shape if batched else None)
+    if batched and not stacked.batched:
+        raise LthError("vectorize_trials: batched runs MLPs only (every parameter in an nn.Linear, no dropout, a forward "
+                       f"that treats samples independently), not model {first.run.recipe['model']['name']!r}; "
+                       "use vectorize_trials: true")
+    train = StackedLoader([_train_loader(j.run, j.start_step) for j in jobs])
+    evals = [StackedLoader(list(split)) for split in zip(*(j.run.data.eval_loaders() for j in jobs))]
+    trainer = first.trainer  # configured by lottery._trainer from the recipe, as every job's is
+    try:
+        trainer.fit(stacked, train_dataloaders=train, val_dataloaders=evals)
+        if not stacked.histories[0] or stacked.histories[0][-1]["step"] != stacked.step:
+            trainer.validate(stacked, dataloaders=evals, verbose=False)
+    except ReplicaDiverged as exc:
+        jobs[exc.replica].module.history = stacked.histories[exc.replica]
+        raise ReplicaDiverged(jobs[exc.replica].trial, str(exc)) from None
+    stacked.cpu()
+    for i, job in enumerate(jobs):
+        if stacked.batched:  # otherwise the replicate trained the trial's own model in place
+            with torch.no_grad():
+                for name, value in stacked.replica_state(i).items():
+                    job.module.model.get_parameter(name).copy_(value)
+        job.module.history = stacked.histories[i]
+        # The replicate's module never ran under a Trainer (its global step is 0): the
+        # lottery reads ``module.step`` as where training ended.
+        job.module.step_offset = stacked.step
+        if stacked.rng is not None:
+            job.rng = stacked.rng[i]

@@ -1,0 +1,225 @@
+"""``vectorize_trials``: trials trained as one stacked model give the sequential results.
+
+One tiny lottery on scikit-learn's digits (3 trials, rounds 2, both controls) runs once
+sequentially and once stacked; every ticket of every trial is compared: the same masks
+and start weights, the same trained weights bit for bit, curves and metrics within float
+rounding, and the same aggregated summary; ``batched`` agrees within rounding. An MLP with
+dropout (its draws replayed per trial) must agree as well. Then what is refused, in one line.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import TINY
+from lth_core import stacking
+from lth_core.errors import LthError, NonFiniteLoss
+from lth_core.recipes import validate
+from lth_core.trials import run_experiment
+
+ATOL = 1e-4
+CONTROLS = ["random_reinit", "random_pruning"]
+
+
+def _raw(**top) -> dict:
+    raw = copy.deepcopy(TINY)
+    raw.update(top)
+    return raw
+
+
+def _run(raw: dict, out: Path, monkeypatch=None, groups: list | None = None) -> dict:
+    """Run an experiment; with ``groups``, record every stacked fit (size, batched path)."""
+    if groups is not None:
+        real = stacking._fit_group
+
+        def spy(jobs, batched=False):
+            groups.append({"trials": [j.trial for j in jobs], "runs": {j.module.log_prefix.rstrip("/") for j in jobs}})
+            real(jobs, batched)
+
+        monkeypatch.setattr(stacking, "_fit_group", spy)
+        real_init = stacking.StackedModule.__init__
+
+        def record_path(self, *args, **kwargs):
+            real_init(self, *args, **kwargs)
+            groups[-1]["batched"] = self.batched
+
+        monkeypatch.setattr(stacking.StackedModule, "__init__", record_path)
+    return run_experiment(validate(raw, name="tiny"), out, say=lambda _: None)
+
+
+def _close(a, b, where: str) -> None:
+    """Numbers equal within ATOL, everything else (ints, names, structure) equal."""
+    if isinstance(a, dict):
+        assert set(a) == set(b), where
+        for k in a:
+            _close(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _close(x, y, f"{where}[{i}]")
+    elif isinstance(a, float):
+        assert math.isclose(a, b, abs_tol=ATOL), f"{where}: {a} != {b}"
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def _compare_runs(seq: Path, vec: Path, exact: bool = True) -> int:
+    """Every ticket folder of ``seq`` has its twin in ``vec``; returns how many were compared.
+
+    ``exact``: trained weights bit for bit; otherwise within ATOL."""
+    tickets = sorted(p.parent.relative_to(seq) for p in seq.rglob("ticket.json"))
+    assert tickets == sorted(p.parent.relative_to(vec) for p in vec.rglob("ticket.json"))
+    for rel in tickets:
+        a, b = seq / rel, vec / rel
+        for name in ("mask", "init"):  # the lottery's choices: exactly the same
+            ta, tb = load_file(str(a / f"{name}.safetensors")), load_file(str(b / f"{name}.safetensors"))
+            assert set(ta) == set(tb) and all(torch.equal(ta[k], tb[k]) for k in ta), f"{rel}: {name} differs"
+        fa, fb = load_file(str(a / "final.safetensors")), load_file(str(b / "final.safetensors"))
+        for k in fa:
+            same = torch.equal(fa[k], fb[k]) if exact else torch.allclose(fa[k], fb[k], atol=ATOL, rtol=0)
+            assert same, f"{rel}: trained {k} differs by {(fa[k] - fb[k]).abs().max()}"
+        _close(json.loads((a / "curves.json").read_text()), json.loads((b / "curves.json").read_text()), f"{rel}/curves")
+        ma, mb = json.loads((a / "ticket.json").read_text()), json.loads((b / "ticket.json").read_text())
+        _close(ma["metrics"], mb["metrics"], f"{rel}/metrics")
+        assert ma["recipe_hash"] == mb["recipe_hash"] and ma["seed"] == mb["seed"]
+    return len(tickets)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """The same 3-trial lottery run sequentially and stacked (with the stacked fits recorded)."""
+    root = tmp_path_factory.mktemp("vec")
+    raw = _raw(trials=3, controls=list(CONTROLS))
+    seq = _run(raw, root / "seq")
+    groups: list = []
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        vec = _run({**raw, "vectorize_trials": True}, root / "vec", monkeypatch, groups)
+    return root, seq, vec, groups
+
+
+def test_every_stacked_replicate_equals_its_sequential_trial(pair) -> None:
+    """Same masks and θ0 every round (ticket and controls), trained weights bit for bit,
+    curves and metrics within 1e-4 (evaluation sums in its own order)."""
+    root, _, _, _ = pair
+    assert _compare_runs(root / "seq", root / "vec") == 3 * (3 + 2 * 2)  # trials x (rounds + controls of rounds 1, 2)
+    for i in range(3):
+        _close(json.loads((root / "seq" / f"trial_{i}" / "summary.json").read_text())["rounds"],
+               json.loads((root / "vec" / f"trial_{i}" / "summary.json").read_text())["rounds"], f"trial_{i}")
+
+
+def test_batched_mode_equals_sequential_within_rounding(pair, tmp_path, monkeypatch) -> None:
+    """``vectorize_trials: batched``: the MLP through batched matrix products; the same
+    masks and θ0, weights and summary within 1e-4 on this short run."""
+    root, seq, _, _ = pair
+    groups: list = []
+    raw = {**_raw(trials=3, controls=list(CONTROLS)), "vectorize_trials": "batched"}
+    batched = _run(raw, tmp_path / "batched", monkeypatch, groups)
+    assert len(groups) == 7 and all(g["batched"] for g in groups)
+    assert _compare_runs(root / "seq", tmp_path / "batched", exact=False) == 3 * (3 + 2 * 2)
+    _close(seq["rounds"], batched["rounds"], "rounds")
+    _close(seq["controls"], batched["controls"], "controls")
+
+
+def test_the_aggregated_summary_is_the_same(pair) -> None:
+    """The multi-trial summary (means, min/max/values per round) agrees; the recipe differs
+    only by the key, which is not hashed: both runs are the same run folder's recipe."""
+    _, seq, vec, _ = pair
+    _close(seq["rounds"], vec["rounds"], "rounds")
+    _close(seq["controls"], vec["controls"], "controls")
+    assert seq["trials"] == vec["trials"] == ["trial_0", "trial_1", "trial_2"]
+    assert seq["recipe_hash"] == vec["recipe_hash"]
+    assert {k: v for k, v in vec["recipe"].items() if k != "vectorize_trials"} == \
+        {k: v for k, v in seq["recipe"].items() if k != "vectorize_trials"}
+    assert vec["recipe"]["vectorize_trials"] is True and seq["recipe"]["vectorize_trials"] is False
+
+
+def test_every_run_trained_stacked_across_the_trials(pair) -> None:
+    """Seven runs per trial (3 tickets, 4 controls), each one stacked fit of all 3 trials;
+    each trial's folder holds its own seed."""
+    root, _, _, groups = pair
+    assert len(groups) == 7
+    assert all(g["trials"] == [0, 1, 2] and not g["batched"] for g in groups)
+    assert [sorted(g["runs"]) for g in groups][:3] == [["round_0/ticket"], ["round_1/ticket"], ["round_1/random_reinit"]]
+    seeds = [json.loads((root / "vec" / f"trial_{i}" / "round_0" / "ticket.json").read_text())["seed"] for i in range(3)]
+    assert seeds == [0, 1, 2]
+
+
+def test_dropout_model_equals_sequential(tmp_path, monkeypatch) -> None:
+    """Dropout draws from the global RNG: each replicate replays its own trial's stream."""
+    raw = _raw(trials=2)
+    raw["model"] = {"name": "mlp", "hidden": [64, 32], "dropout": 0.3}
+    raw["lottery"]["rounds"] = 1
+    _run(raw, tmp_path / "seq")
+    groups: list = []
+    _run({**raw, "vectorize_trials": True}, tmp_path / "vec", monkeypatch, groups)
+    assert groups and not any(g["batched"] for g in groups)
+    assert _compare_runs(tmp_path / "seq", tmp_path / "vec") == 2 * 2
+
+
+def test_a_rerun_reuses_the_sequential_runs_tickets(pair, tmp_path) -> None:
+    """The key is not hashed: a stacked rerun into a sequential run's folder resumes it."""
+    import shutil
+
+    root, seq, _, _ = pair
+    out = tmp_path / "copy"
+    shutil.copytree(root / "seq", out)
+    for i in range(3):
+        shutil.rmtree(out / f"trial_{i}" / "round_2")  # an interrupted run: round 2 unfinished
+    said: list[str] = []
+    raw = {**_raw(trials=3, controls=list(CONTROLS)), "vectorize_trials": True}
+    again = run_experiment(validate(raw, name="tiny"), out, say=said.append)
+    assert sum("reusing finished ticket" in s for s in said) == 3 * (2 + 2)
+    _close(seq["rounds"], again["rounds"], "rounds")
+
+
+# --- what is refused --------------------------------------------------------------------
+
+
+def test_key_is_checked(tmp_path) -> None:
+    with pytest.raises(LthError, match=r"vectorize_trials is 'yes'; valid: true, false, batched"):
+        validate(_raw(trials=2, vectorize_trials="yes"))
+    with pytest.raises(LthError, match=r"vectorize_trials must be a true/false or string, got int 1"):
+        validate(_raw(trials=2, vectorize_trials=1))
+    with pytest.raises(LthError, match=r"vectorize_trials stacks the trials.*trials is 1; set trials: 2 or more"):
+        validate(_raw(vectorize_trials=True))
+    assert validate(_raw(trials=2, vectorize_trials=True)).hash() == validate(_raw(trials=2)).hash()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r.update(callbacks=[{"name": "gradual_pruning", "target": 0.5}]),
+     r"vectorize_trials: recipe callbacks \(gradual_pruning\) work on one unstacked model"),
+    (lambda r: r.update(tracking={"backend": "wandb", "mode": "offline"}), r"vectorize_trials: W&B keeps one active run"),
+    (lambda r: r.update(model={"name": "conv2", "batchnorm": "affine"}), r"vectorize_trials: the model has buffers \(bn1.running_mean"),
+    (lambda r: r["lottery"].update(rewind="late", rewind_options={"to": "10it"}),
+     r"vectorize_trials: callback SaveRewindPoint \(from lth_late_rewind\) works on one unstacked model"),
+    (lambda r: r["trainer"].update(gradient_clip_val=1.0), r"vectorize_trials: trainer.gradient_clip_val clips by a norm"),
+    (lambda r: r["trainer"].update(strategy="ddp", devices=2, accelerator="cpu"),
+     r"vectorize_trials: stacked trials train in one process on one device"),
+    (lambda r: r.update(vectorize_trials="batched", model={"name": "mlp", "hidden": [16], "dropout": 0.2}),
+     r"vectorize_trials: batched runs MLPs only .* not model 'mlp'; use vectorize_trials: true"),
+])
+def test_unsupported_runs_are_refused_before_training(tmp_path, monkeypatch, change, message) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    raw = _raw(trials=2, vectorize_trials=True)
+    change(raw)
+    with pytest.raises(LthError, match=message):
+        run_experiment(validate(raw, name="tiny"), tmp_path / "run", say=lambda _: None)
+    assert not list((tmp_path / "run").rglob("ticket.json"))
+
+
+def test_a_diverging_trial_stops_all_with_its_own_report(tmp_path) -> None:
+    """The lottery's own divergence report (message, failure.json) for the trial that diverged."""
+    raw = _raw(trials=2, vectorize_trials=True)
+    raw["optimizer"] = {"name": "sgd", "lr": 1.0e8}
+    raw["lottery"]["rounds"] = 0
+    with pytest.raises(NonFiniteLoss, match=r"round 0 \[ticket\] diverged: the .* loss is nan"):
+        run_experiment(validate(raw, name="tiny"), tmp_path / "run", say=lambda _: None)
+    assert (tmp_path / "run" / "trial_0" / "round_0" / "failure.json").is_file()
+    assert not list((tmp_path / "run").rglob("ticket.json"))
