@@ -5,10 +5,13 @@ data order) on real Fashion-MNIST tensors, each under a mask keeping 20% of ever
 batch 60, Adam 1.2e-3, the same number of steps, no evaluation inside the timed span.
 
 - ``sequential``: K lottery rounds, each :class:`lth_core.module.LotteryModule` under its
-  own ``pl.Trainer.fit`` (``benchmarks/overhead.py``'s ``lth`` variant, data order seed i);
+  own ``pl.Trainer.fit`` exactly as a lottery round without callbacks trains: 50 steps
+  per Lightning call (``benchmarks/overhead.py``'s ``lth`` variant, data order seed i);
+- ``sequential_per_step``: the same with one step per Lightning call (what a round with
+  per-step callbacks runs, and what every round ran before ``steps_per_call``);
 - ``stacked``: one :class:`lth_core.stacking.StackedModule` holding the K replicates under
-  one ``pl.Trainer.fit``, fed by a :class:`lth_core.stacking.StackedLoader` over the same K
-  loaders: what ``vectorize_trials: true`` trains (each replicate's own forward, results
+  one ``pl.Trainer.fit``, 50 steps per call, fed by a :class:`lth_core.stacking.StackedLoader`
+  over the same K loaders: what ``vectorize_trials: true`` trains (each replicate's own forward, results
   bit for bit those of its sequential run);
 - ``batched``: the same with ``vectorize_trials: batched`` (an MLP's K replicates through
   batched matrix products; results equal only to rounding).
@@ -36,7 +39,7 @@ import pytorch_lightning as pl
 import torch
 
 from lth_core.cli import _quiet_lightning
-from lth_core.data import TensorLoader
+from lth_core.data import StepChunks, TensorLoader
 from lth_core.masks import apply_mask
 from lth_core.stacking import StackedLoader, StackedModule
 from lth_datasets import fashion_mnist
@@ -74,14 +77,17 @@ def loader(x: torch.Tensor, y: torch.Tensor, i: int) -> TensorLoader:
     return TensorLoader(x, y, BATCH, shuffle=True, seed=i, drop_last=True)
 
 
-def sequential(k: int, x: torch.Tensor, y: torch.Tensor, steps: int) -> tuple[float, float]:
+def sequential(k: int, x: torch.Tensor, y: torch.Tensor, steps: int, chunk: int = 50) -> tuple[float, float]:
     """Wall and CPU seconds per network-step of K lottery rounds trained one after another."""
     from lth_core.module import LotteryModule
 
     wall = cpu = 0.0
     for i, (model, mask) in enumerate(replicates(k)):
         clock = CpuClock()
-        _trainer(steps, clock).fit(LotteryModule(model, mask, OPT, num_classes=10), train_dataloaders=loader(x, y, i))
+        module = LotteryModule(model, mask, OPT, num_classes=10)
+        module.train_in_chunks(chunk, BATCH)
+        data = StepChunks(loader(x, y, i), 0, steps, chunk) if chunk > 1 else loader(x, y, i)
+        _trainer(steps, clock).fit(module, train_dataloaders=data)
         wall, cpu = wall + clock.seconds, cpu + clock.cpu_seconds
     return wall / (k * steps), cpu / (k * steps)
 
@@ -92,8 +98,10 @@ def stacked(k: int, x: torch.Tensor, y: torch.Tensor, steps: int, batched: bool 
     module = StackedModule([m for m, _ in reps], [mk for _, mk in reps], OPT, num_classes=10,
                            input_shape=(1, 28, 28) if batched else None)
     assert module.batched == batched
+    module.train_in_chunks(50, BATCH)  # as vectorize_trials trains a round without callbacks
     clock = CpuClock()
-    _trainer(steps, clock).fit(module, train_dataloaders=StackedLoader([loader(x, y, i) for i in range(k)]))
+    data = StackedLoader([StepChunks(loader(x, y, i), 0, steps, 50) for i in range(k)])
+    _trainer(steps, clock).fit(module, train_dataloaders=data)
     return clock.seconds / (k * steps), clock.cpu_seconds / (k * steps)
 
 
@@ -107,7 +115,8 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     bundle = fashion_mnist()
     x, y = bundle.train_x, bundle.train_y
-    runs = {"sequential": sequential, "stacked": stacked, "batched": lambda *a: stacked(*a, batched=True)}
+    runs = {"sequential": sequential, "sequential_per_step": lambda *a: sequential(*a, chunk=1),
+            "stacked": stacked, "batched": lambda *a: stacked(*a, batched=True)}
     times: dict[str, list[tuple[float, float]]] = {key: [] for key in runs}
     for _ in range(args.repeats):  # interleaved, so drift in the machine's load hits every variant
         for key, fn in runs.items():
@@ -117,12 +126,14 @@ def main() -> None:
     ratio = med["sequential"] / med["stacked"]
     print(f"LeNet-300-100, K={args.k}: ms per network-step  sequential {1000 * med['sequential']:.3f}  "
           f"stacked {1000 * med['stacked']:.3f}  -> {ratio:.2f}x throughput   "
-          f"(batched {1000 * med['batched']:.3f}: {med['sequential'] / med['batched']:.2f}x; medians of {args.repeats} x {args.steps} steps)")
+          f"(batched {1000 * med['batched']:.3f}: {med['sequential'] / med['batched']:.2f}x; "
+          f"sequential one step per call {1000 * med['sequential_per_step']:.3f}; medians of {args.repeats} x {args.steps} steps)")
     print(f"CPU ms per network-step  sequential {1000 * cpu['sequential']:.3f}  stacked {1000 * cpu['stacked']:.3f}  "
           f"-> {cpu['sequential'] / cpu['stacked']:.2f}x   (batched {1000 * cpu['batched']:.3f})")
     print(json.dumps({
         "stacked_vs_sequential": round(ratio, 3),
         "batched_vs_sequential": round(med["sequential"] / med["batched"], 3),
+        "stacked_vs_sequential_per_step": round(med["sequential_per_step"] / med["stacked"], 3),
         "cpu_stacked_vs_sequential": round(cpu["sequential"] / cpu["stacked"], 3),
         "ms_per_network_step": {key: round(1000 * v, 3) for key, v in med.items()},
         "cpu_ms_per_network_step": {key: round(1000 * v, 3) for key, v in cpu.items()},

@@ -126,6 +126,7 @@ class StepChunks:
         if not loader.drop_last or chunk < 1 or end <= start:
             raise ValueError("StepChunks needs a drop_last loader, chunk >= 1 and end > start")
         self.loader, self.start, self.end, self.chunk = loader, start, end, chunk
+        self.shuffle = loader.shuffle
         self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
 
     def __len__(self) -> int:

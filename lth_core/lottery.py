@@ -387,7 +387,7 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
     pl.seed_everything(_derived_seed(run.recipe, round_, _salt(name)), verbose=False)
     optimizer = start.optimizer or run.recipe["optimizer"]
     expected = checkpoints.identity(recipe_hash, round_, name, mask, start.weights, start.step, optimizer)
-    stacked = run.fit is not None  # vectorize_trials: trained beside the other trials' runs, one step per call
+    stacked = run.fit is not None  # vectorize_trials: trained beside the other trials' runs
     saved = None if stacked else checkpoints.load(folder, expected, run.say)  # a killed run continues at its last checkpoint
     step0 = saved.step if saved else start.step
     module = LotteryModule(run.model, mask, optimizer, run.data.num_classes, log_prefix=f"round_{round_}/{name}", step_offset=step0)
@@ -395,7 +395,7 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
     origins: dict[int, str] = {}
     witnesses = distributed.witnesses()
     callbacks = _callbacks(run, ctx, origins) + list(extra_callbacks) + witnesses
-    chunk = 1 if stacked else steps_per_call(run.recipe, callbacks)
+    chunk = steps_per_call(run.recipe, callbacks)
     module.train_in_chunks(chunk, run.data.batch_size)
     trainer = _trainer(run, step0, callbacks, chunk)
     every = checkpoints.every_n_steps(run.recipe, len(run.data.train_loader(0)))

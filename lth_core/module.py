@@ -171,23 +171,35 @@ class LotteryModule(pl.LightningModule):
         opt = lightning_opt.optimizer
         sched = self.lr_schedulers()
         first, losses = self.step, []
-        for x, y in zip(*(t.split(self.batch_size) for t in batch)):
-            loss = F.cross_entropy(self.model(x), y)
+        for x, y in self._steps(batch):
+            step_losses = self._step_losses(x, y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            step_losses.sum().backward()
             self.enforcer.mask_grads()
             lightning_opt._on_before_step()  # Lightning's own step counter: global_step, max_steps
             opt.step()
             lightning_opt._on_after_step()
             if sched is not None:
                 sched.step()
-            losses.append(loss.detach())
-        losses = torch.stack(losses)
+            losses.append(step_losses.detach())
+        losses = torch.stack(losses)  # (steps, networks)
+        self._check_losses(losses, first)
+        self._log_train_loss(losses.mean(), self.step)
+
+    def _steps(self, batch):
+        """The steps of a multi-step batch: ``(x, y)`` of ``batch_size`` examples each."""
+        return zip(*(t.split(self.batch_size) for t in batch))
+
+    def _step_losses(self, x, y):
+        """The loss of each network trained here (one), as a 1-D tensor."""
+        return F.cross_entropy(self.model(x), y).reshape(1)
+
+    def _check_losses(self, losses, first: int) -> None:
+        """Stop at a non-finite loss, naming the first step that had one."""
         finite = torch.isfinite(losses)
         if not bool(finite.all()):
-            bad = int((~finite).nonzero()[0])
-            raise NonFiniteLoss(f"the training loss is {float(losses[bad])} at step {first + bad}")
-        self._log_train_loss(losses.mean(), self.step)
+            bad = int((~finite).nonzero()[0, 0])
+            raise NonFiniteLoss(f"the training loss is {float(losses[bad].max())} at step {first + bad}")
 
     def _log_train_loss(self, loss, step: int) -> None:
         self.log(f"{self.log_prefix}train_loss", loss, prog_bar=True, on_step=True, on_epoch=False)

@@ -223,18 +223,34 @@ class StackedModule(LotteryModule):
         return torch.stack([self._logits(i, x if shared else x[i]) for i in range(self.k)])
 
     def training_step(self, batch, batch_idx):
+        if not self.automatic_optimization:  # several steps per call: LotteryModule's loop, these hooks
+            return self._train_steps(batch)
+        losses = self._step_losses(*batch)
+        if losses.device.type == "cpu":
+            self._check_losses(losses.detach().unsqueeze(0), self.step)
+        if self._log_now():
+            self._log_train_loss(losses.detach().mean(), self.step + 1)
+        return losses.sum()
+
+    def _steps(self, batch):
+        """The steps of a multi-step stacked batch ``(K, steps * B, ...)``: ``(K, B, ...)`` each."""
         x, y = batch
+        return zip(x.split(self.batch_size, dim=1), y.split(self.batch_size, dim=1))
+
+    def _step_losses(self, x: Tensor, y: Tensor) -> Tensor:
+        """Each replicate's own loss on its own batch, ``(K,)``."""
         if self.batched:
             logits = list(self(x))
         else:  # a fresh (aligned) copy of each batch: the kernels then take the sequential run's path
             logits = [self._logits(i, x[i].clone()) for i in range(self.k)]
-        losses = torch.stack([F.cross_entropy(out, y[i]) for i, out in enumerate(logits)])  # each run's own loss
-        if losses.device.type == "cpu" and not bool(torch.isfinite(losses).all()):
-            bad = int((~torch.isfinite(losses)).nonzero()[0])
-            raise ReplicaDiverged(bad, f"the training loss is {float(losses[bad].detach())} at step {self.step}")
-        if self._log_now():
-            self.log(f"{self.log_prefix}train_loss", losses.detach().mean(), prog_bar=True, on_step=True, on_epoch=False)
-        return losses.sum()
+        return torch.stack([F.cross_entropy(out, y[i]) for i, out in enumerate(logits)])
+
+    def _check_losses(self, losses: Tensor, first: int) -> None:
+        """``losses`` is (steps, K): the first non-finite one names its replicate and step."""
+        finite = torch.isfinite(losses)
+        if not bool(finite.all()):
+            step, replica = (int(v) for v in (~finite).nonzero()[0])
+            raise ReplicaDiverged(replica, f"the training loss is {float(losses[step, replica])} at step {first + step}")
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
         x, y = batch
@@ -287,7 +303,7 @@ def check_stackable(job: Job) -> None:
 def _group_key(job: Job) -> str:
     """Jobs that can share one stacked fit: same start step, optimiser and data shapes."""
     d = job.run.data
-    return json.dumps([job.start_step, job.module.optimizer_cfg, list(d.train_x.shape), list(d.val_x.shape),
+    return json.dumps([job.start_step, job.module.steps_per_call, job.module.optimizer_cfg, list(d.train_x.shape), list(d.val_x.shape),
                        list(d.test_x.shape), d.batch_size, d.eval_batch_size], sort_keys=True, default=str)
 
 
@@ -320,7 +336,9 @@ def _fit_group(jobs: list[Job], batched: bool = False) -> None:
         raise LthError("vectorize_trials: batched runs MLPs only (every parameter in an nn.Linear, no dropout, a forward "
                        f"that treats samples independently), not model {first.run.recipe['model']['name']!r}; "
                        "use vectorize_trials: true")
-    train = StackedLoader([_train_loader(j.run, j.start_step) for j in jobs])
+    chunk = first.module.steps_per_call  # lottery.train chose it for this run; every job's trainer counts calls so
+    stacked.train_in_chunks(chunk, first.run.data.batch_size)
+    train = StackedLoader([_train_loader(j.run, j.start_step, chunk) for j in jobs])
     evals = [StackedLoader(list(split)) for split in zip(*(j.run.data.eval_loaders() for j in jobs))]
     trainer = first.trainer  # configured by lottery._trainer from the recipe, as every job's is
     try:

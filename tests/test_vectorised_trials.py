@@ -40,7 +40,8 @@ def _run(raw: dict, out: Path, monkeypatch=None, groups: list | None = None) -> 
         real = stacking._fit_group
 
         def spy(jobs, batched=False):
-            groups.append({"trials": [j.trial for j in jobs], "runs": {j.module.log_prefix.rstrip("/") for j in jobs}})
+            groups.append({"trials": [j.trial for j in jobs], "runs": {j.module.log_prefix.rstrip("/") for j in jobs},
+                           "steps_per_call": {j.module.steps_per_call for j in jobs}})
             real(jobs, batched)
 
         monkeypatch.setattr(stacking, "_fit_group", spy)
@@ -146,6 +147,7 @@ def test_every_run_trained_stacked_across_the_trials(pair) -> None:
     root, _, _, groups = pair
     assert len(groups) == 7
     assert all(g["trials"] == [0, 1, 2] and not g["batched"] for g in groups)
+    assert all(g["steps_per_call"] == {20} for g in groups)  # 20 steps per Lightning call, as sequential rounds
     assert [sorted(g["runs"]) for g in groups][:3] == [["round_0/ticket"], ["round_1/ticket"], ["round_1/random_reinit"]]
     seeds = [json.loads((root / "vec" / f"trial_{i}" / "round_0" / "ticket.json").read_text())["seed"] for i in range(3)]
     assert seeds == [0, 1, 2]
