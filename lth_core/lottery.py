@@ -398,13 +398,10 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
     chunk = steps_per_call(run.recipe, callbacks)
     module.train_in_chunks(chunk, run.data.batch_size)
     trainer = _trainer(run, step0, callbacks, chunk)
-    every = checkpoints.every_n_steps(run.recipe, len(run.data.train_loader(0)))
-    if distributed.world_size() > 1:  # every process would write the same files; rounds still resume
-        every = (0, "data parallel runs resume from their last finished round")
     if not stacked:  # stacked trials resume from their last finished round
-        checkpoints.attach(trainer, checkpoints.RoundCheckpoint(ctx, expected, start.step, every, saved, origins, extra_callbacks, run.say))
+        _attach_checkpoints(run, trainer, ctx, expected, start.step, saved, origins, extra_callbacks)
     try:
-        if run.fit is None:
+        if not stacked:
             trainer.fit(module, train_dataloaders=_train_loader(run, step0, chunk), val_dataloaders=distributed.shard(run.data.eval_loaders()))
         else:
             run.fit(run, module, trainer, start.step)
@@ -450,15 +447,29 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
     trained = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
     ticket = Ticket(final_mask, start.weights, trained, meta)
     if distributed.is_writer():  # data parallel: every process trained this ticket; one writes it
-        atomic_write_text(folder / "curves.json", json.dumps(module.history, indent=1))  # before ticket.json: a kill keeps both or neither
-        checkpoints.save_round_state(folder, ctx.state)  # for the next round's criterion, also when this ticket is reused
-        save_ticket(ticket, folder)
-        checkpoints.discard(folder)  # the ticket supersedes the run's checkpoint
-        (folder / "failure.json").unlink(missing_ok=True)  # an earlier attempt diverged; this one did not
+        _write_finished(folder, ticket, module.history, ctx.state)
     run.pm.hook.on_round_end(context=ctx, ticket=ticket, metrics=row)
     tracking.log_round(run.logger, row, name)
     tracking.log_ticket(run.logger, folder, run.recipe, row, name)
     return ticket, row, ctx.state
+
+
+def _attach_checkpoints(run: Run, trainer: pl.Trainer, ctx: RoundContext, expected: dict, start_step: int,
+                        saved, origins: dict, extra_callbacks: tuple) -> None:
+    """Checkpoints inside this training run (and the restore of ``saved``), as the recipe asks."""
+    every = checkpoints.every_n_steps(run.recipe, len(run.data.train_loader(0)))
+    if distributed.world_size() > 1:  # every process would write the same files; rounds still resume
+        every = (0, "data parallel runs resume from their last finished round")
+    checkpoints.attach(trainer, checkpoints.RoundCheckpoint(ctx, expected, start_step, every, saved, origins, extra_callbacks, run.say))
+
+
+def _write_finished(folder: Path, ticket: Ticket, history: list[dict], state: dict) -> None:
+    """A finished run's files; ``ticket.json`` last, so a kill keeps all or no ticket."""
+    atomic_write_text(folder / "curves.json", json.dumps(history, indent=1))
+    checkpoints.save_round_state(folder, state)  # for the next round's criterion, also when this ticket is reused
+    save_ticket(ticket, folder)
+    checkpoints.discard(folder)  # the ticket supersedes the run's checkpoint
+    (folder / "failure.json").unlink(missing_ok=True)  # an earlier attempt diverged; this one did not
 
 
 def _control_specs(run: Run) -> list[dict]:
