@@ -71,10 +71,10 @@ def _close(a, b, where: str) -> None:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
-def _compare_runs(seq: Path, vec: Path, exact: bool = True) -> int:
+def _compare_runs(seq: Path, vec: Path, weight_atol: float | None = None) -> int:
     """Every ticket folder of ``seq`` has its twin in ``vec``; returns how many were compared.
 
-    ``exact``: trained weights bit for bit; otherwise within ATOL."""
+    Trained weights bit for bit, or within ``weight_atol``; curves and metrics within ATOL."""
     tickets = sorted(p.parent.relative_to(seq) for p in seq.rglob("ticket.json"))
     assert tickets == sorted(p.parent.relative_to(vec) for p in vec.rglob("ticket.json"))
     for rel in tickets:
@@ -84,7 +84,7 @@ def _compare_runs(seq: Path, vec: Path, exact: bool = True) -> int:
             assert set(ta) == set(tb) and all(torch.equal(ta[k], tb[k]) for k in ta), f"{rel}: {name} differs"
         fa, fb = load_file(str(a / "final.safetensors")), load_file(str(b / "final.safetensors"))
         for k in fa:
-            same = torch.equal(fa[k], fb[k]) if exact else torch.allclose(fa[k], fb[k], atol=ATOL, rtol=0)
+            same = torch.equal(fa[k], fb[k]) if weight_atol is None else torch.allclose(fa[k], fb[k], atol=weight_atol, rtol=0)
             assert same, f"{rel}: trained {k} differs by {(fa[k] - fb[k]).abs().max()}"
         _close(json.loads((a / "curves.json").read_text()), json.loads((b / "curves.json").read_text()), f"{rel}/curves")
         ma, mb = json.loads((a / "ticket.json").read_text()), json.loads((b / "ticket.json").read_text())
@@ -117,13 +117,19 @@ def test_every_stacked_replicate_equals_its_sequential_trial(pair) -> None:
 
 def test_batched_mode_equals_sequential_within_rounding(pair, tmp_path, monkeypatch) -> None:
     """``vectorize_trials: batched``: the MLP through batched matrix products; the same
-    masks and θ0, weights and summary within 1e-4 on this short run."""
+    masks and θ0, every curve and the summary within 1e-4 on this short run.
+
+    Trained weights are compared within one Adam step (lr): Adam moves a weight by about lr
+    whatever its gradient's size, so where a gradient is ~0 and rounds to the other sign,
+    that one weight moves apart by up to lr while the network's function does not (seen:
+    one weight 2.4e-4 apart in one of 21 runs, every loss within 1e-5)."""
     root, seq, _, _ = pair
     groups: list = []
     raw = {**_raw(trials=3, controls=list(CONTROLS)), "vectorize_trials": "batched"}
     batched = _run(raw, tmp_path / "batched", monkeypatch, groups)
     assert len(groups) == 7 and all(g["batched"] for g in groups)
-    assert _compare_runs(root / "seq", tmp_path / "batched", exact=False) == 3 * (3 + 2 * 2)
+    lr = TINY["optimizer"]["lr"]
+    assert _compare_runs(root / "seq", tmp_path / "batched", weight_atol=lr) == 3 * (3 + 2 * 2)
     _close(seq["rounds"], batched["rounds"], "rounds")
     _close(seq["controls"], batched["controls"], "controls")
 
