@@ -16,8 +16,8 @@ schedule needs no state: it is a function of the lottery step, rebuilt at the st
 On disk, in the run's folder (``round_<k>/`` or ``round_<k>/control_<name>/``)::
 
     checkpoint.json                 step, history, RNG and callback states, the identity of
-                                    the run it belongs to, the SHA-256 of the tensors file
-                                    and of its own content
+                                    the run it belongs to, the SHA-256 of the tensors file,
+                                    of its state and of the whole record (``record_sha256``)
     checkpoint_<step>.safetensors   model, mask, optimiser and callback tensors, torch RNG
 
 The tensors go first (temporary file, then a rename), then ``checkpoint.json`` (the same),
@@ -52,11 +52,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from lth_core.files import atomic_write_text, sha256_file
+from lth_core.files import atomic_write_text, json_digest, sha256_file
 from lth_core.masks import Mask
 
 RECORD = "checkpoint.json"
 ROUND_STATE = "round_state"
+#: The key of ``checkpoint.json`` holding the SHA-256 of all the rest of the record.
+SELF = "record_sha256"
 FORMAT = 1
 #: With ``checkpoint_every_n_steps: null``, about this many checkpoints per training run.
 AUTO_PER_RUN = 4
@@ -108,7 +110,8 @@ def unpack(obj: Any, tensors: dict[str, Tensor]) -> Any:
 
 
 def _digest(payload: Any) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    """The SHA-256 ``checkpoint.json`` keeps of its state and of itself (tickets use the same)."""
+    return json_digest(payload)
 
 
 # -- random-number generators ---------------------------------------------------------------
@@ -206,6 +209,7 @@ def write(folder: Path, step: int, state: dict) -> Path:
     os.replace(tmp, folder / name)
     record = {"format": FORMAT, "step": step, "tensors": name, "sha256": sha256_file(folder / name),
               "state_sha256": _digest(payload), "state": payload}
+    record[SELF] = _digest(record)
     atomic_write_text(folder / RECORD, json.dumps(record))
     for p in folder.glob("checkpoint_*.safetensors"):
         if p.name != name:
@@ -225,7 +229,7 @@ def read(folder: Path) -> Saved | None:
         raise ValueError(f"{path} is truncated or not JSON ({exc})") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT or not isinstance(record.get("state"), dict):
         raise ValueError(f"{path} is not an lth checkpoint record (format {FORMAT})")
-    if _digest(record["state"]) != record.get("state_sha256"):
+    if _digest(record["state"]) != record.get("state_sha256") or not _record_intact(record):
         raise ValueError(f"{path} does not match its own checksum: the file was altered")
     tensors_path = path.parent / str(record.get("tensors"))
     if not tensors_path.is_file():
@@ -237,6 +241,12 @@ def read(folder: Path) -> Saved | None:
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types
         raise ValueError(f"{tensors_path} is not a readable safetensors file: {exc}") from None
     return Saved(path, int(record["step"]), unpack(record["state"], tensors))
+
+
+def _record_intact(record: dict) -> bool:
+    """The whole record (step, tensors file and its SHA-256 too, not only the state) is as
+    written; records from before :data:`SELF` existed carry only ``state_sha256``."""
+    return SELF not in record or _digest({k: v for k, v in record.items() if k != SELF}) == record[SELF]
 
 
 def load(folder: Path, expected: dict, say: Callable[[str], None]) -> Saved | None:

@@ -242,7 +242,11 @@ def export_ticket(ticket_dir: str | Path, out: str | Path, recipe: str | None = 
     check_against_plugins(rec, registry)
     data = load_data(rec, registry)
     model = build_model(rec, registry, data, rec["seed"])
-    ticket = load_ticket(ticket_dir, model)
+    ticket = load_ticket(ticket_dir)
+    try:  # another architecture (a --recipe of another model, or tensors swapped in the ticket)
+        ticket.check_fits(model, source=f"ticket {ticket_dir}")
+    except LthError as exc:
+        raise LthError(f"{exc} (the model of {rec.source}: {rec['model']})") from None
     if ticket.final is None:
         raise LthError(f"ticket {ticket_dir} has no trained weights (final.safetensors) to export")
     chain(model)  # refuse unsupported architectures before any work

@@ -27,9 +27,18 @@ def run_folder_recipe(folder: Path) -> Path:
     if not recipe.is_file() or not record.is_file():
         missing = " and ".join(p.name for p in (recipe, record) if not p.is_file())
         raise LthError(f"--resume {folder}: not an lth run folder (no {missing}); give the --out folder of an earlier `lth run`")
-    if not isinstance(read_json(record), dict):
-        raise LthError(f"{record} is corrupt: not a JSON object")
+    read_json(record)  # damage (not UTF-8, not JSON, not an object) is one line naming it
+    _check_text(recipe)
     return recipe
+
+
+def _check_text(path: Path) -> None:
+    """Refuse a recipe.yaml that is not UTF-8 text here: the YAML reader would raise a
+    UnicodeDecodeError traceback instead of naming the file."""
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise LthError(f"{path} is corrupt: not UTF-8 text (byte {exc.start}); continue with `lth run RECIPE --out {path.parent}` and the run's original recipe") from None
 
 
 def resume_args(args: argparse.Namespace) -> None:

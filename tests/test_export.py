@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
+import yaml
+from safetensors.torch import save_file
 from torch import nn
 
 from lth_core import cli
 from lth_core.errors import LthError
+from lth_core.files import json_digest, sha256_file
 from lth_core.export import SparseLinear, compact, export_ticket, sparsify
 from lth_core.lottery import build_model, load_data, run_lottery
 from lth_core.masks import Mask, apply_mask
 from lth_core.plugins import get_registry
 from lth_core.recipes import validate
-from lth_core.tickets import load_ticket
+from lth_core.tickets import SELF, load_ticket
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +149,50 @@ def test_cli_export_and_its_mistakes(sparse_run, tmp_path, capsys):
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("lth: error:") and "is not a ticket folder" in bad.stderr
     assert "Traceback" not in bad.stderr and not (tmp_path / "x.pt2").exists()
+
+
+def _lth_export(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lth_core.cli", "export", *args], capture_output=True, text=True)
+
+
+def _refused(proc: subprocess.CompletedProcess) -> str:
+    """The one error line of a refused ``lth export`` (exit 2, no traceback)."""
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("lth: error: "), proc.stderr[-2000:]
+    return lines[-1]
+
+
+def test_cli_export_refuses_a_recipe_of_another_architecture(sparse_run, tmp_path):
+    """A ticket of mlp 64-32 exported with --recipe of mlp 48-32, or of conv2: one line."""
+    out, raw = sparse_run
+    for model, named in [({"name": "mlp", "hidden": [48, 32]}, "net.1.weight is (64, 64), model has (48, 64)"),
+                         ({"name": "conv2", "width": 0.25}, "missing layers ['conv1.weight'")]:
+        other = dict(raw, model=model)
+        recipe = tmp_path / f"{model['name']}.yaml"
+        recipe.write_text(yaml.safe_dump(other))
+        line = _refused(_lth_export(str(out / "round_4"), "--out", str(tmp_path / "m.pt2"), "--recipe", str(recipe)))
+        assert line.startswith(f"lth: error: ticket {out / 'round_4'} does not fit this model: ") and named in line, line
+        assert line.endswith(f"(the model of {recipe}: {model})"), line
+        assert not list(tmp_path.glob("m.pt2*"))
+
+
+def test_cli_export_refuses_a_ticket_whose_weights_are_of_another_architecture(sparse_run, tmp_path):
+    """An inconsistent ticket: its own recipe and mask are mlp 64-32, its final weights an
+    mlp 48-32's, with every checksum made to match. Export rebuilds the ticket's recipe, so
+    only the shape check stands between it and a load_state_dict traceback."""
+    out, raw = sparse_run
+    run = tmp_path / "run"
+    shutil.copytree(out / "round_4", run / "round_4")
+    shutil.copy(out / "recipe.yaml", run / "recipe.yaml")
+    folder = run / "round_4"
+    _, wide, _ = digits_and_model(dict(raw, model={"name": "mlp", "hidden": [48, 32]}))
+    save_file({k: v.contiguous() for k, v in wide.state_dict().items()}, str(folder / "final.safetensors"))
+    meta = json.loads((folder / "ticket.json").read_text())
+    meta["sha256"]["final"] = sha256_file(folder / "final.safetensors")
+    meta = {k: v for k, v in meta.items() if k != SELF}
+    meta[SELF] = json_digest(meta)
+    (folder / "ticket.json").write_text(json.dumps(meta))
+    line = _refused(_lth_export(str(folder), "--out", str(tmp_path / "m.pt2")))
+    assert line.startswith(f"lth: error: ticket {folder} final weights do not fit this model: net.1.bias is (48,), model has (64,)"), line
+    assert not list(tmp_path.glob("m.pt2*"))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import pickle
+import re
 import subprocess
 import sys
 
@@ -13,11 +16,12 @@ import yaml
 
 from lth_core import hookimpl
 from lth_core.errors import LthError
+from lth_core.files import json_digest, sha256_file
 from lth_core.lottery import run_lottery
 from lth_core.masks import Mask
 from lth_core.plugins import get_registry
 from lth_core.recipes import check_against_plugins, validate
-from lth_core.tickets import load_ticket
+from lth_core.tickets import FILES, SELF, is_ticket, load_ticket
 
 MARKER = "lth-payload-ran"
 
@@ -131,6 +135,70 @@ def test_a_pickle_payload_in_a_ticket_never_runs(tiny_raw, tmp_path, pm):
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("lth: error:"), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / MARKER).exists(), "unpickling ran the payload"
+
+
+def _rewrite_checksums(folder, which: str) -> None:
+    """Make ticket.json vouch for the current ``which`` file (its sha256 and ticket.json's
+    own checksum recomputed), as someone who knows the format would."""
+    meta = json.loads((folder / "ticket.json").read_text())
+    meta["sha256"][which] = sha256_file(folder / f"{which}.safetensors")
+    meta = {k: v for k, v in meta.items() if k != SELF}
+    meta[SELF] = json_digest(meta)
+    (folder / "ticket.json").write_text(json.dumps(meta))
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lth_core.cli", *args], capture_output=True, text=True)
+
+
+def _one_line_error(proc: subprocess.CompletedProcess) -> str:
+    """The error line of a refused command, after checking it is exit 2 without a traceback."""
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("lth: error: "), proc.stderr[-2000:]
+    return last
+
+
+@pytest.mark.parametrize("which", FILES)
+def test_a_pickle_vouched_for_by_ticket_json_is_still_refused(tiny_raw, tmp_path, pm, which):
+    """Checksums that match the planted pickle: the safetensors parser alone refuses it,
+    in load_ticket and in a rerun that would reuse the round; the payload never runs."""
+    tiny_raw["lottery"]["rounds"] = 0
+    run_lottery(validate(tiny_raw), tmp_path / "run", say=lambda s: None, pm=pm)
+    folder = tmp_path / "run" / "round_0"
+    path = folder / f"{which}.safetensors"
+    torch.save({"w": Payload(tmp_path)}, path)
+    _rewrite_checksums(folder, which)
+    with pytest.raises(LthError, match=f"^{re.escape(str(path))} is not a readable safetensors file \\(Error while deserializing header"):
+        load_ticket(folder)
+    with pytest.raises(LthError, match=f"^{re.escape(str(path))} is not a readable safetensors file .*; delete {re.escape(str(folder))}/ticket.json and rerun"):
+        run_lottery(validate(tiny_raw), tmp_path / "run", say=lambda s: None, pm=pm)
+    assert not (tmp_path / MARKER).exists(), "unpickling ran the payload"
+    assert is_ticket(folder) and not (tmp_path / "run" / "round_1").exists(), "nothing was retrained over the damaged round"
+
+
+def test_ticket_transfer_of_another_architecture_is_one_line_from_the_cli(tiny_raw, tmp_path, pm):
+    """``ticket:`` naming a ticket of mlp 64-32 in a recipe of mlp 48-32: exit 2, one line,
+    and no run folder is made."""
+    source_raw = copy.deepcopy(tiny_raw)
+    source_raw["lottery"]["rounds"] = 0
+    run_lottery(validate(source_raw), tmp_path / "source", say=lambda s: None, pm=pm)
+    tiny_raw["ticket"] = str(tmp_path / "source" / "round_0")
+    tiny_raw["model"]["hidden"] = [48, 32]
+    recipe = tmp_path / "transfer.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_raw))
+    line = _one_line_error(_cli("run", str(recipe), "--out", str(tmp_path / "t")))
+    assert line == (f"lth: error: ticket {tmp_path / 'source' / 'round_0'} does not fit this model: "
+                    "net.1.weight is (64, 64), model has (48, 64)")
+    assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize("content,what", [(b"[]", "a JSON list, not the object lth writes"), (b"\xff{}", "not UTF-8 text (byte 0)")])
+def test_a_damaged_summary_json_is_one_line_in_lth_report(tmp_path, content, what):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "summary.json").write_bytes(content)
+    line = _one_line_error(_cli("report", str(tmp_path / "run"), "--out", str(tmp_path / "r")))
+    assert line == f"lth: error: {tmp_path / 'run' / 'summary.json'} is corrupt: {what}"
 
 
 @pytest.mark.parametrize("section,key,value,kind", [

@@ -27,6 +27,7 @@ import yaml
 
 from lth_core import checkpoints, cli, hookimpl
 from lth_core.errors import LthError, PluginError
+from lth_core.files import sha256_file
 from lth_core.lottery import run_lottery
 from lth_core.recipes import LATER_KEYS, validate
 
@@ -221,6 +222,7 @@ def test_gradual_pruning_and_movement_scores_resume_mid_round(tmp_path: Path, pm
     gradual = json.loads((out / "round_0" / "gradual_pruning.json").read_text())
     assert gradual == json.loads((tmp_path / "baseline" / "round_0" / "gradual_pruning.json").read_text())
     assert [r["step"] for r in gradual["steps"]] == [10, 20, 30, 40, 50, 60], "the pruning steps before the checkpoint are kept"
+    assert not list(out.rglob(".*.tmp*")), "a record was left half written (gradual_pruning.json is written atomically)"
 
 
 def test_movement_scores_kept_with_a_reused_ticket_prune_the_next_round(tmp_path: Path, pm) -> None:
@@ -265,32 +267,93 @@ def stopped(tmp_path_factory) -> tuple[dict, Path, Path]:
     return raw, root / "stopped", root / "baseline"
 
 
-@pytest.mark.parametrize("damage", ["truncate_tensors", "alter_record", "truncate_record", "drop_tensors"])
-def test_a_damaged_checkpoint_is_named_and_the_round_trains_from_its_start(stopped, tmp_path: Path, pm, damage: str) -> None:
+MARKER = "lth-payload-ran"
+
+
+class Payload:
+    """Unpickling this writes a marker file (as tests/test_hostile.py's): proof that a
+    loader executed pickle code."""
+
+    def __init__(self, folder: Path):
+        self.folder = str(folder)
+
+    def __reduce__(self):
+        return (open, (f"{self.folder}/{MARKER}", "w"))
+
+
+def _rewrite_record(record: Path, data: dict) -> None:
+    """checkpoint.json with every checksum of its own recomputed: a consistent record."""
+    data["state_sha256"] = checkpoints._digest(data["state"])
+    data[checkpoints.SELF] = checkpoints._digest({k: v for k, v in data.items() if k != checkpoints.SELF})
+    record.write_text(json.dumps(data))
+
+
+def _plant_pickle(tensors: Path, record: Path, marker_dir: Path, matching: bool) -> None:
+    """A pickle (torch.save's zip format, what a trojan ``.ckpt`` is) in place of the
+    checkpoint's tensors; with ``matching``, checkpoint.json is rewritten to vouch for it,
+    so only the safetensors parser stands between the file and ``pickle.load``."""
+    import torch
+
+    torch.save({"model": Payload(marker_dir)}, tensors)
+    if matching:
+        data = json.loads(record.read_text())
+        data["sha256"] = sha256_file(tensors)
+        _rewrite_record(record, data)
+
+
+def test_the_planted_pickle_is_live(tmp_path: Path) -> None:
+    """The premise of the pickle tests: the planted file does run its payload when unpickled."""
+    import torch
+
+    (tmp_path / "record.json").write_text("{}")
+    _plant_pickle(tmp_path / "x.safetensors", tmp_path / "record.json", tmp_path, matching=False)
+    with open(tmp_path / "x.safetensors", "rb") as f:  # a file object: torch.load unpickles whatever the suffix
+        torch.load(f, weights_only=False)
+    assert (tmp_path / MARKER).exists()
+
+
+@pytest.mark.parametrize("damage,why", [
+    ("truncate_tensors", "does not match its checksum"),
+    ("alter_record", "does not match its own checksum"),
+    ("alter_step", "does not match its own checksum"),
+    ("truncate_record", "is truncated or not JSON"),
+    ("drop_tensors", "is missing"),
+    ("pickle", "does not match its checksum"),
+    ("pickle_matching_checksums", "is not a readable safetensors file"),
+])
+def test_a_damaged_checkpoint_is_named_and_the_round_trains_from_its_start(stopped, tmp_path: Path, pm, damage: str, why: str) -> None:
     raw, source, baseline = stopped
     out = tmp_path / damage
     shutil.copytree(source, out)
     folder = out / "round_1"
     tensors = folder / "checkpoint_40.safetensors"
     record = folder / "checkpoint.json"
+    named = record
     if damage == "truncate_tensors":
         tensors.write_bytes(tensors.read_bytes()[:-100])
         named = tensors
     elif damage == "drop_tensors":
         tensors.unlink()
         named = tensors
+    elif damage.startswith("pickle"):
+        _plant_pickle(tensors, record, tmp_path, matching=damage == "pickle_matching_checksums")
+        named = tensors
     elif damage == "truncate_record":
         record.write_text(record.read_text()[:500])
-        named = record
+    elif damage == "alter_step":  # outside the state: covered by the record's own checksum
+        data = json.loads(record.read_text())
+        data["step"] = 30
+        record.write_text(json.dumps(data))
     else:  # valid JSON, one number changed: the step the history says it reached
         data = json.loads(record.read_text())
         data["state"]["history"][0]["val_loss"] += 1.0
         record.write_text(json.dumps(data))
-        named = record
     lines = run(raw, out, pm)
     warnings = [line for line in lines if line.startswith("warning:")]
-    assert len(warnings) == 1 and str(named) in warnings[0] and warnings[0].endswith("round 1 [ticket] trains from its start"), lines
+    assert len(warnings) == 1 and str(named) in warnings[0] and why in warnings[0], lines
+    assert warnings[0].endswith("round 1 [ticket] trains from its start"), lines
     assert not any("resumed at step" in line for line in lines)
+    assert not (tmp_path / MARKER).exists(), "the checkpoint loader ran pickle code"
     assert_same_results(out, baseline)
 
 
@@ -302,11 +365,69 @@ def test_a_checkpoint_of_another_start_is_not_resumed(stopped, tmp_path: Path, p
     record = out / "round_1" / "checkpoint.json"
     data = json.loads(record.read_text())
     data["state"]["identity"]["start_sha256"] = "0" * 64
-    data["state_sha256"] = checkpoints._digest(data["state"])  # a consistent record of another start
-    record.write_text(json.dumps(data))
+    _rewrite_record(record, data)  # a consistent record of another start
     lines = run(raw, out, pm)
     assert any(str(record) in line and "another start" in line for line in lines), lines
     assert_same_results(out, stopped[2])
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    """Every file of a run folder but run.json (each command records itself there)."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and p.name != "run.json"}
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("drop_final", "ticket {r0} is missing final.safetensors (ticket.json lists it); "),
+    ("drop_checksums", "{r0}/ticket.json records no sha256 of the ticket's tensor files, so they cannot be verified; "),
+    ("not_an_object", "{r0}/ticket.json is corrupt: a JSON list, not the object lth writes; "),
+    ("not_utf8", "{r0}/ticket.json is corrupt: not UTF-8 text (byte 0); "),
+])
+def test_a_damaged_finished_ticket_stops_the_resume_naming_it_and_how_to_recover(stopped, tmp_path: Path, pm, damage: str, message: str) -> None:
+    """`lth run --resume` reuses finished rounds: a damaged one is one line naming the file
+    and the way out, with nothing retrained over it or changed; following the advice
+    (delete its ticket.json) gives the uninterrupted run's results."""
+    raw, source, baseline = stopped
+    out = tmp_path / "out"
+    shutil.copytree(source, out)
+    r0 = out / "round_0"
+    meta = json.loads((r0 / "ticket.json").read_text())
+    if damage == "drop_final":
+        (r0 / "final.safetensors").unlink()
+    elif damage == "drop_checksums":
+        del meta["sha256"], meta["ticket_sha256"]  # as an older lth without checksums would write it
+        (r0 / "ticket.json").write_text(json.dumps(meta))
+    elif damage == "not_an_object":
+        (r0 / "ticket.json").write_text(json.dumps([meta]))
+    else:
+        (r0 / "ticket.json").write_bytes(b"\xff" + json.dumps(meta).encode())
+    before = _files(out)
+    proc = subprocess.run([*LTH, "run", "--resume", str(out)], capture_output=True, text=True,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline"))
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert err[-1] == "lth: error: " + message.format(r0=r0) + f"delete {r0 / 'ticket.json'} and rerun the same `lth run` to train that round again"
+    assert _files(out) == before, "a refused resume changed the run folder"
+    (r0 / "ticket.json").unlink()
+    run(raw, out, pm)
+    assert_same_results(out, baseline)
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("run.json", b"[1, 2]", "{tmp}/runlike/run.json is corrupt: a JSON list, not the object lth writes"),
+    ("run.json", b"\x80\x04K\x01.", "{tmp}/runlike/run.json is corrupt: not UTF-8 text (byte 0)"),
+    ("run.json", b'{"recipe_hash": ', "{tmp}/runlike/run.json is corrupt: Expecting value"),
+    ("recipe.yaml", b"seed: 0\n\xff\xfe", "{tmp}/runlike/recipe.yaml is corrupt: not UTF-8 text (byte 8); continue with `lth run RECIPE --out {tmp}/runlike`"),
+    ("recipe.yaml", b"- a\n- b\n", "{tmp}/runlike/recipe.yaml: a recipe must be a YAML mapping of sections, got list"),
+])
+def test_resume_names_a_damaged_run_json_or_recipe(name: str, content: bytes, message: str, tmp_path: Path, capsys) -> None:
+    runlike = tmp_path / "runlike"
+    runlike.mkdir()
+    (runlike / "run.json").write_text('{"recipe_hash": "x"}')
+    (runlike / "recipe.yaml").write_text("seed: 0\n")
+    (runlike / name).write_bytes(content)
+    assert cli.main(["run", "--resume", str(runlike)]) == cli.EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("lth: error: " + message.format(tmp=tmp_path)) and err.count("\n") == 1, err
 
 
 class Blind(pl.Callback):

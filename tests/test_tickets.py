@@ -22,8 +22,8 @@ from lth_core.errors import LthError
 from lth_core.lottery import run_lottery
 from lth_core.masks import Mask
 from lth_core.recipes import validate
-from lth_core.files import sha256_file
-from lth_core.tickets import FILES, Ticket, is_ticket, load_ticket, save_ticket
+from lth_core.files import json_digest, sha256_file
+from lth_core.tickets import FILES, SELF, Ticket, is_ticket, load_ticket, save_ticket
 from lth_models import mlp
 
 TICKET_FILES = {"mask.safetensors", "init.safetensors", "final.safetensors", "ticket.json"}
@@ -207,10 +207,88 @@ def test_corrupt_ticket_json_is_refused(lottery_dir: Path, tmp_path: Path) -> No
         load_ticket(folder)
 
 
-def test_missing_tensor_file_is_named(lottery_dir: Path, tmp_path: Path) -> None:
+def rewrite_meta(folder: Path, meta: dict) -> None:
+    """Write ``meta`` as ticket.json with a matching checksum of its own: a consistent
+    record, so what the test changed is what the loader has to catch."""
+    meta = {k: v for k, v in meta.items() if k != SELF}
+    meta[SELF] = json_digest(meta)
+    (folder / "ticket.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("which", FILES)
+def test_missing_tensor_file_is_named(lottery_dir: Path, tmp_path: Path, which: str) -> None:
+    """final.safetensors too: a deleted one used to load as a ticket with final=None, and a
+    rerun reusing it crashed later with a TypeError."""
     folder = _copy_ticket(lottery_dir / "round_1", tmp_path / "t")
-    (folder / "init.safetensors").unlink()
-    with pytest.raises(LthError, match="missing init.safetensors"):
+    (folder / f"{which}.safetensors").unlink()
+    with pytest.raises(LthError, match=f"missing {which}.safetensors \\(ticket.json lists it\\); delete {folder}/ticket.json and rerun"):
+        load_ticket(folder)
+
+
+@pytest.mark.parametrize("which", FILES)
+def test_a_tensor_file_without_a_recorded_checksum_is_refused(lottery_dir: Path, tmp_path: Path, which: str) -> None:
+    """A ticket.json lacking a sha256 entry used to skip the check silently."""
+    folder = _copy_ticket(lottery_dir / "round_1", tmp_path / "t")
+    meta = json.loads((folder / "ticket.json").read_text())
+    del meta["sha256"][which]
+    rewrite_meta(folder, meta)
+    with pytest.raises(LthError, match=f"ticket.json records no sha256 for {which}.safetensors, so it cannot be verified"):
+        load_ticket(folder)
+    del meta["sha256"]
+    rewrite_meta(folder, meta)
+    with pytest.raises(LthError, match="ticket.json records no sha256 of the ticket's tensor files"):
+        load_ticket(folder)
+
+
+def test_a_ticket_saved_without_trained_weights_loads_without_final(tmp_path: Path) -> None:
+    """The one case without final.safetensors: ticket.json then lists none, so none is missing."""
+    model = _model()
+    save_ticket(Ticket(Mask.ones_like(model), model.state_dict(), None, {}), tmp_path / "t")
+    meta = json.loads((tmp_path / "t" / "ticket.json").read_text())
+    assert set(meta["sha256"]) == {"mask", "init"}
+    assert load_ticket(tmp_path / "t", model).final is None
+
+
+@pytest.mark.parametrize("content,what", [
+    (b'[{"round": 1}]', "a JSON list, not the object lth writes"),
+    (b"42", "a JSON int, not the object lth writes"),
+    (b'"ticket"', "a JSON str, not the object lth writes"),
+    (b'{"round": 1, "note": "\xff\xfe"}', "not UTF-8 text (byte 22)"),
+])
+def test_ticket_json_of_another_shape_or_encoding_is_one_line(lottery_dir: Path, tmp_path: Path, content: bytes, what: str) -> None:
+    """Valid JSON that is not an object, or bytes that are not UTF-8, used to give an
+    AttributeError/UnicodeDecodeError traceback."""
+    folder = _copy_ticket(lottery_dir / "round_1", tmp_path / "t")
+    (folder / "ticket.json").write_bytes(content)
+    with pytest.raises(LthError) as err:
+        load_ticket(folder)
+    assert str(err.value) == f"{folder}/ticket.json is corrupt: {what}; delete {folder}/ticket.json and rerun the same `lth run` to train that round again"
+
+
+def test_ticket_json_carries_a_checksum_of_its_own_content(lottery_dir: Path, tmp_path: Path) -> None:
+    """A changed number in ticket.json (its metrics feed summary.json on a rerun) is
+    caught, as checkpoint.json's own checksum catches a changed checkpoint."""
+    folder = _copy_ticket(lottery_dir / "round_1", tmp_path / "t")
+    meta = json.loads((folder / "ticket.json").read_text())
+    assert meta[SELF] == json_digest({k: v for k, v in meta.items() if k != SELF})
+    meta["metrics"]["test_acc"] = 0.99
+    (folder / "ticket.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    with pytest.raises(LthError, match="ticket.json does not match its own checksum: the file was altered"):
+        load_ticket(folder)
+
+
+def test_a_ticket_written_before_its_own_checksum_existed_still_loads(lottery_dir: Path, tmp_path: Path) -> None:
+    """Earlier versions wrote no ticket_sha256: such tickets load, and their tensor files
+    are still verified."""
+    folder = _copy_ticket(lottery_dir / "round_1", tmp_path / "t")
+    meta = json.loads((folder / "ticket.json").read_text())
+    del meta[SELF]
+    (folder / "ticket.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    old = load_ticket(folder, _model())
+    _assert_same_tensors(old.final, load_ticket(lottery_dir / "round_1").final)
+    assert SELF not in old.meta
+    _flip_byte(folder / "final.safetensors")
+    with pytest.raises(LthError, match="final.safetensors does not match its checksum"):
         load_ticket(folder)
 
 
@@ -241,7 +319,7 @@ def test_mask_with_non_bool_dtype_is_refused(lottery_dir: Path, tmp_path: Path) 
     save_file({n: m.to(torch.uint8) for n, m in masks.items()}, str(folder / "mask.safetensors"))
     meta = json.loads((folder / "ticket.json").read_text())
     meta["sha256"]["mask"] = sha256_file(folder / "mask.safetensors")
-    (folder / "ticket.json").write_text(json.dumps(meta))
+    rewrite_meta(folder, meta)
     with pytest.raises(LthError) as err:
         load_ticket(folder)
     assert "non-bool" in str(err.value) and "net.1.weight" in str(err.value)

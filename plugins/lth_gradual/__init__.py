@@ -56,6 +56,7 @@ from torch import Tensor
 from lth_core import hookimpl
 from lth_core.context import PruneContext, RoundContext
 from lth_core.errors import LthError, PluginError, choices
+from lth_core.files import atomic_write_text
 from lth_core.masks import Mask, validate_scores
 
 NAME = "gradual_pruning"
@@ -189,7 +190,8 @@ class GradualPruning(pl.Callback):
             Path(out).mkdir(parents=True, exist_ok=True)
             record = {"criterion": self.criterion, "schedule": self.schedule, "start_step": self.start_step,
                       "end_step": self.end_step, "interval": self.interval, "steps": self.records}
-            (Path(out) / f"{NAME}.json").write_text(json.dumps(record, indent=1))
+            # atomically: a kill mid-write must not leave half a record beside a resumable run
+            atomic_write_text(Path(out) / f"{NAME}.json", json.dumps(record, indent=1))
 
     def _prune(self, pl_module, t: int) -> None:
         mask = pl_module.mask
