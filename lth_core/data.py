@@ -14,7 +14,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from lth_core.errors import LthError
+from lth_core.errors import LthError, PluginError
 
 
 @dataclass
@@ -33,14 +33,39 @@ class DataBundle:
         return tuple(self.train_x.shape[1:])
 
     def check(self, source: str) -> None:
-        from lth_core.errors import PluginError
-
+        """Refuse what would otherwise fail later, deep in torch or silently: ``source``
+        (the data set and its plugin) is named with what it returned and what was expected."""
+        n = self.num_classes
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise PluginError(f"{source} returned num_classes={n!r}, expected a positive int")
         for part in ("train", "test"):
-            x, y = getattr(self, f"{part}_x"), getattr(self, f"{part}_y")
-            if not (isinstance(x, Tensor) and isinstance(y, Tensor)) or x.shape[0] != y.shape[0] or x.shape[0] == 0:
-                raise PluginError(f"{source} returned an empty or misaligned {part} split")
-            if not x.is_floating_point() or y.dtype != torch.long:
-                raise PluginError(f"{source} must return float inputs and int64 labels ({part}: {x.dtype}, {y.dtype})")
+            _check_split(self, part, source)
+        if self.test_x.shape[1:] != self.train_x.shape[1:]:
+            raise PluginError(f"{source} returned test inputs shaped {tuple(self.test_x.shape[1:])} per example, "
+                              f"expected the train inputs' {tuple(self.train_x.shape[1:])}")
+
+
+def _check_split(bundle: DataBundle, part: str, source: str) -> None:
+    """One split: float32 finite inputs, as many int64 labels in ``0..num_classes-1``."""
+    x, y = getattr(bundle, f"{part}_x"), getattr(bundle, f"{part}_y")
+    for key, t in ((f"{part}_x", x), (f"{part}_y", y)):
+        if not isinstance(t, Tensor):
+            raise PluginError(f"{source} returned {key} as {type(t).__name__}, expected a torch.Tensor")
+    if x.ndim < 1 or x.shape[0] == 0:
+        raise PluginError(f"{source} returned an empty {part} split ({part}_x shaped {tuple(x.shape)}), expected examples")
+    if y.ndim != 1 or y.shape[0] != x.shape[0]:
+        raise PluginError(f"{source} returned a misaligned {part} split: {part}_x shaped {tuple(x.shape)}, {part}_y shaped "
+                          f"{tuple(y.shape)}; expected one label per input ({x.shape[0]},)")
+    if x.dtype != torch.float32 or y.dtype != torch.long:
+        raise PluginError(f"{source} returned {part} inputs as {x.dtype} and labels as {y.dtype}, "
+                          "expected torch.float32 inputs and torch.int64 labels")
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise PluginError(f"{source} returned {bad} NaN or infinite values in {part}_x, expected finite inputs")
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= bundle.num_classes:
+        raise PluginError(f"{source} returned {part} labels {low}..{high}, expected 0..{bundle.num_classes - 1} "
+                          f"(num_classes={bundle.num_classes})")
 
 
 def select_classes(bundle: DataBundle, classes: list[int] | None) -> DataBundle:

@@ -26,7 +26,13 @@ def prunable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """
     params = dict(model.named_parameters())
     if hasattr(model, "prunable_parameter_names"):
-        return {n: params[n] for n in model.prunable_parameter_names()}
+        names = list(model.prunable_parameter_names())
+        unknown = [n for n in names if n not in params]
+        if unknown:
+            from lth_core.errors import LthError
+
+            raise LthError(f"prunable_parameter_names() names {unknown[:3]}, which are not parameters of the model")
+        return {n: params[n] for n in names}
     out = {}
     for mod_name, module in model.named_modules():
         if isinstance(module, PRUNABLE_MODULES) and getattr(module, "weight", None) is not None:
@@ -137,6 +143,11 @@ def _topk_mask(scores: Tensor, current: Tensor, k: int) -> Tensor:
     return keep.view_as(current)
 
 
+def is_real_number_dtype(dtype: torch.dtype) -> bool:
+    """Scores are ranked: real floating and integer dtypes are numbers; bool and complex are not."""
+    return dtype != torch.bool and not dtype.is_complex
+
+
 def validate_scores(scores: Mapping[str, Tensor], mask: Mask, source: str) -> None:
     """A criterion must score every masked layer with a finite tensor of the right shape."""
     from lth_core.errors import PluginError
@@ -151,6 +162,8 @@ def validate_scores(scores: Mapping[str, Tensor], mask: Mask, source: str) -> No
         if not isinstance(s, Tensor) or tuple(s.shape) != tuple(m.shape):
             shape = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
             raise PluginError(f"{source} returned scores for {n} shaped {shape}, expected {tuple(m.shape)}")
+        if not is_real_number_dtype(s.dtype):  # topk cannot rank complex numbers; bool scores are a mask by mistake
+            raise PluginError(f"{source} returned {s.dtype} scores for {n}, expected real numbers (a floating or integer tensor)")
         if not torch.isfinite(s.detach().cpu()[m]).all():
             raise PluginError(f"{source} returned non-finite scores for unpruned weights of {n}")
 

@@ -86,14 +86,57 @@ class Registry:
         return sorted(self.kinds[kind])
 
 
+def one_line(text: str) -> str:
+    """``text`` on one line: the CLI prints an error as a single ``lth: error: ...`` line."""
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def _named(exc: LthError, source: str) -> LthError:
+    """``exc`` with ``source`` in front (once), on one line, as a :class:`PluginError`.
+
+    A subclass that says more (``NonFiniteLoss``) keeps its class, unless it has a
+    constructor of its own (``ReplicaDiverged(replica, message)``), which a message alone
+    cannot rebuild.
+    """
+    message = one_line(exc)
+    if source not in message:
+        message = f"{source}: {message}"
+    keep = type(exc) is not LthError and type(exc).__init__ is LthError.__init__
+    return type(exc)(message) if keep else PluginError(message)
+
+
 def call_plugin(source: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
-    """Run plugin code; any failure but an LthError becomes a PluginError naming ``source``."""
+    """Run plugin code so that whatever goes wrong names ``source`` in one line.
+
+    An :class:`LthError` it raises (a plugin's own explanation) gets ``source`` in front,
+    unless its message already names it; anything else becomes a :class:`PluginError`.
+    """
     try:
         return fn(*args, **kwargs)
-    except LthError:
-        raise
+    except LthError as exc:
+        raise _named(exc, source) from exc
     except Exception as exc:  # noqa: BLE001 - whatever the plugin raised, say whose it was
-        raise PluginError(f"{source} raised {type(exc).__name__}: {exc}") from exc
+        raise PluginError(one_line(f"{source} raised {type(exc).__name__}: {exc}")) from exc
+
+
+def call_hook(pm: pluggy.PluginManager, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
+    """Call event hook ``hook`` of every plugin, in pluggy's order, through :func:`call_plugin`.
+
+    Returns ``(source, result)`` per plugin, ``source`` naming the plugin (for messages
+    about what it returned). A hook with a wrapper implementation is left to pluggy, which
+    alone knows how to run wrappers; its errors then name no plugin.
+    """
+    caller = getattr(pm.hook, hook)
+    impls = list(reversed(caller.get_hookimpls()))  # pluggy calls the last registered first
+    if any(impl.hookwrapper or impl.wrapper for impl in impls):
+        return [(f"{hook} hooks", r) for r in caller(**kwargs)]
+    out = []
+    for impl in impls:
+        source = f"{hook} of plugin {pm.get_name(impl.plugin)!r}"
+        result = call_plugin(source, impl.function, **{k: kwargs[k] for k in impl.argnames if k in kwargs})
+        if result is not None:
+            out.append((source, result))
+    return out
 
 
 def _entry_points() -> list[md.EntryPoint]:

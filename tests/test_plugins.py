@@ -371,6 +371,16 @@ def _missing_layer(model: nn.Module, mask, context) -> dict:
     return {n: torch.rand(m.shape) for n, m in list(mask.items())[:-1]}
 
 
+def _bool_scores(model: nn.Module, mask, context) -> dict:
+    """A mask handed back as scores: True/False cannot rank which weights go first."""
+    return {n: torch.rand(m.shape) > 0.5 for n, m in mask.items()}
+
+
+def _complex_scores(model: nn.Module, mask, context) -> dict:
+    """Complex numbers have no order: topk would fail deep in torch."""
+    return {n: torch.rand(m.shape, dtype=torch.complex64) for n, m in mask.items()}
+
+
 class RegistersFunction:
     """A throwaway plugin registering ``fn`` as criterion (or rewind policy) ``bad``."""
 
@@ -396,8 +406,10 @@ class RegistersFunction:
         (_nan_on_unpruned, "non-finite scores for unpruned weights"),
         (_not_a_dict, "returned list, expected a dict"),
         (_missing_layer, "returned no scores for"),
+        (_bool_scores, "returned torch.bool scores for net.1.weight, expected real numbers (a floating or integer tensor)"),
+        (_complex_scores, "returned torch.complex64 scores for net.1.weight, expected real numbers"),
     ],
-    ids=["raises", "wrong_shape", "nan_unpruned", "not_a_dict", "missing_layer"],
+    ids=["raises", "wrong_shape", "nan_unpruned", "not_a_dict", "missing_layer", "bool", "complex"],
 )
 def test_bad_criterion_is_a_plugin_error_naming_the_plugin(
     fn: Callable, expected: str, add_plugin, tiny_raw: dict, tmp_path: Path
@@ -439,6 +451,23 @@ def test_nan_scores_on_already_pruned_weights_are_accepted(add_plugin, tiny_raw:
     assert summary["rounds"][2]["weights_remaining"] == pytest.approx(0.25, abs=1e-3)
 
 
+def test_integer_scores_rank_like_any_others(add_plugin, tiny_raw: dict, tmp_path: Path) -> None:
+    """Integer scores are real numbers: accepted, and the lowest are pruned as with floats."""
+    def rank_by_magnitude(model: nn.Module, mask, context) -> dict:
+        params = dict(model.named_parameters())
+        return {n: (params[n].detach().abs() * 1e6).long() for n in mask}
+
+    add_plugin(RegistersFunction(rank_by_magnitude), "int_plugin")
+    raw = small(tiny_raw, steps=4, rounds=1)
+    raw["lottery"]["criterion"] = "bad"
+    out = tmp_path / "run"
+    run_lottery(validate(raw), out, say=silent)
+    mask1 = load_file(str(out / "round_1" / "mask.safetensors"))
+    final0 = load_file(str(out / "round_0" / "final.safetensors"))
+    for n, m in mask1.items():
+        assert_lowest_pruned(m, torch.ones_like(m), (final0[n].abs() * 1e6).long(), rate=0.5)
+
+
 def _partial_state(model: nn.Module, mask, context) -> dict:
     return {n: t.clone() for n, t in context.initial.items() if n.endswith("weight")}
 
@@ -453,14 +482,33 @@ def _rewind_raises(model: nn.Module, mask, context) -> dict:
     raise ValueError("no checkpoint for this round")
 
 
+def _rewind_changed(change: Callable[[Tensor], Tensor]) -> Callable:
+    """A rewind policy returning θ0 with ``net.1.weight`` passed through ``change``."""
+    def rewind(model: nn.Module, mask, context) -> dict:
+        state = {n: t.clone() for n, t in context.initial.items()}
+        state["net.1.weight"] = change(state["net.1.weight"])
+        return state
+    return rewind
+
+
+def _one_nan(w: Tensor) -> Tensor:
+    w[5, 5] = float("nan")
+    return w
+
+
 @pytest.mark.parametrize(
     "fn, expected",
     [
         (_partial_state, "must return the model's full state dict"),
         (_wrong_shape_state, "returned net.1.bias with the wrong shape"),
         (_rewind_raises, "raised ValueError: no checkpoint for this round"),
+        (_rewind_changed(lambda w: w.to(torch.complex64)), "returned net.1.weight as torch.complex64, expected a real floating tensor (the model's torch.float32)"),
+        (_rewind_changed(lambda w: w > 0), "returned net.1.weight as torch.bool, expected a real floating tensor"),
+        (_rewind_changed(lambda w: w.sign().long()), "returned net.1.weight as torch.int64, expected a real floating tensor"),
+        (_rewind_changed(_one_nan), "returned net.1.weight with 1 NaN or infinite values, expected finite ones"),
+        (_rewind_changed(lambda w: w.T.contiguous()[:, :10]), "returned net.1.weight with the wrong shape (64, 10), expected (64, 64)"),
     ],
-    ids=["partial", "wrong_shape", "raises"],
+    ids=["partial", "wrong_shape", "raises", "complex", "bool", "int", "nan", "wrong_weight_shape"],
 )
 def test_bad_rewind_policy_is_a_plugin_error(fn: Callable, expected: str, add_plugin, tiny_raw: dict, tmp_path: Path) -> None:
     """A rewind policy must hand back a whole, well-shaped state dict; otherwise the run stops naming it."""
@@ -473,7 +521,23 @@ def test_bad_rewind_policy_is_a_plugin_error(fn: Callable, expected: str, add_pl
     message = str(exc.value)
     assert "rewind policy 'bad' (plugin 'sloppy_rewind_plugin')" in message
     assert expected in message
-    assert not (out / "round_1" / "ticket.json").exists()
+    assert "\n" not in message
+    assert (out / "round_0" / "ticket.json").is_file() and not (out / "round_1" / "ticket.json").exists()
+
+
+def test_a_rewind_in_double_precision_is_cast_to_the_model(add_plugin, tiny_raw: dict, tmp_path: Path) -> None:
+    """float64 weights are the same kind of number: round 1 starts from θ0 cast to float32, exactly."""
+    add_plugin(RegistersFunction(lambda model, mask, context: {n: t.double() if t.is_floating_point() else t
+                                                               for n, t in context.initial.items()},
+                                 kind="rewind_policies"), "double_plugin")
+    raw = small(tiny_raw, steps=4, rounds=1)
+    raw["lottery"]["rewind"] = "bad"
+    out = tmp_path / "run"
+    run_lottery(validate(raw), out, say=silent)
+    init0 = load_file(str(out / "round_0" / "init.safetensors"))
+    init1 = load_file(str(out / "round_1" / "init.safetensors"))
+    for n, t in init0.items():
+        assert init1[n].dtype == t.dtype and torch.equal(init1[n], t), n
 
 
 # ------------------------------------------------------------------- lth plugins

@@ -50,18 +50,53 @@ def digits() -> DataBundle:
     return DataBundle(xtr, y[tr], xte, y[te], 10, "digits")
 
 
+#: Where torchvision keeps each data set's files under ``root``.
+TORCHVISION_FILES = {"MNIST": "MNIST/raw/ (the four IDX files)", "FashionMNIST": "FashionMNIST/raw/ (the four IDX files)",
+                     "CIFAR10": "cifar-10-batches-py/"}
+
+
 def _torchvision_set(cls_name: str, root: Path, download: bool):
+    """The train and test sets of torchvision's ``cls_name`` under ``root``.
+
+    Whatever goes wrong becomes one line naming the folder tried, why it failed and what
+    to do: torchvision's own messages span lines and suggest ``download=True`` even when
+    the download is what failed.
+    """
     import torchvision.datasets as tvd
 
     cls = getattr(tvd, cls_name)
     try:
         return cls(str(root), train=True, download=download), cls(str(root), train=False, download=download)
-    except RuntimeError as exc:  # torchvision: "Dataset not found. You can use download=True ..."
-        raise LthError(
-            f"{cls_name} not found under {root} (set data.root to a folder holding it, or data.download: true when online): {exc}"
-        ) from exc
-    except OSError as exc:  # offline download
-        raise LthError(f"{cls_name} could not be downloaded to {root} ({exc}); set data.root to a folder holding it") from exc
+    except Exception as exc:  # noqa: BLE001 - missing, unreadable or undownloadable: the user's files or network
+        raise LthError(f"{cls_name} could not be loaded from {root}: {_why(root, download, exc)}; "
+                       f"{_remedy(cls_name, download)}") from exc
+
+
+def _why(root: Path, download: bool, exc: Exception) -> str:
+    """What went wrong, in a few words, from the folder and torchvision's exception."""
+    if root.exists() and not root.is_dir():
+        return "it is a file, not a folder"
+    if not download and isinstance(exc, RuntimeError) and "not found" in str(exc):
+        where = "no such folder" if not root.exists() else "the folder does not hold its files"
+        return f"{where} and data.download is false"
+    if download and (isinstance(exc, OSError) or "Error downloading" in str(exc)):
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        return f"its files are not there and downloading them failed ({lines[-1] if lines else type(exc).__name__})"
+    detail = " ".join(str(exc).split())
+    return f"its files are unreadable ({type(exc).__name__}{': ' + detail if detail else ''})"
+
+
+def _remedy(cls_name: str, download: bool) -> str:
+    """What to do: Debian's package (Fashion-MNIST), a folder with torchvision's files, or the network."""
+    online = "run once with network access" + ("" if download else " and data.download: true")
+    folder = f"set data.root to a folder holding torchvision's {TORCHVISION_FILES[cls_name]}"
+    if cls_name != "FashionMNIST":
+        return f"{folder}, or {online}"
+    if (DEBIAN_FASHION_MNIST / f"{IDX_FILES[0]}.gz").is_file():
+        debian = f"leave data.root unset to use Debian's copy in {DEBIAN_FASHION_MNIST}"
+    else:
+        debian = f"install Debian's dataset-fashion-mnist package (apt install dataset-fashion-mnist, read from {DEBIAN_FASHION_MNIST} when data.root is unset)"
+    return f"{debian}, {folder}, or {online}"
 
 
 def _grey_bundle(cls_name: str, name: str, root: Path, download: bool) -> DataBundle:
