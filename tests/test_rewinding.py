@@ -244,7 +244,8 @@ def test_cli_reports_a_malformed_rewind_point(tmp_path: Path, capsys) -> None:
     code = cli.main(["run", str(recipe), "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == cli.EXIT_USER_ERROR
-    assert "lth: error: lottery.rewind_options.to is '2 epochs'" in err and "Traceback" not in err
+    assert "lth: error: round_callbacks of plugin 'late_rewind': lottery.rewind_options.to is '2 epochs'" in err
+    assert "Traceback" not in err
 
 
 def test_missing_rewind_point_is_a_clear_error(tmp_path: Path) -> None:
