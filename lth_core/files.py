@@ -21,8 +21,9 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def read_json(path: Path) -> dict:
-    """A JSON record lth wrote (always an object); anything else is a one-line LthError.
+def read_json(path: Path, kind: type = dict) -> Any:
+    """A JSON record lth wrote (an object, or a list with ``kind=list``: curves.json);
+    anything else is a one-line LthError.
 
     Damage arrives as bytes that are not UTF-8, text that is not JSON, or JSON of another
     shape (a list, a number): each would otherwise surface later as a traceback far from
@@ -38,8 +39,9 @@ def read_json(path: Path) -> dict:
         record = json.loads(text)
     except json.JSONDecodeError as exc:
         raise LthError(f"{path} is corrupt: {exc}") from exc
-    if not isinstance(record, dict):
-        raise LthError(f"{path} is corrupt: a JSON {type(record).__name__}, not the object lth writes")
+    if not isinstance(record, kind):
+        expected = "object" if kind is dict else kind.__name__
+        raise LthError(f"{path} is corrupt: a JSON {type(record).__name__}, not the {expected} lth writes")
     return record
 
 

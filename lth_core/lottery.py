@@ -39,7 +39,7 @@ from lth_core.masks import Mask, apply_mask, match_density, prunable_parameters,
 from lth_core.module import LotteryModule, check_new_mask
 from lth_core.plugins import Registry, call_hook, call_plugin, get_plugin_manager, get_registry, one_line
 from lth_core.recipes import Recipe, check_against_plugins
-from lth_core.files import atomic_write_text
+from lth_core.files import atomic_write_text, read_json
 from lth_core.tickets import Ticket, is_ticket, load_ticket, save_ticket
 
 LAST_LAYER_ALIAS = "last"
@@ -511,7 +511,7 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
     if distributed.from_rank_zero(is_ticket(folder)):  # data parallel: rank 0's run folder decides
         ticket = distributed.ticket_from_rank_zero(load_ticket, folder, run.model)
         if ticket.meta.get("recipe_hash") == recipe_hash:
-            run.model.load_state_dict(ticket.final)
+            run.model.load_state_dict(trained_weights(ticket, folder))
             run.say(f"round {round_} [{name}]: reusing finished ticket in {folder}")
             if distributed.is_writer():
                 checkpoints.discard(folder)  # killed after the ticket was written, before this
@@ -633,9 +633,10 @@ def prepare_out_dir(recipe: Recipe, out_dir: Path) -> None:
     run_json = out_dir / "run.json"
     if run_json.is_file():
         try:
-            previous = json.loads(run_json.read_text()).get("recipe_hash")
-        except json.JSONDecodeError:
-            previous = None
+            previous = read_json(run_json).get("recipe_hash")
+        except LthError as exc:  # which recipe's rounds the folder holds is unknown: do not write over them
+            raise LthError(f"{exc}; it says which recipe the folder's rounds belong to: choose another --out, "
+                           "or delete it to run into this folder anyway") from None
         if previous and previous != recipe.hash():
             raise LthError(
                 f"{out_dir} holds a run of a different recipe (hash {previous}, this one {recipe.hash()}); "
@@ -676,7 +677,15 @@ class Level:
 
     def load_into(self, model: nn.Module) -> None:
         """Put this level's trained weights into ``model``."""
-        model.load_state_dict(self.weights if self.weights is not None else load_ticket(self.folder, model).final)
+        model.load_state_dict(self.weights if self.weights is not None else trained_weights(load_ticket(self.folder, model), self.folder))
+
+
+def trained_weights(ticket: Ticket, folder: Path) -> dict[str, Tensor]:
+    """A finished round's trained weights; a ticket saved without them cannot stand in for a round."""
+    if ticket.final is None:
+        raise LthError(f"ticket {folder} holds no trained weights (no final.safetensors); delete {Path(folder) / 'ticket.json'} "
+                       "and rerun the same `lth run` to train that round again")
+    return ticket.final
 
 
 def _unless_written(ticket: Ticket) -> dict[str, Tensor] | None:

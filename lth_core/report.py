@@ -17,7 +17,6 @@ A folder written by ``lth merge`` gets its linear-path figure and merge table in
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,7 +103,7 @@ def _mean_curve(dirs: list[Path], round_: int) -> tuple[list[int], list[float]]:
     for d in dirs:
         f = d / f"round_{round_}" / "curves.json"
         if f.is_file():
-            curves.append({row["step"]: row["test_acc"] for row in json.loads(f.read_text())})
+            curves.append({row["step"]: row["test_acc"] for row in read_json(f, list)})
     if not curves:
         return [], []
     steps = sorted(set.intersection(*(set(c) for c in curves)))
@@ -231,7 +230,7 @@ def sparsity_table(s: Series) -> str:
     for row in s.summary["rounds"]:
         f = d / f"round_{row['round']}" / "ticket.json"
         if f.is_file():
-            per_round[row["round"]] = json.loads(f.read_text()).get("sparsity", {})
+            per_round[row["round"]] = read_json(f).get("sparsity", {})
     if not per_round:
         return "(no ticket files found)"
     layers = list(next(iter(per_round.values())))

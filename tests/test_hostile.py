@@ -201,6 +201,19 @@ def test_a_damaged_summary_json_is_one_line_in_lth_report(tmp_path, content, wha
     assert line == f"lth: error: {tmp_path / 'run' / 'summary.json'} is corrupt: {what}"
 
 
+@pytest.mark.parametrize("name,content,what", [
+    ("curves.json", b'{"step": 20}', "a JSON dict, not the list lth writes"),
+    ("ticket.json", b"[]", "a JSON list, not the object lth writes"),
+])
+def test_a_damaged_round_file_is_one_line_in_lth_report(tiny_raw, tmp_path, pm, name, content, what):
+    """lth report reads each round's curve and sparsity: damage names the file."""
+    tiny_raw["lottery"]["rounds"] = 1
+    run_lottery(validate(tiny_raw), tmp_path / "run", say=lambda s: None, pm=pm)
+    (tmp_path / "run" / "round_1" / name).write_bytes(content)
+    line = _one_line_error(_cli("report", str(tmp_path / "run"), "--out", str(tmp_path / "r")))
+    assert line == f"lth: error: {tmp_path / 'run' / 'round_1' / name} is corrupt: {what}"
+
+
 @pytest.mark.parametrize("section,key,value,kind", [
     ("lottery", "criterion", "os.system", "criterion"),
     ("lottery", "rewind", "subprocess:call", "rewind policy"),

@@ -378,6 +378,7 @@ def _files(out: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("damage,message", [
     ("drop_final", "ticket {r0} is missing final.safetensors (ticket.json lists it); "),
+    ("unlist_final", "ticket {r0} holds no trained weights (no final.safetensors); "),
     ("drop_checksums", "{r0}/ticket.json records no sha256 of the ticket's tensor files, so they cannot be verified; "),
     ("not_an_object", "{r0}/ticket.json is corrupt: a JSON list, not the object lth writes; "),
     ("not_utf8", "{r0}/ticket.json is corrupt: not UTF-8 text (byte 0); "),
@@ -393,6 +394,11 @@ def test_a_damaged_finished_ticket_stops_the_resume_naming_it_and_how_to_recover
     meta = json.loads((r0 / "ticket.json").read_text())
     if damage == "drop_final":
         (r0 / "final.safetensors").unlink()
+    elif damage == "unlist_final":  # deleted, and its checksum too: the ticket loads without trained weights
+        (r0 / "final.safetensors").unlink()
+        del meta["sha256"]["final"]
+        meta.pop("ticket_sha256")
+        (r0 / "ticket.json").write_text(json.dumps(meta))
     elif damage == "drop_checksums":
         del meta["sha256"], meta["ticket_sha256"]  # as an older lth without checksums would write it
         (r0 / "ticket.json").write_text(json.dumps(meta))
@@ -410,6 +416,24 @@ def test_a_damaged_finished_ticket_stops_the_resume_naming_it_and_how_to_recover
     (r0 / "ticket.json").unlink()
     run(raw, out, pm)
     assert_same_results(out, baseline)
+
+
+@pytest.mark.parametrize("content", [b"[1, 2]", b'{"recipe_hash": ', b"\xff"])
+def test_a_run_into_a_folder_whose_run_json_is_damaged_is_refused(stopped, tmp_path: Path, content: bytes, capsys) -> None:
+    """run.json says which recipe a folder's rounds belong to: damaged, lth cannot tell, so
+    ``lth run R --out DIR`` refuses in one line and writes nothing rather than guess."""
+    raw, source, _ = stopped
+    out = tmp_path / "out"
+    shutil.copytree(source, out)
+    (out / "run.json").write_bytes(content)
+    before = _files(out)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(json.dumps(raw))
+    assert cli.main(["run", str(recipe), "--out", str(out)]) == cli.EXIT_USER_ERROR
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"lth: error: {out / 'run.json'} is corrupt: "), err
+    assert err.endswith("choose another --out, or delete it to run into this folder anyway"), err
+    assert _files(out) == before and (out / "run.json").read_bytes() == content
 
 
 @pytest.mark.parametrize("name,content,message", [
