@@ -474,3 +474,37 @@ def test_equal_compute_comparison_on_fashion_mnist_and_report(tmp_path: Path) ->
     levels = text.split("## At the paper's levels: gradual (gradual_pruning)")[1].split("##")[0]
     level_row = next(line for line in levels.splitlines() if line.startswith("| 64"))
     assert level_row.split("|")[3].strip() == "-"  # no dense run in a gradual series
+
+
+class BrokenCriteria:
+    """A throwaway plugin whose criteria fail: one with a bug, one with its own explanation."""
+
+    @hookimpl
+    def register_criteria(self, register):
+        def buggy(model, mask, context):
+            return 1 / 0
+
+        def explains(model, mask, context):
+            raise LthError("needs criterion_options.alpha")
+
+        register("buggy", buggy)
+        register("explains", explains)
+
+
+@pytest.mark.parametrize("criterion,reason", [
+    ("buggy", "raised ZeroDivisionError: division by zero"),
+    ("explains", "needs criterion_options.alpha"),
+])
+def test_a_failing_criterion_inside_gradual_pruning_is_named(criterion: str, reason: str, tmp_path: Path) -> None:
+    """The criterion gradual pruning calls mid-training is plugin code: its failure names it
+    (and its plugin) and the step, in one line, and no ticket is written."""
+    raw = gradual_recipe(**SHORT, criterion=criterion)
+    raw["callbacks"] = [c for c in raw["callbacks"] if c["name"] == "gradual_pruning"]
+    pm = make_plugin_manager()
+    pm.register(BrokenCriteria(), name="broken-criteria")
+    with pytest.raises(LthError) as caught:
+        run_lottery(validate(raw, name="gradual"), tmp_path, say=lambda s: None, pm=pm)
+    message = str(caught.value)
+    assert f"criterion '{criterion}' (plugin 'broken-criteria') in gradual_pruning at step 4" in message, message  # its first pruning step (every: 4it)
+    assert message.endswith(reason) and "\n" not in message, message
+    assert not (tmp_path / "round_0" / "ticket.json").exists()

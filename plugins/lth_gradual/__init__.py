@@ -55,9 +55,10 @@ from torch import Tensor
 
 from lth_core import hookimpl
 from lth_core.context import PruneContext, RoundContext
-from lth_core.errors import LthError, PluginError, choices
+from lth_core.errors import LthError, choices
 from lth_core.files import atomic_write_text
 from lth_core.masks import Mask, validate_scores
+from lth_core.plugins import call_plugin
 
 NAME = "gradual_pruning"
 SCHEDULES = ("cubic", "constant")
@@ -238,12 +239,7 @@ class GradualPruning(pl.Callback):
             pooled=list(self.pooled),
         )
         source = f"criterion {self.criterion!r} (plugin {entry.plugin!r}) in {NAME} at step {t}"
-        try:
-            scores = entry.obj(pl_module.model, mask, prune_ctx)
-        except LthError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise PluginError(f"{source} raised {type(exc).__name__}: {exc}") from exc
+        scores = call_plugin(source, entry.obj, pl_module.model, mask, prune_ctx)
         validate_scores(scores, mask, source)
         return {n: s.detach().cpu() for n, s in scores.items()}
 
