@@ -12,6 +12,13 @@ these names; they never name import paths.
 
 Event hooks (``on_*``) observe a run. ``round_callbacks`` lets a plugin add Lightning
 callbacks to a round's ``Trainer``: behaviour during training belongs in callbacks.
+
+The core checks what every plugin returns before using it (each hook below says what it
+expects) and runs plugin code through :func:`lth_core.plugins.call_plugin`: an exception
+a plugin raises, or a result that breaks the contract, ends the run with one line that
+names the registered name and the plugin (``lth: error: criterion 'x' (plugin 'y') ...``),
+exit status 2; finished rounds keep their tickets. A plugin explains a user's mistake by
+raising :class:`lth_core.errors.LthError` with a one-line message.
 """
 
 from __future__ import annotations
@@ -33,7 +40,9 @@ def register_criteria(register):
     Lower scores are pruned first. The core, not the criterion, turns scores into a new
     mask with the recipe's allocation (per-layer rates or global), so every criterion
     works with every allocation. Weights already pruned stay pruned whatever their score.
-    Scores must be finite where the mask is still ``True``.
+    Scores must be finite where the mask is still ``True``, and real numbers (floating or
+    integer; ``bool`` and complex scores are refused), so the core can count exactly how
+    many weights it keeps: a criterion cannot prune more than the recipe asks.
     """
 
 
@@ -46,7 +55,8 @@ def register_rewind_policies(register):
     next round trains. ``model`` holds the weights just trained; ``context`` is a
     :class:`lth_core.context.RewindContext` with the initial weights θ0, a seeded
     ``torch.Generator`` and a factory for fresh models. The core applies the mask after
-    loading, so a policy need not.
+    loading, so a policy need not. Every tensor must have its parameter's shape, be finite
+    and of a real floating type (another precision is cast to the model's).
     """
 
 
@@ -92,7 +102,10 @@ def register_models(register):
     ``(batch, *input_shape)`` to logits ``(batch, num_classes)``. Options come from the
     recipe's ``model:`` section; the factory's keyword parameters (with defaults and type
     annotations) define which options exist, and recipes are validated against them.
-    The caller seeds the global RNG before calling, so initialisation is repeatable.
+    The caller seeds the global RNG before calling, so initialisation is repeatable. The
+    core checks the result: an ``nn.Module`` with at least one prunable weight, finite
+    weights, and finite ``(2, num_classes)`` logits for two real inputs (evaluated in eval
+    mode without gradients, the RNG restored afterwards, so the check changes nothing).
     """
 
 
@@ -105,7 +118,10 @@ def register_datasets(register):
     train/test split. The core holds a validation split out of the training tensors and
     batches by indexing, so factories only load and normalise. Options come from the
     recipe's ``data:`` section (minus the core's own keys) and are validated against the
-    factory's keyword parameters.
+    factory's keyword parameters. The core checks the bundle: no empty split, one label
+    per input, finite float32 inputs of one shape, int64 labels in ``0..num_classes-1``.
+    A factory that cannot find its files raises :class:`lth_core.errors.LthError` saying
+    where it looked and what to do.
     """
 
 
@@ -116,7 +132,8 @@ def register_initializers(register):
     ``register(name, init_fn)``. ``init_fn(model, generator, **options) -> dict[str, Tensor]``
     returns new values for the parameters it re-initialises (usually the prunable weights),
     keyed by parameter name and shaped like them; parameters it leaves out keep the model
-    factory's initialisation. ``generator`` is a seeded CPU ``torch.Generator``. The core
+    factory's initialisation (tensors of the parameter's shape, finite, real floating).
+    ``generator`` is a seeded CPU ``torch.Generator``. The core
     applies it whenever it builds a model (θ0, and the fresh models of reinitialisation
     controls), so every network of a run shares the distribution. A recipe selects it with
     ``init: signed_kaiming_constant`` or ``init: {name: ..., option: value}``; options are
@@ -134,8 +151,10 @@ def register_callbacks(register):
     and returns a ``pytorch_lightning.Callback`` for it, or ``None`` to stay out of that
     run. A recipe lists them: ``callbacks: [{name: gradual_pruning, target: 0.1}]``; the
     options are validated against the factory's keyword parameters. A callback that
-    prunes during training calls ``context.module.set_mask(mask)``; the ticket keeps the
-    mask in force when training ends.
+    prunes during training calls ``context.module.set_mask(mask)`` (never assigns
+    ``module.mask``); the ticket keeps the mask in force when training ends. The core
+    checks that mask when training ends: the round's layers and shapes, ``torch.bool``,
+    only tighter than the round's start mask, and every pruned weight exactly zero.
 
     Checkpoints inside a run (:mod:`lth_core.checkpoints`) keep a callback's
     ``state_dict()`` and give it back with ``load_state_dict`` at the first batch of the
