@@ -29,6 +29,18 @@ exists.
 A callback without ``state_dict`` may hold state a checkpoint cannot see: runs with one
 write no checkpoints (said once) and restart from their start if interrupted.
 
+Data parallel (W processes, :mod:`lth_core.distributed`): every process reaches each
+checkpoint step and takes part; only rank 0 writes the files. Weights, mask and optimiser
+state, history, extra metrics and callback states are kept once: each process sends a
+SHA-256 of each of them and the checkpoint is written only when every process's equal rank
+0's (a part that differs turns checkpoints off for the run, said once, rather than hand
+another process rank 0's copy). The global generators are kept for every process
+(``rng_ranks``, rank order; ``rng`` stays rank 0's) with ``world``. The data order needs
+nothing: each process's share of a batch is a function of the step, its rank and W. On
+resume rank 0 alone reads and verifies the checkpoint, and its decision (resume or start
+over) and the checkpoint's content go to every process, which need not see the folder.
+One-process checkpoints are written and read exactly as before.
+
 A finished run also leaves ``round_state.json`` + ``round_state.safetensors`` beside its
 ticket (before ``ticket.json``): the ``context.state`` its callbacks collected for the next
 round's criterion (movement scores), so a rerun that reuses the ticket prunes as the
@@ -52,6 +64,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from lth_core import distributed
 from lth_core.files import atomic_write_text, json_digest, sha256_file
 from lth_core.masks import Mask
 
@@ -109,6 +122,35 @@ def unpack(obj: Any, tensors: dict[str, Tensor]) -> Any:
     return {k: unpack(v, tensors) for k, v in obj.items()}
 
 
+def fingerprint(obj: Any) -> str:
+    """SHA-256 of ``obj`` as :func:`pack` sees it (tensors by dtype, shape and bytes, floats
+    by every bit, containers by type and order): equal fingerprints mean equal checkpoint
+    content. Raises ``TypeError`` exactly where :func:`pack` does."""
+    h = hashlib.sha256()
+    _feed(obj, h)
+    return h.hexdigest()
+
+
+def _feed(obj: Any, h: Any) -> None:
+    if isinstance(obj, Tensor):
+        t = obj.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"T{t.dtype}{tuple(obj.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif obj is None or isinstance(obj, (bool, int, float, str)):
+        h.update(f"S{json.dumps(obj)}|".encode())
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{'L' if isinstance(obj, list) else 'U'}{len(obj)}|".encode())
+        for v in obj:
+            _feed(v, h)
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}|".encode())
+        for k, v in obj.items():
+            _feed(k, h)
+            _feed(v, h)
+    else:
+        raise TypeError(f"a checkpoint cannot hold a {type(obj).__name__}")
+
+
 def _digest(payload: Any) -> str:
     """The SHA-256 ``checkpoint.json`` keeps of its state and of itself (tickets use the same)."""
     return json_digest(payload)
@@ -136,6 +178,25 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def rng_to_json(state: dict) -> dict:
+    """:func:`rng_state` as JSON (to gather every process's generators)."""
+    version, internal, gauss = state["python"]
+    out = {"torch": state["torch"].tolist(), "python": [version, list(internal), gauss], "numpy": state["numpy"]}
+    if "cuda" in state:
+        out["cuda"] = [t.tolist() for t in state["cuda"]]
+    return out
+
+
+def rng_from_json(data: dict) -> dict:
+    """The inverse of :func:`rng_to_json`: what :func:`rng_state` returned."""
+    version, internal, gauss = data["python"]
+    state = {"torch": torch.tensor(data["torch"], dtype=torch.uint8), "python": (version, tuple(internal), gauss),
+             "numpy": data["numpy"]}
+    if "cuda" in data:
+        state["cuda"] = [torch.tensor(t, dtype=torch.uint8) for t in data["cuda"]]
+    return state
 
 
 # -- which runs, how often ------------------------------------------------------------------
@@ -268,6 +329,11 @@ def load(folder: Path, expected: dict, say: Callable[[str], None]) -> Saved | No
         say(f"warning: {saved.path} was written by another start of this run (an earlier round changed); {where} trains from its start")
         discard(folder)
         return None
+    world, written = distributed.world_size(), saved.state.get("world", 1)
+    if written != world or (world > 1 and len(saved.state.get("rng_ranks") or ()) != world):
+        say(f"warning: {saved.path} was written by {written} processes, this run has {world}; {where} trains from its start")
+        discard(folder)
+        return None
     return saved
 
 
@@ -384,12 +450,46 @@ class RoundCheckpoint(pl.Callback):
             "callbacks": [[type(cb).__qualname__, cb.state_dict()] for cb in self.tracked],
             "rng": rng_state(),
         }
+        if distributed.world_size() > 1:
+            if self._agreed(state, step) and distributed.is_writer():
+                write(Path(self.context.out_dir), step, state)
+            return
         try:
             write(Path(self.context.out_dir), step, state)
         except TypeError as exc:  # a callback's state_dict holds something else than data and tensors
             culprit = next((cb for cb in self.tracked if not _packable(cb.state_dict())), None)
             who = f"{self.origins.get(id(culprit), 'a callback')} ({type(culprit).__name__})" if culprit else "this run"
             self._off(f"the state_dict of {who} is not plain data and tensors ({exc})")
+
+    def _agreed(self, state: dict, step: int) -> bool:
+        """Data parallel: every process sends its generators and a fingerprint of each other
+        part of ``state``; True (``state`` then holds ``world`` and every process's
+        generators) when each part is rank 0's on every process. Every process gets the same
+        answers, so all write (rank 0) or turn checkpoints off together."""
+        parts = {"model weights": state["model"], "mask": state["mask"], "optimiser state": state["optimizers"],
+                 "evaluation history": state["history"], "extra metrics": state["metrics"]}
+        for cb, (_, cb_state) in zip(self.tracked, state["callbacks"]):
+            parts[f"state of {self.origins.get(id(cb), 'a callback')} ({type(cb).__name__})"] = cb_state
+        mine: dict[str, Any] = {"rng": rng_to_json(state["rng"]), "parts": {}, "problem": None}
+        for what, value in parts.items():
+            try:
+                mine["parts"][what] = fingerprint(value)
+            except TypeError as exc:
+                mine["problem"] = f"the {what} is not plain data and tensors ({exc})"
+                break
+        ranks = distributed.all_gather_json(mine)
+        problem = next((r["problem"] for r in ranks if r["problem"]), None)
+        if problem:
+            self._off(problem)
+            return False
+        for r, theirs in enumerate(ranks):
+            odd = next((what for what in parts if theirs["parts"][what] != ranks[0]["parts"][what]), None)
+            if odd:
+                self._off(f"at step {step} process {r} holds another {odd} than rank 0, and a checkpoint keeps one copy")
+                return False
+        state["world"] = len(ranks)
+        state["rng_ranks"] = [rng_from_json(r["rng"]) for r in ranks]
+        return True
 
     def _restore(self, trainer: pl.Trainer, pl_module: pl.LightningModule, saved: Saved) -> None:
         s = saved.state
@@ -404,7 +504,7 @@ class RoundCheckpoint(pl.Callback):
         self.context.metrics.update(s["metrics"])
         for cb, (_, cb_state) in zip(self.tracked, s["callbacks"]):
             cb.load_state_dict(cb_state)
-        set_rng_state(s["rng"])
+        set_rng_state(s["rng_ranks"][distributed.rank()] if "rng_ranks" in s else s["rng"])  # data parallel: each its own
         self.say(f"{self._where()}: resumed at step {saved.step} from {saved.path}")
 
 

@@ -16,6 +16,9 @@ A recipe asks for it in its ``trainer:`` section (``strategy: ddp``, ``devices: 
 * **One ticket.** Before each training run rank 0's mask and start weights go to every
   process (:func:`agree`); a finished ticket found when resuming is read by rank 0 and
   sent to the others (:func:`ticket_from_rank_zero`), which need not see the run folder.
+  A checkpoint inside a round is written by rank 0 once every process's state is shown
+  equal (:mod:`lth_core.checkpoints`); on resume rank 0 reads it and sends the decision
+  and its content to every process (:func:`checkpoint_from_rank_zero`).
   After each run every process reports digests of its mask and weights (:class:`Witness`);
   rank 0 keeps them in ``RUN/ranks.json``, and a mask or trained weights that differ
   between processes stop the lottery.
@@ -301,6 +304,22 @@ def ticket_from_rank_zero(load: Callable, folder: Path, model):
     init = broadcast_tensors(mine.init if mine else None)
     final = broadcast_tensors(mine.final if mine else None) if head["final"] else None
     return Ticket(mask, init, final, head["meta"])
+
+
+def checkpoint_from_rank_zero(load: Callable, folder: Path, expected: dict, say: Callable[[str], None]):
+    """The checkpoint to resume from (``load(folder, expected, say)``, read and verified by
+    rank 0 alone) or None, the same on every process: rank 0's decision, then its content."""
+    if world_size() == 1:
+        return load(folder, expected, say)
+    from lth_core.checkpoints import Saved, pack, unpack
+
+    mine = load(folder, expected, say) if rank() == 0 else None
+    tensors: dict[str, torch.Tensor] = {}
+    head = broadcast_json({"path": str(mine.path), "step": mine.step, "state": pack(mine.state, tensors)} if mine else None)
+    if head is None:  # every process: train from the start
+        return None
+    got = broadcast_tensors(tensors if mine else None)
+    return Saved(Path(head["path"]), int(head["step"]), unpack(head["state"], got))
 
 
 # --- per-process evidence -----------------------------------------------------------------

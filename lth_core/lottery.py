@@ -527,7 +527,8 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
     optimizer = start.optimizer or run.recipe["optimizer"]
     expected = checkpoints.identity(recipe_hash, round_, name, mask, start.weights, start.step, optimizer)
     stacked = run.fit is not None  # vectorize_trials: trained beside the other trials' runs
-    saved = None if stacked else checkpoints.load(folder, expected, run.say)  # a killed run continues at its last checkpoint
+    # A killed run continues at its last checkpoint; data parallel: rank 0 reads it, every process gets it.
+    saved = None if stacked else distributed.checkpoint_from_rank_zero(checkpoints.load, folder, expected, run.say)
     step0 = saved.step if saved else start.step
     module = LotteryModule(run.model, mask, optimizer, run.data.num_classes, log_prefix=f"round_{round_}/{name}", step_offset=step0)
     ctx.module = module
@@ -546,7 +547,8 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
             run.fit(run, module, trainer, start.step)
     except checkpoints.StaleCheckpoint as exc:
         run.say(f"warning: {exc}; round {round_} [{name}] trains from its start")
-        checkpoints.discard(folder)
+        if distributed.is_writer():  # data parallel: every process raised it; rank 0 keeps the folder
+            checkpoints.discard(folder)
         return train(run, round_, name, mask, start, folder, extra_callbacks)
     except NonFiniteLoss as exc:
         run.model.cpu()
@@ -599,9 +601,7 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
 def _attach_checkpoints(run: Run, trainer: pl.Trainer, ctx: RoundContext, expected: dict, start_step: int,
                         saved, origins: dict, extra_callbacks: tuple) -> None:
     """Checkpoints inside this training run (and the restore of ``saved``), as the recipe asks."""
-    every = checkpoints.every_n_steps(run.recipe, len(run.data.train_loader(0)))
-    if distributed.world_size() > 1:  # every process would write the same files; rounds still resume
-        every = (0, "data parallel runs resume from their last finished round")
+    every = checkpoints.every_n_steps(run.recipe, len(run.data.train_loader(0)))  # data parallel too: rank 0 writes
     checkpoints.attach(trainer, checkpoints.RoundCheckpoint(ctx, expected, start_step, every, saved, origins, extra_callbacks, run.say))
 
 

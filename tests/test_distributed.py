@@ -5,8 +5,11 @@ the command, and compares it with the same recipe in one process: the same masks
 bit, the same weights and numbers within float rounding, each process trained on half of
 every batch, and every process's own digests (``ranks.json``) agree. It then resumes the
 run with its last round removed: rank 0 reads the finished tickets and sends them, and the
-retrained round comes out bit-identical. Two cheap tests check the batch split and the
-recipe errors.
+retrained round comes out bit-identical. A third real run is killed with SIGKILL (both
+processes) mid round 1 and mid round 2, once each round's checkpoint exists, and resumed by
+rerunning the command and by ``--resume``: every process resumes at the checkpoint and the
+tickets, curves and summary equal the uninterrupted two-process run's bit for bit. Two
+cheap tests check the batch split and the recipe errors.
 """
 
 from __future__ import annotations
@@ -15,17 +18,22 @@ import copy
 import json
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+from types import SimpleNamespace
+
 import pytest
+import pytorch_lightning as pl
 import torch
 import yaml
 from safetensors.torch import load_file
 
 from conftest import TINY
-from lth_core import cli, distributed
+from lth_core import checkpoints, cli, distributed
 from lth_core.data import TensorLoader
 from lth_core.distributed import RANKS_FILE, _ENV_RANKS, digest
 from lth_core.errors import LthError
@@ -47,10 +55,14 @@ def _recipe(ddp: bool) -> dict:
     return raw
 
 
-def _lth_run(recipe: Path, out: Path) -> subprocess.CompletedProcess:
+def _env() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in (*_ENV_RANKS, "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", WANDB_MODE="offline")
-    done = subprocess.run([*LTH, "run", str(recipe), "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    return env
+
+
+def _lth_run(recipe: Path, out: Path) -> subprocess.CompletedProcess:
+    done = subprocess.run([*LTH, "run", str(recipe), "--out", str(out)], capture_output=True, text=True, env=_env(), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -134,12 +146,93 @@ def test_resume_sends_rank_zeros_tickets_and_retrains_the_same(runs):
         assert after[0][key] == after[1][key] == before[0][key], key
 
 
+def _launch(args: list[str]) -> subprocess.Popen:
+    """``lth run ARGS`` in a process group of its own: Lightning's second rank joins it."""
+    return subprocess.Popen([*LTH, "run", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env(), start_new_session=True)
+
+
+def _kill_group_when(proc: subprocess.Popen, path: Path, timeout: float = 150.0) -> str:
+    """SIGKILL every process of ``proc``'s group (rank 0 and the rank it launched) as soon
+    as ``path`` exists; rank 0's stderr so far."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"lth run ended before {path} appeared: {proc.stderr.read()[-2000:]}"
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.002)
+    os.killpg(proc.pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    while True:  # rank 1 (not our child) is gone too
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return err
+        assert time.monotonic() < deadline + 30, "a process of the killed run survived"
+        time.sleep(0.01)
+
+
+def _checkpoint(folder: Path) -> dict:
+    return json.loads((folder / "checkpoint.json").read_text())
+
+
+def test_sigkill_mid_round_resumes_every_process_at_its_checkpoint(runs, tmp_path):
+    """Both processes killed mid round 1 (checkpoint at step 20 of 40), rerun: round 1 goes
+    on from step 20 on both; killed mid round 2, ``--resume``: the same. Tickets, curves and
+    summary equal the uninterrupted two-process run's (the module's) bit for bit."""
+    raw = _recipe(ddp=True)
+    raw["checkpoint_every_n_steps"] = 20
+    recipe = tmp_path / "ddp.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+
+    # 1. killed in round 1 once its checkpoint exists
+    _kill_group_when(_launch([str(recipe), "--out", str(out)]), out / "round_1" / "checkpoint.json")
+    assert (out / "round_0" / "ticket.json").exists() and not (out / "round_1" / "ticket.json").exists()
+    record = _checkpoint(out / "round_1")
+    assert record["step"] == 20
+    assert record["state"]["world"] == 2 and len(record["state"]["rng_ranks"]) == 2  # every process's generators
+
+    # 2. the same command: reuses round 0, resumes round 1 at step 20 on both; killed in round 2
+    err = _kill_group_when(_launch([str(recipe), "--out", str(out)]), out / "round_2" / "checkpoint.json")
+    assert err.count("resumed at step") == 1, err[-3000:]  # said once, by rank 0
+    assert f"round 1 [ticket]: resumed at step 20 from {out / 'round_1' / 'checkpoint.json'}" in err
+    assert "reusing finished ticket in " + str(out / "round_0") in err
+    assert "no checkpoints inside this run" not in err
+    resumed = _ranks(out)["round_1"]
+    assert [r["examples"] for r in resumed] == [20 * TINY["data"]["batch_size"] // 2] * 2  # only the steps after 20
+    assert _checkpoint(out / "round_2")["step"] == 20
+
+    # 3. --resume to the end: round 2 from its checkpoint
+    done = subprocess.run([*LTH, "run", "--resume", str(out)], capture_output=True, text=True, env=_env(), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"round 2 [ticket]: resumed at step 20 from {out / 'round_2' / 'checkpoint.json'}" in done.stderr
+    assert not list(out.rglob("checkpoint*")), "a finished run keeps no checkpoint"
+
+    # Equal to the uninterrupted two-process run (the module's run, same recipe but for the
+    # checkpoint key, which is not hashed: its default gives the same checkpoint steps).
+    base = runs["ddp"]
+    got, want = (json.loads((d / "summary.json").read_text()) for d in (out, base))
+    assert got["recipe_hash"] == want["recipe_hash"] and got["rounds"] == want["rounds"] and got["controls"] == want["controls"]
+    assert {k: v for k, v in got["recipe"].items() if k != "checkpoint_every_n_steps"} == {
+        k: v for k, v in want["recipe"].items() if k != "checkpoint_every_n_steps"}
+    base_ranks = _ranks(base)
+    for folder in ROUNDS:
+        for name in ("ticket.json", "curves.json"):  # ticket.json holds the SHA-256 of mask, init, final
+            assert json.loads((out / folder / name).read_text()) == json.loads((base / folder / name).read_text()), (folder, name)
+        for name in ("mask.safetensors", "init.safetensors", "final.safetensors"):
+            assert digest(load_file(str(out / folder / name))) == digest(load_file(str(base / folder / name))), (folder, name)
+        for r, r_base in zip(_ranks(out)[folder], base_ranks[folder]):
+            assert (r["mask"], r["final"], r["eval"]) == (r_base["mask"], r_base["final"], r_base["eval"]), folder
+
+
 def test_other_commands_refuse_to_train_on_several_processes(runs, tmp_path, capsys):
     """``lth merge`` retrains with the run's recipe; only ``lth run`` starts processes."""
     tickets = [str(runs["ddp"] / "round_1"), str(runs["ddp"] / "round_2")]
     assert cli.main(["merge", *tickets, "--strategy", "union", "--out", str(tmp_path / "m")]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after merge's progress lines
-    assert last.startswith("lth: error: the recipe's trainer asks for 2 processes, which only `lth run` starts; add --set trainer.devices=1")
+    assert last.startswith("lth: error: merge strategy 'union' (plugin 'merge'): the recipe's trainer asks for 2 processes, "
+                           "which only `lth run` starts; add --set trainer.devices=1")
     assert not (tmp_path / "m" / "ticket").exists()
 
 
@@ -183,6 +276,85 @@ def test_rank_zeros_values_reach_every_process_and_a_split_ticket_stops_the_run(
     assert record["world_size"] == 2
     assert [r["mask"] for r in record["runs"][0]["ranks"]] == ["mask of rank 0", "mask of rank 1"]
     assert [r["examples"] for r in record["runs"][0]["ranks"]] == [16, 16]
+
+
+class _Counter(pl.Callback):
+    """A callback whose state is ``n``: the same on every process, or not."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def state_dict(self) -> dict:
+        return {"n": self.n}
+
+
+def _checkpoint_processes(rank: int, rendezvous: str, folder: str, results) -> None:
+    """One of two gloo processes: a checkpoint of state shown equal (generators apart) is
+    written by rank 0 and read back by both, rank 1 from a folder it cannot see; a callback
+    state that differs turns checkpoints off on both, writing nothing."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
+    try:
+        said: list[str] = []
+        expected = {"recipe_hash": "h", "round": 1, "run": "ticket", "start_sha256": "s"}
+        out = []
+        for case, n in (("same", 0), ("differs", rank)):
+            here = Path(folder) / case
+            here.mkdir(parents=True, exist_ok=True)
+            keeper = checkpoints.RoundCheckpoint(SimpleNamespace(metrics={"extra": 1.5}, out_dir=here), expected, 0, (20, ""),
+                                                 None, {}, (), distributed.speaker(said.append))
+            keeper.tracked, keeper.interval = [_Counter(n)], 20
+            torch.manual_seed(100 + rank)  # each process's own generator state
+            mine = checkpoints.rng_state()
+            state = {"identity": expected, "step": 20, "history": [{"step": 20, "val_loss": 0.25}], "metrics": {"extra": 1.5},
+                     "model": {"w": torch.arange(6.0).reshape(2, 3)}, "mask": {"w": torch.ones(2, 3, dtype=torch.bool)},
+                     "optimizers": [{"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": [{"lr": 0.1, "params": [0]}]}],
+                     "callbacks": [["_Counter", {"n": n}]], "rng": mine}
+            agreed = keeper._agreed(state, 20)
+            if agreed and distributed.is_writer():
+                checkpoints.write(here, 20, state)
+            # rank 1 looks in a folder that does not exist: it gets rank 0's checkpoint
+            saved = distributed.checkpoint_from_rank_zero(checkpoints.load, here if rank == 0 else here / "elsewhere", expected, lambda _s: None)
+            got = None
+            if saved is not None:
+                got = {"step": saved.step, "world": saved.state["world"], "model": saved.state["model"]["w"].tolist(),
+                       "optimizer_keys": list(saved.state["optimizers"][0]["state"]),
+                       "own_rng": torch.equal(saved.state["rng_ranks"][rank]["torch"], mine["torch"])
+                       and saved.state["rng_ranks"][rank]["python"] == mine["python"],
+                       "rank0_rng": torch.equal(saved.state["rng"]["torch"], saved.state["rng_ranks"][0]["torch"]),
+                       "fingerprint": checkpoints.fingerprint({k: v for k, v in saved.state.items() if k != "rng"})}
+            out.append((case, agreed, keeper.interval, got))
+        results.put((rank, out, said))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_checkpoint_keeps_every_processs_generators_and_refuses_state_that_differs(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_checkpoint_processes, args=(r, str(tmp_path / "rendezvous"), str(tmp_path), results)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    got = dict((rank, (out, said)) for rank, out, said in (results.get(timeout=120) for _ in procs))
+    for p in procs:
+        p.join(timeout=60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    (same0, differs0), said0 = got[0]
+    (same1, differs1), said1 = got[1]
+    for same in (same0, same1):
+        case, agreed, interval, loaded = same
+        assert (case, agreed, interval) == ("same", True, 20)
+        assert loaded["step"] == 20 and loaded["world"] == 2 and loaded["model"] == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+        assert loaded["optimizer_keys"] == [0]  # an int key, as the optimiser's
+        assert loaded["own_rng"] and loaded["rank0_rng"]  # each process gets its own generators back
+    assert same0[3]["fingerprint"] == same1[3]["fingerprint"]  # rank 1 holds what rank 0 read
+    for differs in (differs0, differs1):
+        assert differs == ("differs", False, 0, None)  # off on both; nothing written, nothing resumed
+    assert not list((tmp_path / "differs").glob("checkpoint*"))
+    assert said0 == ["round 1 [ticket]: no checkpoints inside this run: at step 20 process 1 holds another state of "
+                     "a callback (_Counter) than rank 0, and a checkpoint keeps one copy; if interrupted it trains again from its start"]
+    assert said1 == []
 
 
 def test_each_process_takes_its_share_of_every_batch():

@@ -371,6 +371,23 @@ def test_a_checkpoint_of_another_start_is_not_resumed(stopped, tmp_path: Path, p
     assert_same_results(out, stopped[2])
 
 
+def test_a_checkpoint_of_another_number_of_processes_is_not_resumed(stopped, tmp_path: Path, pm) -> None:
+    """A data parallel checkpoint keeps every process's generators (``world``, ``rng_ranks``);
+    one written by two processes does not fit a run on one: one warning, trained from its start."""
+    raw, source, baseline = stopped
+    out = tmp_path / "two"
+    shutil.copytree(source, out)
+    record = out / "round_1" / "checkpoint.json"
+    data = json.loads(record.read_text())
+    data["state"].update(world=2, rng_ranks=[data["state"]["rng"], data["state"]["rng"]])
+    _rewrite_record(record, data)
+    lines = run(raw, out, pm)
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert warnings == [f"warning: {record} was written by 2 processes, this run has 1; round 1 [ticket] trains from its start"], lines
+    assert not any("resumed at step" in line for line in lines)
+    assert_same_results(out, baseline)
+
+
 def _files(out: Path) -> dict[str, bytes]:
     """Every file of a run folder but run.json (each command records itself there)."""
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and p.name != "run.json"}
