@@ -13,7 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from lth_core.errors import LthError
+from lth_core.errors import LthError, one_line
 
 EXIT_USER_ERROR = 2
 
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     except LthError as exc:
         ddp = sys.modules.get("lth_core.distributed")  # loaded only once a run has started
         who = f"process {ddp.rank()}: " if ddp is not None and ddp.rank() else ""
-        print(f"lth: error: {who}{exc}", file=sys.stderr)
+        print(f"lth: error: {who}{one_line(exc)}", file=sys.stderr)  # one line, whatever the message holds
         return EXIT_USER_ERROR
     except BrokenPipeError:  # `lth plugins --json | head`
         sys.stderr.close()

@@ -22,3 +22,9 @@ def choices(names) -> str:
     """Format valid choices for an error message: sorted, comma-separated."""
     names = sorted(str(n) for n in names)
     return ", ".join(names) if names else "(none installed)"
+
+
+def one_line(text: object) -> str:
+    """``text`` on one line: the CLI promises a single ``lth: error: ...`` line, and a message
+    that quotes a plugin's exception or a user's value may hold line breaks of its own."""
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())

@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 from conftest import TINY
-from lth_core import cli
+from lth_core import cli, hookimpl
+from lth_core.errors import LthError
 from lth_core.lottery import run_lottery
 from lth_core.recipes import bundled_recipes, validate
 
@@ -90,6 +91,8 @@ PROCESS_CASES = {
     "unknown_key": (lambda d: ["run", str(tiny_yaml(d, lotery={"rate": 0.2}))], ("'lotery'", "lottery")),
     "set_rate_2": (lambda d: ["run", str(tiny_yaml(d)), "--set", "lottery.rate=2"], ("lottery.rate", "(0, 1)")),
     "missing_path": (lambda d: ["run", str(d / "does-not-exist.yaml")], ("does-not-exist.yaml", "not found", "quickstart")),
+    # issue 9, as reported: this created the run folder, then failed inside Lightning
+    "quickstart_devices_foo": (lambda d: ["run", "quickstart", "--set", "trainer.devices=foo"], ("trainer.devices is 'foo'",)),
 }
 #: The same contract through ``lth_core.cli.main`` in this process (each subprocess pays
 #: several seconds of importing torch and Lightning).
@@ -107,11 +110,45 @@ IN_PROCESS_CASES = {
     "empty": (lambda d: ["run", str(_write(d / "empty.yaml", ""))], ("empty",)),
     "wrong_type": (lambda d: ["run", str(tiny_yaml(d, lottery__rounds="five"))], ("lottery.rounds", "integer")),
     "reserved_trainer_key": (lambda d: ["run", str(tiny_yaml(d)), "--set", "trainer.logger=true"], ("trainer.logger",)),
+    # issue 9: trainer values Lightning refuses, caught at load instead of a traceback in round 0
+    "trainer_max_steps_abc": (lambda d: ["run", "quickstart", "--set", "trainer.max_steps=abc"], ("trainer.max_steps is 'abc'", "-1")),
+    "trainer_max_epochs_x": (lambda d: ["run", str(tiny_yaml(d)), "--set", "trainer.max_epochs=x"], ("trainer.max_epochs is 'x'",)),
+    "trainer_precision_7": (lambda d: ["run", str(tiny_yaml(d)), "--set", "trainer.precision=7"], ("trainer.precision is 7", "16-mixed")),
+    "trainer_gradient_clip_val_x": (lambda d: ["run", str(tiny_yaml(d)), "--set", "trainer.gradient_clip_val=x"],
+                                    ("trainer.gradient_clip_val is 'x'", "number >= 0")),
+    "trainer_val_check_interval_negative": (lambda d: ["run", str(tiny_yaml(d)), "--set", "trainer.val_check_interval=-3"],
+                                            ("trainer.val_check_interval is -3",)),
+    "trainer_devices_foo": (lambda d: ["run", str(tiny_yaml(d)), "--set", "trainer.devices=foo"], ("trainer.devices is 'foo'", "auto")),
+    "trainer_accelerator_typo": (lambda d: ["run", str(tiny_yaml(d)), "--set", "trainer.accelerator=gpuu"], ("'gpuu'", "cpu")),
+    "trainer_never_ends": (lambda d: ["run", str(tiny_yaml(d)), "--set", "trainer.max_steps=-1"], ("never end",)),
+    "rounds_negative": (lambda d: ["run", str(tiny_yaml(d)), "--set", "lottery.rounds=-1"], ("lottery.rounds", ">= 0")),
+    "rounds_not_whole": (lambda d: ["run", str(tiny_yaml(d)), "--set", "lottery.rounds=1.5"], ("lottery.rounds", "integer")),
+    "criterion_options_unread": (lambda d: ["run", str(tiny_yaml(d)), "--set", "lottery.criterion_options={batch_size: 8}"],
+                                 ("lottery.criterion_options.batch_size", "'magnitude'", "no options")),
+    "control_name_escapes": (lambda d: ["run", str(tiny_yaml(d)), "--set", "controls=[{name: ../../x, rewind: reinit}]"],
+                             ("'../../x'", "not a folder name")),
+    "run_name_escapes": (lambda d: ["run", str(tiny_yaml(d)), "--set", "name=../../x"], ("'../../x'", "not a folder name")),
+    "bad_date": (lambda d: ["run", str(_write(d / "date.yaml", "model: mlp\ndata: digits\nseed: 2001-13-45\n"))],
+                 ("not valid YAML", "month")),
+    "key_with_newline": (lambda d: ["run", str(_write(d / "nl.yaml", 'model: mlp\ndata: digits\nlottery: {"ra\\nte": 0.2}\n'))],
+                         ("lottery.'ra\\nte'",)),
+    "alias_bomb": (lambda d: ["run", str(_write(d / "bomb.yaml", _LAUGHS))], ("more than 100000 values",)),
+    "not_utf8": (lambda d: ["run", str(_write_bytes(d / "bin.yaml", b"model: mlp\ndata: \xff\n"))], ("not UTF-8",)),
+    "set_yaml_error_one_line": (lambda d: ["run", str(tiny_yaml(d)), "--set", "lottery.rate=[1,"], ("--set", "line 1")),
 }
+#: The billion laughs: nine levels of ten aliases each, 10^8 values from a few hundred bytes.
+_LAUGHS = "model: mlp\ndata: digits\na0: &a0 [lol]\n" + "".join(
+    f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9)
+) + "description: *a8\n"
 
 
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
+    return path
+
+
+def _write_bytes(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
     return path
 
 
@@ -162,6 +199,52 @@ def test_unknown_plugin_name_is_one_error_line(tmp_path: Path, capsys) -> None:
     proc = subprocess.CompletedProcess(args, status, captured.out, captured.err)
     assert_user_error(proc, "'resnet9000'", "lenet300", "mlp", only_line=False)
     assert not (tmp_path / "out").exists()
+
+
+class BrokenControls:
+    """A throwaway plugin: a control naming a criterion nobody installed, and a command
+    whose LthError message spans lines."""
+
+    @hookimpl
+    def register_controls(self, register):
+        register("pruned_by_nothing", criterion="no_such_criterion", rewind=None)
+
+    @hookimpl
+    def register_commands(self, register):
+        def run(args):
+            raise LthError("first line\nsecond line\n")
+
+        register("two-lines", run, help="fails with a two-line message")
+
+
+@pytest.fixture
+def broken_controls(pm):
+    plugin = BrokenControls()
+    pm.register(plugin, name="broken-controls")
+    try:
+        yield plugin
+    finally:
+        pm.unregister(plugin)
+
+
+def test_a_control_with_a_missing_criterion_fails_before_round_0(broken_controls, tmp_path: Path, capsys) -> None:
+    """The control's plugin named a criterion that is not installed: refused at load, one
+    line naming the control, its plugin and the installed criteria; no run folder."""
+    args = ["run", str(tiny_yaml(tmp_path, controls=["pruned_by_nothing"])), "--out", str(tmp_path / "out")]
+    status = cli.main(args)
+    captured = capsys.readouterr()
+    assert_user_error(subprocess.CompletedProcess(args, status, captured.out, captured.err),
+                      "'pruned_by_nothing'", "'broken-controls'", "'no_such_criterion'", "magnitude", "random")
+    assert not (tmp_path / "out").exists()
+
+
+def test_any_error_is_printed_on_one_line(broken_controls, capsys) -> None:
+    """The CLI's last line of defence: an LthError whose message has line breaks (here a
+    plugin command's) is still one ``lth: error:`` line."""
+    status = cli.main(["two-lines"])
+    captured = capsys.readouterr()
+    line = assert_user_error(subprocess.CompletedProcess(["two-lines"], status, captured.out, captured.err))
+    assert line == "lth: error: first line second line"
 
 
 # --- never overwrite another recipe's run -----------------------------------------------------

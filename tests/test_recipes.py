@@ -9,7 +9,9 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytorch_lightning as pl
@@ -17,9 +19,13 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import TINY
+from lth_core import hookimpl
 from lth_core.errors import LthError
 from lth_core.plugins import get_registry
 from lth_core.recipes import (
+    MAX_DEPTH,
+    MAX_NODES,
     RESERVED_TRAINER_KEYS,
     SCHEMA,
     TOP_LEVEL,
@@ -29,6 +35,7 @@ from lth_core.recipes import (
     check_against_plugins,
     load_recipe,
     parse_override,
+    plugin_options,
     validate,
 )
 
@@ -208,6 +215,77 @@ def test_trainer_val_check_interval_must_be_steps(tiny_raw: dict) -> None:
 
 
 @pytest.mark.parametrize(
+    ("key", "value", "needles"),
+    [
+        ("max_steps", "abc", ("'abc'", "whole number of steps", "-1")),
+        ("max_steps", 0, ("trainer.max_steps is 0",)),
+        ("max_steps", None, ("trainer.max_steps is None",)),
+        ("max_epochs", "x", ("'x'", "epochs")),
+        ("max_epochs", 1.5, ("1.5",)),
+        ("precision", 7, ("trainer.precision is 7", "16-mixed", "bf16", "32-true")),
+        ("precision", 16.0, ("16.0",)),
+        ("gradient_clip_val", "x", ("'x'", "number >= 0")),
+        ("gradient_clip_val", -1.0, ("-1.0",)),
+        ("gradient_clip_val", True, ("True",)),
+        ("val_check_interval", -3, ("-3", "whole number of steps >= 1")),
+        ("devices", "foo", ("'foo'", "auto", "[0, 1]")),
+        ("devices", 0, ("trainer.devices is 0",)),
+        ("devices", [0, 0], ("[0, 0]",)),
+        ("accelerator", "gpuu", ("'gpuu'", "cpu", "auto")),
+        ("accumulate_grad_batches", 0, ("batches >= 1",)),
+        ("limit_val_batches", 1.5, ("1.5", "[0.0, 1.0]")),
+        ("max_time", "12h", ("DD:HH:MM:SS",)),
+        ("max_time", {"hourz": 1}, ("{hours: 12}",)),
+        ("deterministic", "maybe", ("true, false, warn or null",)),
+        ("gradient_clip_algorithm", "l2", ("norm, value or null",)),
+        ("profiler", "fancy", ("simple",)),
+        ("enable_model_summary", 3, ("true/false or null", "int 3")),
+        ("detect_anomaly", "yes", ("true/false", "'yes'")),
+    ],
+)
+def test_trainer_values_checked_at_load(tiny_raw: dict, key: str, value, needles: tuple) -> None:
+    """A trainer value Lightning would refuse inside the first Trainer (a traceback, after
+    the run folder exists) is refused by validate, naming the key, the value and what is valid."""
+    tiny_raw["trainer"][key] = value
+    msg = _error(tiny_raw)
+    assert f"trainer.{key}" in msg and "\n" not in msg
+    for needle in needles:
+        assert needle in msg, (needle, msg)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"precision": "16-mixed"}, {"precision": 32}, {"precision": "bf16"}, {"gradient_clip_val": 0.5},
+        {"gradient_clip_val": 1}, {"gradient_clip_algorithm": "value"}, {"devices": "auto"}, {"devices": -1},
+        {"devices": [0]}, {"devices": "2"}, {"devices": "0,1"}, {"accelerator": "cpu"}, {"deterministic": "warn"},
+        {"max_steps": -1, "max_epochs": 3}, {"max_steps": -1, "max_time": "00:00:01:00"}, {"max_time": {"minutes": 5}},
+        {"max_epochs": None}, {"limit_val_batches": 0.5}, {"limit_val_batches": 3}, {"accumulate_grad_batches": 2},
+        {"log_every_n_steps": 0}, {"benchmark": None}, {"detect_anomaly": False}, {"profiler": None},
+    ],
+)
+def test_valid_trainer_values_pass_unchanged(tiny_raw: dict, changes: dict) -> None:
+    """The checks refuse only what Lightning refuses: common settings pass, stored as written."""
+    tiny_raw["trainer"].update(changes)
+    trainer = validate(tiny_raw)["trainer"]
+    assert {k: trainer[k] for k in changes} == changes
+
+
+def test_training_that_never_ends_is_refused(tiny_raw: dict) -> None:
+    """max_steps: -1 with the default max_epochs: -1 would train round 0 forever."""
+    tiny_raw["trainer"]["max_steps"] = -1
+    msg = _error(tiny_raw)
+    assert "trainer.max_steps" in msg and "trainer.max_epochs" in msg and "never end" in msg
+
+
+def test_trainer_checks_leave_hashes_alone(tiny_raw: dict) -> None:
+    """The checks add no defaults: the trainer section is what the recipe wrote plus the
+    defaults it always had, so a run folder's hash does not change."""
+    trainer = validate(tiny_raw)["trainer"]
+    assert trainer == {"accelerator": "auto", "devices": 1, "max_epochs": -1, **TINY["trainer"]}
+
+
+@pytest.mark.parametrize(
     ("path", "value", "kind"),
     [
         (("model", "name"), "resnet9000", "models"),
@@ -291,6 +369,131 @@ def test_option_to_a_factory_without_options(pm, tiny_raw: dict) -> None:
     assert "none installed" not in msg
 
 
+# --- criterion and rewind options; controls -------------------------------------------------
+
+
+def _plugin_error(recipe_raw: dict, pm) -> str:
+    with pytest.raises(LthError) as exc:
+        check_against_plugins(validate(recipe_raw), get_registry(pm))
+    return str(exc.value)
+
+
+def test_options_for_a_criterion_that_reads_none_are_refused(pm, tiny_raw: dict) -> None:
+    """magnitude never reads lottery.criterion_options: a key there is a typo or a
+    leftover that would otherwise pass silently for hours."""
+    tiny_raw["lottery"]["criterion_options"] = {"batch_size": 64}
+    msg = _plugin_error(tiny_raw, pm)
+    assert "lottery.criterion_options.batch_size" in msg and "'magnitude'" in msg and "no options" in msg
+    tiny_raw["lottery"].update(criterion="random", criterion_options={}, rewind_options={"to": "5it"})
+    msg = _plugin_error(tiny_raw, pm)
+    assert "lottery.rewind_options.to" in msg and "'init'" in msg
+
+
+def test_options_read_by_a_plugin_are_left_to_it(pm, tiny_raw: dict) -> None:
+    """snip reads context.options (and checks the keys itself when it scores); late rewinding
+    reads rewind_options: neither is refused, also when only a control uses late."""
+    registry = get_registry(pm)
+    assert plugin_options(registry.get("criteria", "snip")) is None
+    assert plugin_options(registry.get("criteria", "magnitude")) == frozenset()
+    tiny_raw["lottery"].update(criterion="snip", criterion_options={"batch_size": 64, "seed": 1})
+    check_against_plugins(validate(tiny_raw), registry)
+    tiny_raw["lottery"].update(criterion="magnitude", criterion_options={}, rewind="init", rewind_options={"to": "12it"})
+    tiny_raw["controls"] = [{"name": "late12", "rewind": "late"}]
+    check_against_plugins(validate(tiny_raw), registry)
+
+
+class OptionPlugins:
+    """A criterion declaring its options, one reading undeclared ones, and broken controls."""
+
+    @hookimpl
+    def register_criteria(self, register):
+        def declared(model, mask, context):
+            return {n: m.float() * context.options.get("alpha", 1.0) for n, m in mask.items()}
+
+        def undeclared(model, mask, context):
+            return {n: m.float() * context.options.get("anything", 1.0) for n, m in mask.items()}
+
+        register("declared_options", declared, options=["alpha"])
+        register("undeclared_options", undeclared)
+
+    @hookimpl
+    def register_controls(self, register):
+        register("control_missing_criterion", criterion="no_such_criterion", rewind=None)
+        register("control_missing_rewind", criterion=None, rewind="no_such_rewind")
+
+
+@pytest.fixture
+def option_plugins(pm):
+    plugin = OptionPlugins()
+    pm.register(plugin, name="option-plugins")
+    try:
+        yield pm
+    finally:
+        pm.unregister(plugin)
+
+
+def test_declared_criterion_options_are_checked(option_plugins, tiny_raw: dict) -> None:
+    """A criterion registered with ``options=[...]`` gets exactly those; one that reads
+    options it does not declare is trusted to check them itself."""
+    tiny_raw["lottery"].update(criterion="declared_options", criterion_options={"alpha": 2.0})
+    check_against_plugins(validate(tiny_raw), get_registry(option_plugins))
+    tiny_raw["lottery"]["criterion_options"] = {"alpah": 2.0}
+    msg = _plugin_error(tiny_raw, option_plugins)
+    assert "lottery.criterion_options.alpah" in msg and "valid: alpha" in msg
+    tiny_raw["lottery"].update(criterion="undeclared_options", criterion_options={"whatever": 1})
+    check_against_plugins(validate(tiny_raw), get_registry(option_plugins))
+
+
+@pytest.mark.parametrize(
+    ("control", "needles"),
+    [
+        ("control_missing_criterion", ("'control_missing_criterion'", "'option-plugins'", "'no_such_criterion'", "magnitude")),
+        ("control_missing_rewind", ("'control_missing_rewind'", "'no_such_rewind'", "reinit")),
+        ({"name": "mine", "rewind": "no_such_rewind"}, ("'mine'", "'no_such_rewind'", "init")),
+    ],
+)
+def test_a_control_is_fully_checked_at_load(option_plugins, tiny_raw: dict, control, needles: tuple) -> None:
+    """A control's criterion and rewind policy, its own or the ones its plugin registered,
+    are looked up before round 0 trains, not when the first control runs after it."""
+    tiny_raw["controls"] = ["random_reinit", control]
+    msg = _plugin_error(tiny_raw, option_plugins)
+    for needle in needles:
+        assert needle in msg, (needle, msg)
+
+
+@pytest.mark.parametrize(
+    ("controls", "needle"),
+    [
+        ([{"name": "../../elsewhere", "rewind": "reinit"}], "not a folder name"),
+        ([{"name": "ticket", "rewind": "reinit"}], "lottery's own run"),
+        (["random_reinit", "random_reinit"], "listed twice"),
+        ([{"name": "mine", "criterion": ["random"]}], "criterion must be a registered criterion name"),
+        ([""], "is empty"),
+    ],
+)
+def test_control_entries_refused_by_validate(tiny_raw: dict, controls: list, needle: str) -> None:
+    """Control names become folders (``round_k/control_NAME``) and summary keys."""
+    tiny_raw["controls"] = controls
+    assert needle in _error(tiny_raw)
+
+
+@pytest.mark.parametrize("name", ["../../etc", "a/b", "..", "tab\there"])
+def test_recipe_name_must_be_a_folder_name(tiny_raw: dict, name: str) -> None:
+    """``name`` makes runs/NAME-HASH: a slash or .. would write results elsewhere."""
+    tiny_raw["name"] = name
+    msg = _error(tiny_raw)
+    assert repr(name) in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize(("rounds", "needle"), [(-1, ">= 0"), (1.5, "integer"), ("3", "integer"), (True, "integer")])
+def test_rounds_negative_or_not_whole_refused_zero_kept(tiny_raw: dict, rounds, needle: str) -> None:
+    """rounds: 0 is the dense baseline (bundled recipes use it); below 0 or not an integer is a mistake."""
+    tiny_raw["lottery"]["rounds"] = rounds
+    assert needle in _error(tiny_raw)
+    tiny_raw["lottery"]["rounds"] = 0
+    assert validate(tiny_raw)["lottery"]["rounds"] == 0
+
+
 # --- YAML files -------------------------------------------------------------------------
 
 
@@ -349,6 +552,80 @@ def test_scientific_notation_is_a_number(tmp_path: Path, tiny_raw: dict) -> None
     assert "lr: 3e-3" in text
     assert load_recipe(_write(tmp_path, text))["optimizer"]["lr"] == pytest.approx(3e-3)
     assert load_recipe(_write(tmp_path, text), ["optimizer.lr=1e-4"])["optimizer"]["lr"] == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("seed: 2001-13-45\n", "month must be in 1..12"),
+        ("seed: !!int abc\n", "invalid literal"),
+        ("seed: !!bool maybe\n", "KeyError"),
+        ("seed: !!timestamp x\n", "AttributeError"),
+        ("seed: " + "[" * 5000 + "]" * 5000 + "\n", "nests too deeply"),
+    ],
+)
+def test_yaml_values_pyyaml_cannot_build_are_one_line(tmp_path: Path, text: str, needle: str) -> None:
+    """PyYAML raises ValueError, KeyError, AttributeError or RecursionError for these, not
+    YAMLError: each is one LthError line naming the file."""
+    path = _write(tmp_path, "model: mlp\ndata: digits\n" + text)
+    with pytest.raises(LthError) as exc:
+        load_recipe(path)
+    msg = str(exc.value)
+    assert str(path) in msg and "not valid YAML" in msg and needle in msg and "\n" not in msg
+
+
+def test_alias_bomb_is_refused_in_one_line(tmp_path: Path) -> None:
+    """The billion laughs: a few hundred bytes of anchors, each a list of ten aliases of the
+    one before, expand to 10^8 values. Refused before anything copies, hashes or walks them."""
+    lines = ["model: mlp", "data: digits", "a0: &a0 [lol]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    path = _write(tmp_path, "\n".join(lines) + "\ndescription: *a8\n")
+    assert path.stat().st_size < 1000
+    with pytest.raises(LthError) as exc:
+        load_recipe(path)
+    assert str(exc.value) == f"{path}: the recipe expands to more than {MAX_NODES} values (YAML aliases of aliases?); a recipe has a few hundred"
+
+
+def test_alias_inside_itself_and_deep_nesting_are_refused() -> None:
+    """``&a [*a]`` is a list that holds itself: refused, not walked forever."""
+    loop: list = []
+    loop.append(loop)
+    for value in (loop, [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]):
+        with pytest.raises(LthError, match=f"more than {MAX_DEPTH} levels"):
+            validate({"model": {"name": "mlp", "hidden": value}, "data": "digits"})
+    with pytest.raises(LthError, match="levels"):
+        parse_override("model.hidden=&a [*a]")
+
+
+def test_recipe_file_that_is_not_utf8_or_too_big(tmp_path: Path) -> None:
+    """Binary junk and huge files are not recipes: one line each, no UnicodeDecodeError."""
+    path = tmp_path / "binary.yaml"
+    path.write_bytes(b"model: mlp\ndata: \xff\xfe digits\n")
+    with pytest.raises(LthError, match="not UTF-8 text"):
+        load_recipe(path)
+    path.write_text("description: x\n" + "#" * (1 << 20))
+    with pytest.raises(LthError, match="bytes; a recipe is a YAML text file"):
+        load_recipe(path)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '"lottery\\nrate": 0.2\n',
+        'lottery: {"ra\\nte": 0.2}\n',
+        'lottery: {layer_rates: {"fc\\n1": 2.0}}\n',
+        'trainer: {"max\\nsteps": 3}\n',
+        'model: {name: mlp, "hid\\u2028den": [8]}\n',
+    ],
+)
+def test_key_with_a_line_break_gives_one_line(pm, tmp_path: Path, text: str) -> None:
+    """A YAML key holding a newline (or U+2028) is shown with repr, so the message stays one line."""
+    path = _write(tmp_path, "data: digits\n" + ("" if text.startswith("model") else "model: mlp\n") + text)
+    with pytest.raises(LthError) as exc:
+        check_against_plugins(load_recipe(path), get_registry(pm))
+    msg = str(exc.value)
+    assert len(msg.splitlines()) == 1, msg
+    assert "\\n" in msg or "\\u2028" in msg
 
 
 # --- --set overrides --------------------------------------------------------------------
@@ -545,3 +822,135 @@ def test_validate_never_crashes(raw) -> None:
     lot = recipe["lottery"]
     assert 0 < lot["rate"] < 1 and lot["rounds"] >= 0
     assert math.isfinite(lot["rate"])
+
+
+# --- fuzz: YAML text and --set strings through the real loader ---------------------------
+
+#: A valid recipe that reaches every check: controls (registered and inline), a sweep,
+#: trainer keys with rules, criterion and rewind options.
+_RICH = {
+    **copy.deepcopy(TINY),
+    "controls": ["random_reinit", {"name": "mine", "criterion": "random", "rewind": "init"}],
+    "sweep": {"lottery.rate": [0.3, 0.5]},
+    "callbacks": [],
+}
+_RICH["trainer"].update(precision="32-true", gradient_clip_val=1.0, devices=1, accelerator="cpu", max_epochs=-1)
+_RICH["lottery"].update(criterion="snip", criterion_options={"batch_size": 16})
+
+#: Bits of YAML syntax and values PyYAML treats specially, to splice into recipe text.
+_YAML_BITS = st.sampled_from([
+    "\n", "  ", "- ", "[", "]", "{", "}", ", ", ": ", "&a ", "*a", "&a [*a]", "!!int ", "!!bool ", "!!float ",
+    "!!timestamp ", "!!binary ", "!!set ", "!!omap ", "!!python/object:os.system ", "? ", "|\n", ">\n", "'", '"',
+    "# ", "2001-13-45", "1e400", ".nan", "~", "null", "\t", "\x00", "\u2028", "\"a\\nb\": 1", "---\n", "...\n",
+    "trainer:\n  max_steps: abc\n", "lottery: {rounds: -1}\n", "controls: [x, x]\n", "%YAML 1.1\n", "<<: *a",
+])
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=60)
+_GARBAGE = st.recursive(
+    _scalars | _TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_keys | _TEXT, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+def _paths(node: Any, prefix: tuple = ()) -> list[tuple]:
+    """Every path into a nested dict/list, for picking what to damage."""
+    out = [prefix] if prefix else []
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for k, v in items:
+        out += _paths(v, prefix + (k,))
+    return out
+
+
+@st.composite
+def _mutated_recipe_text(draw) -> str:
+    """The rich recipe with keys dropped or renamed and values replaced by garbage, dumped
+    to YAML, then possibly with YAML syntax spliced into the text."""
+    raw = copy.deepcopy(_RICH)
+    for _ in range(draw(st.integers(1, 4))):
+        paths = _paths(raw)
+        if not paths:
+            break
+        path = draw(st.sampled_from(paths))
+        parent = raw
+        for part in path[:-1]:
+            parent = parent[part]
+        key, op = path[-1], draw(st.sampled_from(["drop", "rename", "replace", "replace", "nest"]))
+        if op == "drop":
+            del parent[key]
+        elif op == "rename" and isinstance(parent, dict):
+            parent[draw(_keys | _TEXT)] = parent.pop(key)
+        elif op == "nest":
+            parent[key] = {draw(_keys | _TEXT): parent[key]}
+        else:
+            parent[key] = draw(_GARBAGE)
+    text = yaml.safe_dump(raw, default_flow_style=draw(st.booleans()), sort_keys=draw(st.booleans()))
+    for _ in range(draw(st.integers(0, 3))):
+        at = draw(st.integers(0, len(text)))
+        text = text[:at] + draw(_YAML_BITS | _TEXT) + text[at:]
+    return text
+
+
+_SEGMENTS = st.sampled_from(sorted(set(TOP_LEVEL) | {k for f in SCHEMA.values() for k in f} | set(_trainer_keys)
+                                   | {"0", "1", "name", "criterion", "rewind", "x"}))
+_PLAUSIBLE_KEYS = st.sampled_from(
+    [f"{s}.{k}" for s, fields in SCHEMA.items() for k in fields] + [f"trainer.{k}" for k in _trainer_keys]
+    + ["seed", "trials", "name", "controls", "callbacks", "sweep", "init", "controls.0", "controls.1.criterion",
+       "controls.1.rewind", "controls.1.name", "sweep.lottery.rate", "sweep.trainer.max_steps", "model", "data",
+       "lottery.criterion_options.batch_size", "lottery.rewind_options.to", "model.hidden", "lottery.layer_rates.fc*"]
+)
+_PLAUSIBLE_VALUES = st.sampled_from(
+    ["0", "1", "-1", "2", "0.5", "1.5", "abc", "null", "true", "[1, 2]", "[0, 0]", "{a: 1}", "magnitude", "random",
+     "snip", "late", "reinit", "init", "16-mixed", "auto", "cpu", "1e-3", "[]", "{}", "5it", '"x\\ny"', "[random_reinit]",
+     "[{name: gradual_pruning, target: 0.5}]", "[{name: c, rewind: late}]", "{name: mlp}", "digits", "00:00:01:00"]
+)
+_OVERRIDES = st.one_of(
+    st.builds(lambda key, value: f"{key}={value}", _PLAUSIBLE_KEYS, _PLAUSIBLE_VALUES),
+    st.builds(lambda key, value: f"{key}={value}", _PLAUSIBLE_KEYS, _PLAUSIBLE_VALUES | _YAML_BITS | _TEXT),
+    st.builds(lambda first, rest, value: f"{'.'.join([first, *rest])}={value}",
+              st.sampled_from(sorted(TOP_LEVEL)) | _TEXT,
+              st.lists(_SEGMENTS | _TEXT, max_size=3),
+              _YAML_BITS | _TEXT | st.builds(lambda v: yaml.safe_dump(v, default_flow_style=True).strip(), _GARBAGE)),
+    _TEXT,
+)
+
+
+def _loads_or_one_line_error(path: Path, overrides: list[str], registry) -> None:
+    """The contract: a recipe that passes every check, or one LthError of one line."""
+    try:
+        recipe = load_recipe(path, overrides)
+        check_against_plugins(recipe, registry)
+    except LthError as exc:
+        msg = str(exc)
+        assert msg and len(msg.splitlines()) == 1, msg
+        return
+    assert len(recipe.hash()) == 12
+    assert yaml.safe_load(yaml.safe_dump(recipe.to_dict(), sort_keys=False)) is not None  # as recipe.yaml is written
+
+
+@pytest.fixture(scope="module")
+def fuzz_registry():
+    return get_registry()
+
+
+def test_rich_fuzz_base_is_valid(fuzz_registry, tmp_path: Path) -> None:
+    """The fuzzers damage a recipe that is valid to begin with (else they test nothing deep)."""
+    check_against_plugins(load_recipe(_write(tmp_path, _RICH)), fuzz_registry)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=st.one_of(_mutated_recipe_text(), _TEXT, st.lists(_YAML_BITS | _TEXT, max_size=12).map("".join)))
+def test_yaml_text_never_crashes(fuzz_registry, text: str) -> None:
+    """Whatever a recipe file holds, ``lth run`` reports one line or gets a valid recipe."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "fuzz.yaml"
+        path.write_text(text, encoding="utf-8")
+        _loads_or_one_line_error(path, [], fuzz_registry)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(overrides=st.lists(_OVERRIDES, min_size=1, max_size=4))
+def test_set_overrides_never_crash(fuzz_registry, overrides: list[str]) -> None:
+    """Whatever ``--set`` strings a user types, the same contract holds."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = _write(Path(folder), _RICH)
+        _loads_or_one_line_error(path, overrides, fuzz_registry)
