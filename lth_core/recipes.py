@@ -810,71 +810,12 @@ def _check_shared_options(options: dict, entries: list, key: str, nouns: tuple[s
 
 
 def plugin_options(entry) -> frozenset[str] | None:
-    """The option names a criterion or rewind policy reads from ``context.options``.
-
-    Those it declares when it registers (``register(name, fn, options=["batch_size"])``);
-    otherwise none if its code provably never touches ``options``, else None (unknown: it
-    may read any, and checks them itself when it runs).
-    """
+    """The option names a criterion or rewind policy reads from ``context.options``: those
+    it declared when it registered (``register(name, fn, options=["batch_size"])``), or
+    None when it declared nothing (then it may read any, and checks them when it runs)."""
     declared = entry.extra.get("options")
-    if declared is not None:
-        if isinstance(declared, str) or not all(isinstance(n, str) for n in declared):
-            raise PluginError(f"plugin {entry.plugin!r} registered {entry.name!r} with options={_brief(declared)}; it must be a list of option names")
-        return frozenset(declared)
-    return None if _may_read_options(entry.obj) else frozenset()
-
-
-#: Libraries that never see a plugin's context: their functions are not scanned.
-_OPAQUE_LIBRARIES = {"torch", "numpy", "math", "builtins", "typing", "functools", "itertools", "collections", "re", "copy"}
-_OPTIONS_NAME = re.compile(r"\w*options\w*")
-
-
-def _may_read_options(fn: Any, depth: int = 6, seen: set | None = None) -> bool:
-    """Whether ``fn``, or a function it calls, can read ``options``: a scan of the names its
-    bytecode uses (``context.options``, ``"criterion_options"``), following the functions and
-    modules it names. Anything it cannot follow counts as "may read", so a plugin is never
-    refused options it reads; only code that provably never looks at them is."""
-    seen = set() if seen is None else seen
-    fn = getattr(inspect.unwrap(fn), "__func__", fn)
-    if not isinstance(fn, types.FunctionType):
-        return True  # a callable object or a builtin: its attributes cannot be followed
-    if fn in seen:
-        return False
-    if depth == 0:
-        return True
-    seen.add(fn)
-    cells = [c.cell_contents for c in fn.__closure__ or () if c.cell_contents is not None]
-    return any(_code_may_read(code, fn.__globals__, cells, depth, seen) for code in _code_objects(fn.__code__))
-
-
-def _code_objects(code: types.CodeType) -> list[types.CodeType]:
-    """A function's code and that of the lambdas, comprehensions and functions inside it."""
-    out = [code]
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            out += _code_objects(const)
-    return out
-
-
-def _code_may_read(code: types.CodeType, namespace: dict, cells: list, depth: int, seen: set) -> bool:
-    if any(_OPTIONS_NAME.fullmatch(n) for n in code.co_names) or "getattr" in code.co_names or "vars" in code.co_names:
-        return True
-    if any(isinstance(c, str) and _OPTIONS_NAME.fullmatch(c) for c in code.co_consts):
-        return True
-    used = [namespace[n] for n in code.co_names if n in namespace] + cells
-    for obj in used:
-        if isinstance(obj, (int, float, str, bool, bytes, type(None))):
-            continue
-        module = obj.__name__ if isinstance(obj, types.ModuleType) else getattr(obj, "__module__", None) or ""
-        if module.split(".")[0] in _OPAQUE_LIBRARIES:
-            continue
-        if isinstance(obj, types.ModuleType):
-            targets = [getattr(obj, n, None) for n in code.co_names]
-            if any(isinstance(t, types.FunctionType) and _may_read_options(t, depth - 1, seen) for t in targets):
-                return True
-        elif isinstance(obj, type):
-            if any(_may_read_options(m, depth - 1, seen) for m in vars(obj).values() if isinstance(m, types.FunctionType)):
-                return True
-        elif _may_read_options(obj, depth - 1, seen):
-            return True
-    return False
+    if declared is None:
+        return None
+    if isinstance(declared, str) or not all(isinstance(n, str) for n in declared):
+        raise PluginError(f"plugin {entry.plugin!r} registered {entry.name!r} with options={_brief(declared)}; it must be a list of option names")
+    return frozenset(declared)

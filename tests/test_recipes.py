@@ -389,14 +389,18 @@ def test_options_for_a_criterion_that_reads_none_are_refused(pm, tiny_raw: dict)
     assert "lottery.rewind_options.to" in msg and "'init'" in msg
 
 
-def test_options_read_by_a_plugin_are_left_to_it(pm, tiny_raw: dict) -> None:
-    """snip reads context.options (and checks the keys itself when it scores); late rewinding
-    reads rewind_options: neither is refused, also when only a control uses late."""
+def test_options_a_bundled_plugin_reads_are_accepted(pm, tiny_raw: dict) -> None:
+    """Bundled criteria and rewind policies declare the options they read: snip's
+    batch_size and seed pass, synflow's iterations does not reach snip; late rewinding's
+    `to` passes when only a control rewinds late."""
     registry = get_registry(pm)
-    assert plugin_options(registry.get("criteria", "snip")) is None
+    assert plugin_options(registry.get("criteria", "snip")) == {"batch_size", "seed"}
     assert plugin_options(registry.get("criteria", "magnitude")) == frozenset()
     tiny_raw["lottery"].update(criterion="snip", criterion_options={"batch_size": 64, "seed": 1})
     check_against_plugins(validate(tiny_raw), registry)
+    tiny_raw["lottery"]["criterion_options"] = {"iterations": 10}
+    msg = _plugin_error(tiny_raw, pm)
+    assert "lottery.criterion_options.iterations" in msg and "valid: batch_size, seed" in msg
     tiny_raw["lottery"].update(criterion="magnitude", criterion_options={}, rewind="init", rewind_options={"to": "12it"})
     tiny_raw["controls"] = [{"name": "late12", "rewind": "late"}]
     check_against_plugins(validate(tiny_raw), registry)

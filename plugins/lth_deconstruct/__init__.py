@@ -99,6 +99,6 @@ def large_init_large_final(model: nn.Module, mask: Mask, context: PruneContext) 
 
 @hookimpl
 def register_criteria(register):
-    register("magnitude_increase", magnitude_increase)
-    register("large_init_large_final", large_init_large_final)
-    register("weight_movement", weight_movement)
+    register("magnitude_increase", magnitude_increase, options=[])
+    register("large_init_large_final", large_init_large_final, options=[])
+    register("weight_movement", weight_movement, options=[])

@@ -140,7 +140,7 @@ def late_rewind(model: nn.Module, mask: Mask, context: RewindContext) -> dict[st
 
 @hookimpl
 def register_rewind_policies(register):
-    register(POLICY, late_rewind)
+    register(POLICY, late_rewind, options=["to"])
 
 
 @hookimpl

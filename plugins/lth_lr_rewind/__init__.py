@@ -81,5 +81,5 @@ def finetune(model: nn.Module, mask: Mask, context: RewindContext) -> dict[str, 
 
 @hookimpl
 def register_rewind_policies(register):
-    register("lr_rewind", lr_rewind)
-    register("finetune", finetune)
+    register("lr_rewind", lr_rewind, options=[])
+    register("finetune", finetune, options=["lr"])

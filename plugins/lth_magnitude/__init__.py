@@ -19,4 +19,4 @@ def magnitude_scores(model: nn.Module, mask: Mask, context: PruneContext) -> dic
 
 @hookimpl
 def register_criteria(register):
-    register("magnitude", magnitude_scores)
+    register("magnitude", magnitude_scores, options=[])

@@ -143,7 +143,7 @@ def movement_scores(model: nn.Module, mask: Mask, context: PruneContext) -> dict
 
 @hookimpl
 def register_criteria(register):
-    register(NAME, movement_scores)
+    register(NAME, movement_scores, options=[])
 
 
 @hookimpl

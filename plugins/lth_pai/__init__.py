@@ -259,6 +259,6 @@ def synflow_scores(model: nn.Module, mask: Mask, context: PruneContext) -> dict[
 
 @hookimpl
 def register_criteria(register):
-    register("snip", snip_scores)
-    register("synflow", synflow_scores)
-    register("grasp", grasp_scores)
+    register("snip", snip_scores, options=sorted(KNOWN_OPTIONS["snip"]))
+    register("synflow", synflow_scores, options=sorted(KNOWN_OPTIONS["synflow"]))
+    register("grasp", grasp_scores, options=sorted(KNOWN_OPTIONS["grasp"]))

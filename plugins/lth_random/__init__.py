@@ -21,7 +21,7 @@ def random_scores(model: nn.Module, mask: Mask, context: PruneContext) -> dict[s
 
 @hookimpl
 def register_criteria(register):
-    register("random", random_scores)
+    register("random", random_scores, options=[])
 
 
 @hookimpl

@@ -21,8 +21,8 @@ def random_reinit(model: nn.Module, mask: Mask, context: RewindContext) -> dict[
 
 @hookimpl
 def register_rewind_policies(register):
-    register("init", rewind_to_init)
-    register("reinit", random_reinit)
+    register("init", rewind_to_init, options=[])
+    register("reinit", random_reinit, options=[])
 
 
 @hookimpl
