@@ -6,6 +6,7 @@ User mistakes end with one line on stderr (``lth: error: ...``) and exit status 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import runpy
@@ -173,7 +174,20 @@ def add_plugin_commands(sub: argparse._SubParsersAction) -> None:
         configure = entry.extra.get("configure")
         if configure is not None:
             call_plugin(f"command {name!r} (plugin {entry.plugin!r})", configure, parser)
-        parser.set_defaults(func=entry.obj)
+        parser.set_defaults(func=functools.partial(_run_plugin_command, f"command {name!r} (plugin {entry.plugin!r})", entry.obj))
+
+
+def _run_plugin_command(source: str, run, args: argparse.Namespace) -> int:
+    """A plugin's command: its own LthError reads as it wrote it (a user's mistake, said by
+    the command); any other exception is a bug of the plugin, one line naming it."""
+    from lth_core.errors import PluginError
+
+    try:
+        return run(args)
+    except LthError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the plugin raised, say whose it was
+        raise PluginError(one_line(f"{source} raised {type(exc).__name__}: {exc}")) from exc
 
 
 def _wants_plugin_commands(argv: list[str]) -> bool:

@@ -34,10 +34,10 @@ from torch import Tensor, nn
 from lth_core import __version__, checkpoints, distributed, tracking
 from lth_core.context import PruneContext, RewindContext, RoundContext
 from lth_core.data import DataBundle, DataModule, StepChunks, select_classes
-from lth_core.errors import LthError, NonFiniteLoss, PluginError
+from lth_core.errors import LthError, NonFiniteLoss, PluginError, one_line
 from lth_core.masks import Mask, apply_mask, match_density, prunable_parameters, prune_by_scores, validate_scores
 from lth_core.module import LotteryModule, check_new_mask
-from lth_core.plugins import Registry, call_hook, call_plugin, get_plugin_manager, get_registry, one_line
+from lth_core.plugins import Registry, call_hook, call_plugin, get_plugin_manager, get_registry
 from lth_core.recipes import Recipe, check_against_plugins
 from lth_core.files import atomic_write_text, read_json
 from lth_core.tickets import Ticket, is_ticket, load_ticket, save_ticket

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import pluggy
 
 from lth_core import hookspecs
-from lth_core.errors import LthError, PluginError, choices
+from lth_core.errors import LthError, PluginError, choices, one_line
 
 BUNDLED_DISTRIBUTION = "lth"
 AUTOLOAD_ENV = "LTH_DISABLE_PLUGIN_AUTOLOAD"
@@ -84,11 +84,6 @@ class Registry:
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.kinds[kind])
-
-
-def one_line(text: str) -> str:
-    """``text`` on one line: the CLI prints an error as a single ``lth: error: ...`` line."""
-    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
 
 
 def _named(exc: LthError, source: str) -> LthError:

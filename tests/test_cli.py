@@ -216,6 +216,11 @@ class BrokenControls:
 
         register("two-lines", run, help="fails with a two-line message")
 
+        def buggy(args):
+            return {}["missing"]
+
+        register("buggy", buggy, help="fails with a bug")
+
 
 @pytest.fixture
 def broken_controls(pm):
@@ -245,6 +250,15 @@ def test_any_error_is_printed_on_one_line(broken_controls, capsys) -> None:
     captured = capsys.readouterr()
     line = assert_user_error(subprocess.CompletedProcess(["two-lines"], status, captured.out, captured.err))
     assert line == "lth: error: first line second line"
+
+
+def test_a_plugin_command_with_a_bug_is_one_line_naming_it(broken_controls, capsys) -> None:
+    """A plugin command that raises something other than LthError has a bug: one line naming
+    the command and its plugin, exit 2, no traceback."""
+    status = cli.main(["buggy"])
+    captured = capsys.readouterr()
+    line = assert_user_error(subprocess.CompletedProcess(["buggy"], status, captured.out, captured.err))
+    assert line == "lth: error: command 'buggy' (plugin 'broken-controls') raised KeyError: 'missing'"
 
 
 # --- never overwrite another recipe's run -----------------------------------------------------
