@@ -31,12 +31,12 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from lth_core import __version__, checkpoints, distributed, tracking
+from lth_core import __version__, checkpoints, contracts, distributed, tracking
 from lth_core.context import PruneContext, RewindContext, RoundContext
 from lth_core.data import DataBundle, DataModule, StepChunks, select_classes
 from lth_core.errors import LthError, NonFiniteLoss, PluginError, one_line
-from lth_core.masks import Mask, apply_mask, match_density, prunable_parameters, prune_by_scores, validate_scores
-from lth_core.module import LotteryModule, check_new_mask
+from lth_core.masks import Mask, apply_mask, match_density, prune_by_scores, validate_scores
+from lth_core.module import LotteryModule
 from lth_core.plugins import Registry, call_hook, call_plugin, get_plugin_manager, get_registry
 from lth_core.recipes import Recipe, check_against_plugins
 from lth_core.files import atomic_write_text, read_json
@@ -77,77 +77,12 @@ def build_model(recipe: Recipe, registry: Registry, data: DataModule, seed: int)
     pl.seed_everything(seed, verbose=False)
     source = f"model {spec['name']!r} (plugin {entry.plugin!r})"
     model = call_plugin(source, entry.obj, input_shape=data.input_shape, num_classes=data.num_classes, **options)
-    _check_model(model, source)
-    _check_finite_weights(model, source)
+    contracts.check_model(model, source)
+    contracts.check_finite_weights(model, source)
     if recipe.data.get("init"):
         initialise(model, recipe["init"], registry, seed)
-    _probe(model, source, data)
+    contracts.probe(model, source, data)
     return model
-
-
-def _check_model(model: Any, source: str) -> None:
-    """A model must be an ``nn.Module`` with something to prune: a lottery of nothing is a mistake."""
-    if not isinstance(model, nn.Module):
-        raise PluginError(f"{source} returned {type(model).__name__}, expected an nn.Module")
-    if not call_plugin(source, prunable_parameters, model):
-        raise PluginError(f"{source} returned a {type(model).__name__} with no prunable weights, expected at least one "
-                          "nn.Linear or nn.Conv layer (or a prunable_parameter_names() that names some)")
-
-
-def _check_finite_weights(model: nn.Module, source: str) -> None:
-    """NaN or infinite weights would only show as a diverged first step, blamed on the learning rate."""
-    for n, t in model.state_dict().items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise PluginError(f"{source} left {int((~torch.isfinite(t)).sum())} NaN or infinite values in {n}, expected finite weights")
-
-
-def _probe(model: nn.Module, source: str, data: DataModule) -> None:
-    """Two real training inputs must come out as finite logits ``(2, num_classes)``.
-
-    A wrong input layer or head then fails here, naming the model, not in Lightning's
-    first step. Evaluation mode, no gradients and a forked RNG leave the model, its
-    buffers and the random streams exactly as they were.
-    """
-    x = data.train_x[:2]
-    expected, was_training = (x.shape[0], data.num_classes), model.training
-    model.eval()
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            out = call_plugin(f"{source} on a probe batch shaped {tuple(x.shape)}", model, x)
-    finally:
-        model.train(was_training)
-    if not isinstance(out, Tensor) or tuple(out.shape) != expected or not out.is_floating_point():
-        got = f"{out.dtype} {tuple(out.shape)}" if isinstance(out, Tensor) else type(out).__name__
-        raise PluginError(f"{source} maps a probe batch shaped {tuple(x.shape)} to {got}, expected float logits shaped {expected}")
-    if not bool(torch.isfinite(out).all()):
-        raise PluginError(f"{source} maps a probe batch shaped {tuple(x.shape)} to NaN or infinite logits, expected finite ones")
-
-
-def _kind(dtype: torch.dtype) -> str:
-    """What a value standing for a tensor of ``dtype`` must be: real floating, bool or integer."""
-    if dtype == torch.bool:
-        return "a bool tensor"
-    if dtype.is_floating_point:
-        return "a real floating tensor"
-    return "a complex tensor" if dtype.is_complex else "an integer tensor"
-
-
-def _tensor_problem(value: Any, like: Tensor) -> str | None:
-    """Why ``value`` cannot be loaded in place of ``like`` (``None`` if it can).
-
-    Another precision of the same kind is fine (it is cast); complex, bool or integer
-    values for floating weights are mistakes, and so are NaN or infinite weights: a mask
-    cannot zero them (NaN times 0 is NaN).
-    """
-    if not isinstance(value, Tensor):
-        return f"as {type(value).__name__}, expected a tensor"
-    if value.shape != like.shape:
-        return f"with the wrong shape {tuple(value.shape)}, expected {tuple(like.shape)}"
-    if _kind(value.dtype) != _kind(like.dtype):
-        return f"as {value.dtype}, expected {_kind(like.dtype)} (the model's {like.dtype})"
-    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-        return f"with {int((~torch.isfinite(value)).sum())} NaN or infinite values, expected finite ones"
-    return None
 
 
 def initialise(model: nn.Module, spec: dict, registry: Registry, seed: int) -> None:
@@ -163,11 +98,11 @@ def initialise(model: nn.Module, spec: dict, registry: Registry, seed: int) -> N
         for name, value in values.items():
             if name not in params:
                 raise PluginError(f"{source} returned {name!r}, which is not a parameter of this model")
-            problem = _tensor_problem(value, params[name])
+            problem = contracts.tensor_problem(value, params[name])
             if problem:
                 raise PluginError(f"{source} returned {name} {problem}")
             params[name].copy_(value)
-    _check_finite_weights(model, source)  # it may also have written into the model itself
+    contracts.check_finite_weights(model, source)  # it may also have written into the model itself
 
 
 def load_data(recipe: Recipe, registry: Registry) -> DataModule:
@@ -288,23 +223,11 @@ def rewind(run: Run, policy: str, model: nn.Module, mask: Mask, round_: int) -> 
         steps_per_epoch=len(run.data.train_loader(0)),
     )
     source = f"rewind policy {policy!r} (plugin {entry.plugin!r})"
-    state = _check_state(call_plugin(source, entry.obj, model, mask, ctx), model.state_dict(), source)
+    state = contracts.check_state(call_plugin(source, entry.obj, model, mask, ctx), model.state_dict(), source)
     max_steps = ctx.max_steps
     if not isinstance(ctx.start_step, int) or ctx.start_step < 0 or (max_steps > 0 and ctx.start_step >= max_steps):
         raise PluginError(f"{source} set start_step={ctx.start_step!r}; it must be a step in [0, trainer.max_steps={max_steps})")
     return Start(_share_initial(state, run.initial), ctx.start_step, ctx.optimizer)
-
-
-def _check_state(state: Any, own: dict[str, Tensor], source: str) -> dict[str, Tensor]:
-    """A rewind policy's state dict, checked entry by entry and cast to the model's dtypes."""
-    if not isinstance(state, dict) or set(state) != set(own):
-        got = sorted(state)[:3] if isinstance(state, dict) else type(state).__name__
-        raise PluginError(f"{source} must return the model's full state dict ({len(own)} entries), got {got}")
-    for n, t in state.items():
-        problem = _tensor_problem(t, own[n])
-        if problem:
-            raise PluginError(f"{source} returned {n} {problem}")
-    return {n: t.to(own[n].dtype) for n, t in state.items()}
 
 
 def _share_initial(state: dict[str, Tensor], initial: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -357,73 +280,15 @@ def _callbacks(run: Run, ctx: RoundContext, origins: dict[int, str]) -> list:
         source = f"callback {spec['name']!r} (plugin {entry.plugin!r})"
         cb = call_plugin(source, entry.obj, ctx, **options)
         if cb is not None:
-            callbacks.append(_check_callback(cb, source))
+            callbacks.append(contracts.check_callback(cb, source))
             origins[id(cb)] = source
     for source, extra in call_hook(run.pm, "round_callbacks", context=ctx):
         if not isinstance(extra, (list, tuple)):
             raise PluginError(f"{source} returned {type(extra).__name__}, expected a list of pytorch_lightning.Callback or None")
         for cb in extra:
-            callbacks.append(_check_callback(cb, source))
+            callbacks.append(contracts.check_callback(cb, source))
             origins[id(cb)] = source
     return callbacks
-
-
-def _check_callback(cb: Any, source: str) -> pl.Callback:
-    """Lightning would refuse anything else with a traceback that names no plugin."""
-    if not isinstance(cb, pl.Callback):
-        raise PluginError(f"{source} returned {type(cb).__name__}, expected a pytorch_lightning.Callback")
-    return cb
-
-
-def _suspects(origins: dict[int, str]) -> str:
-    """Who can have done what no exception points at: the plugins whose callbacks ran."""
-    sources = list(dict.fromkeys(origins.values()))
-    if len(sources) == 1:
-        return sources[0]
-    return f"one of this run's callbacks ({'; '.join(sources)})" if sources else "this run"
-
-
-def _check_final_mask(start: Mask, module: LotteryModule, origins: dict[int, str], round_: int, name: str) -> Mask:
-    """The mask in force when training ended, checked again before it becomes the ticket.
-
-    ``set_mask`` checks a callback's mask, but a callback can assign ``module.mask``
-    itself: the ticket would keep a mask that revives weights or does not fit, or whose
-    pruned weights the enforcer never zeroed.
-    """
-    problem = _mask_problem(start, module)
-    if problem:
-        raise _broken_mask(origins, round_, name, problem)
-    return module.mask
-
-
-def _mask_problem(start: Mask, module: LotteryModule, weights: bool = True) -> str | None:
-    """What is wrong with ``module.mask`` against the run's starting mask (``None``: nothing).
-
-    Same layers and shapes, bool, only tightened; with ``weights``, also the trained
-    weights exactly zero where it prunes.
-    """
-    try:
-        check_new_mask(start, module.mask)
-    except LthError as exc:
-        return str(exc)
-    return _unzeroed(module.mask, module.model) if weights else None
-
-
-def _broken_mask(origins: dict[int, str], round_: int, name: str, problem: str) -> PluginError:
-    return PluginError(
-        f"{_suspects(origins)} broke the mask of round {round_} [{name}]: {problem} (prune during training with "
-        "module.set_mask(mask), not by assigning module.mask); nothing of this run was saved as a ticket, earlier rounds are kept"
-    )
-
-
-def _unzeroed(mask: Mask, model: nn.Module) -> str | None:
-    """Which layer has weights that are not zero where ``mask`` prunes them (``None``: none has)."""
-    params = dict(model.named_parameters())
-    for n, m in mask.items():
-        live = int((params[n].detach()[~m.to(params[n].device)] != 0).sum())
-        if live:
-            return f"{n} has {live} nonzero weights where the mask prunes them"
-    return None
 
 
 def _culprit(exc: BaseException, origins: dict[int, str]) -> str | None:
@@ -562,17 +427,17 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
     except Exception as exc:  # a plugin's callback broke: say which, in one line
         culprit = _culprit(exc, origins)
         if culprit is None:  # the core broke: on a mask a callback assigned without set_mask?
-            problem = _mask_problem(mask, module, weights=False)
+            problem = contracts.mask_problem(mask, module, weights=False)
             if problem is None:
                 raise
-            raise _broken_mask(origins, round_, name, problem) from exc
+            raise contracts.broken_mask(origins, round_, name, problem) from exc
         what = str(exc) if isinstance(exc, LthError) else f"{type(exc).__name__}: {exc}"
         raise PluginError(one_line(f"{culprit} failed in round {round_} [{name}]: {what}")) from exc
     if not module.history or module.history[-1]["step"] != module.step:
         trainer.validate(module, dataloaders=distributed.shard(run.data.eval_loaders()), verbose=False)
     run.model.cpu()
     distributed.verify(witnesses, module.history, run.out_dir, folder, round_, name)
-    final_mask = _check_final_mask(mask, module, origins, round_, name)
+    final_mask = contracts.check_final_mask(mask, module, origins, round_, name)
     row = summarise(module.history, round_, final_mask, module.step)
     row.update({k: v for k, v in ctx.metrics.items() if k not in row})
     meta = {

@@ -18,7 +18,7 @@ import itertools
 import json
 import math
 import re
-import types
+from types import UnionType
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -582,7 +582,7 @@ def _annotation_types(annotation: Any) -> set[type]:
     """The plain types (what YAML can write) a Trainer annotation admits; Lightning's own
     classes (Accelerator, Logger, timedelta) cannot come from a recipe and are left out."""
     origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
+    if origin in (typing.Union, UnionType):
         return {t for a in typing.get_args(annotation) for t in _annotation_types(a)}
     if annotation is type(None):
         return {type(None)}

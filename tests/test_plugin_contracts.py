@@ -225,13 +225,13 @@ def test_a_bad_model_is_named_with_what_it_returned(factory, expected, pm, tiny_
 def test_the_probe_leaves_the_model_and_random_streams_alone(pm, tiny_raw) -> None:
     """The probe forward runs in eval mode under a forked RNG: θ0, the BatchNorm buffers,
     the train flag and the next random draw are what they would be without it."""
-    from lth_core.lottery import _probe
+    from lth_core.contracts import probe
 
     data = load_data(validate(tiny_raw), get_registry(pm))
     torch.manual_seed(3)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.Dropout(0.5), nn.Linear(32, 10))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    _probe(model, "model 'x' (plugin 'y')", data)
+    probe(model, "model 'x' (plugin 'y')", data)
     after_probe = torch.rand(3)
     torch.manual_seed(3)
     nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.Dropout(0.5), nn.Linear(32, 10))
