@@ -14,16 +14,18 @@ sequential run has:
   faster, but batched products round differently from K separate ones, and a long
   training run amplifies rounding (Adam's nearly sign-like steps on tiny gradients, then
   the usual divergence of trajectories), so the results agree only to what the numbers
-  of two machines would. LeNet-300-100, K=4, ms per network-step on this 2-core CPU:
-  sequential 6.35, stacked 4.14, batched 3.91 (``benchmarks/vectorised_trials.py``, rough);
+  of two machines would. LeNet-300-100, K=4, ms per network-step on this 2-core CPU, two
+  threads: sequential 2.05, stacked 2.03, batched 1.71 (``benchmarks/vectorised_trials.py``;
+  before CPU optimisers skipped torch's per-step CUDA probe, which stacking paid once for
+  K networks, sequential was 3.07, stacked 2.47, batched 2.14);
 - **loss**: the sum of the replicates' mean losses, so replicate ``i``'s gradient is
   exactly the gradient of its own run;
 - **optimiser**: one fused optimiser over every replicate's tensors. Adam, AdamW and SGD
   (momentum, Nesterov, weight decay) update every element from that element's gradient
   and state alone, so replicate ``i``'s state and step are those of a separate optimiser;
-  one step for K networks is where the time goes down (one Lightning step, one optimiser
-  call, one mask enforcement instead of K). Gradient clipping, which takes a norm over all
-  tensors, is refused;
+  one step for K networks (one Lightning step, one optimiser call, one mask enforcement
+  instead of K), which saves little now that a sequential round trains 50 steps per call.
+  Gradient clipping, which takes a norm over all tensors, is refused;
 - **mask**: one :class:`lth_core.masks.MaskEnforcer` over every replicate's tensors and masks;
 - **data**: replicate ``i``'s batches come from its own trial's loaders (its seed, order
   seed and validation split), stacked step by step; a split all replicates share (the test
