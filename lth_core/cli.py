@@ -180,14 +180,14 @@ def add_plugin_commands(sub: argparse._SubParsersAction) -> None:
 def _run_plugin_command(source: str, run, args: argparse.Namespace) -> int:
     """A plugin's command: its own LthError reads as it wrote it (a user's mistake, said by
     the command); any other exception is a bug of the plugin, one line naming it."""
-    from lth_core.errors import PluginError
+    from lth_core.plugins import raised
 
     try:
         return run(args)
     except LthError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever the plugin raised, say whose it was
-        raise PluginError(one_line(f"{source} raised {type(exc).__name__}: {exc}")) from exc
+        raise raised(source, exc) from exc
 
 
 def _wants_plugin_commands(argv: list[str]) -> bool:

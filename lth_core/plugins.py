@@ -111,7 +111,12 @@ def call_plugin(source: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
     except LthError as exc:
         raise _named(exc, source) from exc
     except Exception as exc:  # noqa: BLE001 - whatever the plugin raised, say whose it was
-        raise PluginError(one_line(f"{source} raised {type(exc).__name__}: {exc}")) from exc
+        raise raised(source, exc) from exc
+
+
+def raised(source: str, exc: Exception) -> PluginError:
+    """A plugin's exception that is not an LthError (a bug in it), as one line naming ``source``."""
+    return PluginError(one_line(f"{source} raised {type(exc).__name__}: {exc}"))
 
 
 def call_hook(pm: pluggy.PluginManager, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
