@@ -20,10 +20,12 @@ A network-step is one optimiser step of one replicate: sequential time / (K x st
 stacked time / (K x steps). Both variants run ``--repeats`` times, interleaved, and the
 medians count. The last line is a JSON object with ``stacked_vs_sequential`` (throughput
 ratio: sequential ms per network-step / stacked ms per network-step, wall clock),
-``batched_vs_sequential`` and ``cpu_stacked_vs_sequential`` (the first ratio in the
-process's CPU time, steadier when other jobs share the machine).
+``batched_vs_sequential``, ``paired_stacked_vs_sequential`` and
+``paired_batched_vs_sequential`` (the median of each repeat's own ratio: steadier on a
+machine whose speed drifts) and ``cpu_stacked_vs_sequential`` (the first ratio in the
+process's CPU time).
 
-    OMP_NUM_THREADS=1 python benchmarks/vectorised_trials.py [--k 4] [--steps 600] [--repeats 3]
+    python benchmarks/vectorised_trials.py [--k 4] [--steps 400] [--repeats 7]   # OMP_NUM_THREADS=1 for one thread
 """
 
 from __future__ import annotations
@@ -122,18 +124,24 @@ def main() -> None:
         for key, fn in runs.items():
             times[key].append(fn(args.k, x, y, args.steps))
     med = {key: statistics.median(t[0] for t in v) for key, v in times.items()}
+    # Each repeat's own ratio, then their median: a slow spell of the machine hits the
+    # variants of one repeat alike, so paired ratios scatter less than ratios of medians.
+    paired = {key: statistics.median(s[0] / t[0] for s, t in zip(times["sequential"], times[key])) for key in ("stacked", "batched")}
     cpu = {key: statistics.median(t[1] for t in v) for key, v in times.items()}
     ratio = med["sequential"] / med["stacked"]
     print(f"LeNet-300-100, K={args.k}: ms per network-step  sequential {1000 * med['sequential']:.3f}  "
           f"stacked {1000 * med['stacked']:.3f}  -> {ratio:.2f}x throughput   "
           f"(batched {1000 * med['batched']:.3f}: {med['sequential'] / med['batched']:.2f}x; "
           f"sequential one step per call {1000 * med['sequential_per_step']:.3f}; medians of {args.repeats} x {args.steps} steps)")
+    print(f"median of the repeats' own ratios: stacked {paired['stacked']:.2f}x, batched {paired['batched']:.2f}x")
     print(f"CPU ms per network-step  sequential {1000 * cpu['sequential']:.3f}  stacked {1000 * cpu['stacked']:.3f}  "
           f"-> {cpu['sequential'] / cpu['stacked']:.2f}x   (batched {1000 * cpu['batched']:.3f})")
     print(json.dumps({
         "stacked_vs_sequential": round(ratio, 3),
         "batched_vs_sequential": round(med["sequential"] / med["batched"], 3),
         "stacked_vs_sequential_per_step": round(med["sequential_per_step"] / med["stacked"], 3),
+        "paired_stacked_vs_sequential": round(paired["stacked"], 3),
+        "paired_batched_vs_sequential": round(paired["batched"], 3),
         "cpu_stacked_vs_sequential": round(cpu["sequential"] / cpu["stacked"], 3),
         "ms_per_network_step": {key: round(1000 * v, 3) for key, v in med.items()},
         "cpu_ms_per_network_step": {key: round(1000 * v, 3) for key, v in cpu.items()},

@@ -169,9 +169,13 @@ class StepChunks:
             s += take
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def indices(self) -> Iterator[Tensor]:
+        """The example indices of each item, in order (what :meth:`__iter__` gathers)."""
         for first in range(self.start, self.end, self.chunk):
-            sel = self._indices(first, min(first + self.chunk, self.end))
+            yield self._indices(first, min(first + self.chunk, self.end))
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for sel in self.indices():
             yield self.loader.x[sel], self.loader.y[sel]
 
 

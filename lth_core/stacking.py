@@ -8,18 +8,20 @@ sequential run has:
   side (one ``nn.ModuleList``) and each runs its own forward on its own batch: the
   kernels, memory layout and arithmetic of its sequential run, so a stacked trial equals
   its sequential twin bit for bit. With ``vectorize_trials: batched`` (MLPs only: every
-  parameter in an ``nn.Linear``) each parameter is one ``(K, *shape)`` tensor and the
+  parameter in an ``nn.Linear``) each parameter is one stacked ``(K, ...)`` tensor and the
   model's own ``forward`` runs once on the K batches folded into one, each ``nn.Linear``
   swapped for a :class:`StackedLinear` (one batched matrix product for K replicates):
   faster, but batched products round differently from K separate ones, and a long
   training run amplifies rounding (Adam's nearly sign-like steps on tiny gradients, then
   the usual divergence of trajectories), so the results agree only to what the numbers
-  of two machines would. LeNet-300-100, K=4, ms per network-step on this 2-core CPU, two
-  threads: sequential 2.05, stacked 2.03, batched 1.71 (``benchmarks/vectorised_trials.py``;
-  before CPU optimisers skipped torch's per-step CUDA probe, which stacking paid once for
-  K networks, sequential was 3.07, stacked 2.47, batched 2.14);
+  of two machines would. LeNet-300-100, K=4, two threads, ``benchmarks/vectorised_trials.py``
+  (three runs): batched 1.52-1.62x the throughput of sequential rounds (median of each
+  repeat's own ratio), stacked 1.04-1.12x. Batched gains from one ``baddbmm`` per layer
+  for K networks, which two threads split far better than one network's small products,
+  and from one optimiser and mask call for K;
 - **loss**: the sum of the replicates' mean losses, so replicate ``i``'s gradient is
-  exactly the gradient of its own run;
+  exactly the gradient of its own run (batched: one cross-entropy over the folded batch,
+  averaged per replicate);
 - **optimiser**: one fused optimiser over every replicate's tensors. Adam, AdamW and SGD
   (momentum, Nesterov, weight decay) update every element from that element's gradient
   and state alone, so replicate ``i``'s state and step are those of a separate optimiser;
@@ -55,6 +57,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from lth_core.data import StepChunks
 from lth_core.errors import LthError, NonFiniteLoss
 from lth_core.masks import Mask
 from lth_core.module import EVAL_SPLITS, LotteryModule
@@ -109,27 +112,63 @@ class StackedLoader:
         if self.shared:
             yield from iter(self.loaders[0])
             return
+        if all(isinstance(ld, StepChunks) for ld in self.loaders):
+            yield from self._gathered()
+            return
         for batches in zip(*self.loaders):
             yield torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
+
+    def _gathered(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """Training chunks gathered straight into their slot of the stacked batch: the
+        tensors stacking each loader's chunk gives, without copying every chunk twice."""
+        sources = [(ld.loader.x, ld.loader.y) for ld in self.loaders]
+        for sels in zip(*(ld.indices() for ld in self.loaders)):
+            x = torch.empty((len(sels), len(sels[0]), *sources[0][0].shape[1:]), dtype=sources[0][0].dtype)
+            y = torch.empty((len(sels), len(sels[0]), *sources[0][1].shape[1:]), dtype=sources[0][1].dtype)
+            for i, (sel, (xs, ys)) in enumerate(zip(sels, sources)):
+                torch.index_select(xs, 0, sel, out=x[i])
+                torch.index_select(ys, 0, sel, out=y[i])
+            yield x, y
 
 
 class StackedLinear(nn.Module):
     """K ``nn.Linear`` layers, one per block of a folded batch ``(K*B, ..., in)``: one batched
     matrix product (``baddbmm``) instead of K, and gradients born stacked
-    (``vectorize_trials: batched``)."""
+    (``vectorize_trials: batched``).
+
+    The weights are held transposed, ``(K, in, out)``, and the biases as ``(K, 1, out)``:
+    ``h @ W^T + b`` is then one ``baddbmm`` whose output is already in the folded batch's
+    layout and whose weight gradient is born in the weight's own layout, so neither forward
+    nor backward copies (LeNet-300-100, K=4, two threads, the same process interleaved:
+    1.25 ms per network-step against 1.35 holding ``(K, out, in)``). The optimiser and the
+    mask work element by element, so the layout changes no result; :meth:`held` and
+    :meth:`own` convert a stack of ``nn.Linear`` tensors to this layout and back.
+    """
 
     def __init__(self, weight: Tensor, bias: Tensor | None):
         super().__init__()
-        self.weight = nn.Parameter(weight)
-        self.bias = nn.Parameter(bias) if bias is not None else None
+        self.weight = nn.Parameter(self.held("weight", weight))
+        self.bias = nn.Parameter(self.held("bias", bias)) if bias is not None else None
+
+    @staticmethod
+    def held(leaf: str, stacked: Tensor) -> Tensor:
+        """``(K, *shape)``: K replicates' ``nn.Linear.<leaf>`` (or its mask), as held here."""
+        return (stacked.transpose(1, 2) if leaf == "weight" else stacked.unsqueeze(1)).contiguous()
+
+    @staticmethod
+    def own(leaf: str, held: Tensor) -> Tensor:
+        """One replicate's slice of a held tensor in ``nn.Linear``'s own layout."""
+        return held.t() if leaf == "weight" else held.squeeze(0)
 
     def forward(self, x: Tensor) -> Tensor:
-        # (W @ h^T)^T rather than h @ W^T: the weight's gradient is then born in the weight's
-        # own layout, where h @ W^T leaves it transposed and autograd copies it (LeNet's
-        # first layer, K=4: 4.8 ms forward + backward against 8.3 ms).
-        ht = x.reshape(self.weight.shape[0], -1, x.shape[-1]).transpose(1, 2)
-        out = torch.bmm(self.weight, ht) if self.bias is None else torch.baddbmm(self.bias.unsqueeze(2), self.weight, ht)
-        return out.transpose(1, 2).reshape(*x.shape[:-1], -1)
+        k, d_in = self.weight.shape[0], self.weight.shape[1]
+        h = x.reshape(k, -1, d_in)
+        out = torch.bmm(h, self.weight) if self.bias is None else torch.baddbmm(self.bias, h, self.weight)
+        return out.reshape(*x.shape[:-1], -1)
+
+
+def _leaf(name: str) -> str:
+    return name.rpartition(".")[2]
 
 
 def _batched_holder(models: list[nn.Module], input_shape: tuple | None) -> nn.Module | None:
@@ -184,7 +223,8 @@ class StackedModule(LotteryModule):
                  step_offset: int = 0, rng: list[Tensor] | None = None, input_shape: tuple | None = None):
         batched = _batched_holder(models, input_shape)
         if batched is not None:
-            holder, mask = batched, Mask({n: torch.stack([m[n] for m in masks]) for n in masks[0]})
+            holder = batched
+            mask = Mask({n: StackedLinear.held(_leaf(n), torch.stack([m[n] for m in masks])) for n in masks[0]})
         else:  # the replicates' own modules side by side: parameters "<i>.<name>"
             holder, mask = nn.ModuleList(models), Mask({f"{i}.{n}": t for i, m in enumerate(masks) for n, t in m.items()})
         super().__init__(holder, mask, optimizer, num_classes, step_offset=step_offset)
@@ -202,7 +242,7 @@ class StackedModule(LotteryModule):
     def replica_state(self, i: int) -> dict[str, Tensor]:
         """Replicate ``i``'s parameters by the model's own names."""
         if self.batched:
-            return {n: p[i].detach() for n, p in self.model.named_parameters()}
+            return {n: StackedLinear.own(_leaf(n), p[i].detach()) for n, p in self.model.named_parameters()}
         return {n: p.detach() for n, p in self.model[i].named_parameters()}
 
     def _logits(self, i: int, x: Tensor) -> Tensor:
@@ -241,10 +281,12 @@ class StackedModule(LotteryModule):
 
     def _step_losses(self, x: Tensor, y: Tensor) -> Tensor:
         """Each replicate's own loss on its own batch, ``(K,)``."""
-        if self.batched:
-            logits = list(self(x))
-        else:  # a fresh (aligned) copy of each batch: the kernels then take the sequential run's path
-            logits = [self._logits(i, x[i].clone()) for i in range(self.k)]
+        if self.batched:  # one cross-entropy over the folded batch; each replicate's mean of its own
+            logits = self(x)
+            k, b = logits.shape[:2]
+            return F.cross_entropy(logits.reshape(k * b, -1), y.reshape(k * b), reduction="none").view(k, b).mean(1)
+        # a fresh (aligned) copy of each batch: the kernels then take the sequential run's path
+        logits = [self._logits(i, x[i].clone()) for i in range(self.k)]
         return torch.stack([F.cross_entropy(out, y[i]) for i, out in enumerate(logits)])
 
     def _check_losses(self, losses: Tensor, first: int) -> None:

@@ -187,6 +187,71 @@ def test_a_rerun_reuses_the_sequential_runs_tickets(pair, tmp_path) -> None:
     _close(seq["rounds"], again["rounds"], "rounds")
 
 
+def _digits_mlps(k: int, hidden: list[int]):
+    """K MLPs on the digits with their own θ0 and their own random 50% masks."""
+    from lth_core.masks import Mask, apply_mask, prunable_parameters
+    from lth_datasets import digits
+    from lth_models import mlp
+
+    bundle = digits()
+    models, masks = [], []
+    for i in range(k):
+        torch.manual_seed(i)
+        model = mlp(bundle.input_shape, bundle.num_classes, hidden=hidden)
+        g = torch.Generator().manual_seed(100 + i)
+        mask = Mask({n: torch.rand(p.shape, generator=g) < 0.5 for n, p in prunable_parameters(model).items()})
+        apply_mask(model, mask)
+        models.append(model)
+        masks.append(mask)
+    return bundle, models, masks
+
+
+def test_batched_layers_hold_each_replicate_in_its_own_layout() -> None:
+    """The batched holder keeps weights transposed, ``(K, in, out)``: each replicate's
+    parameters come back exactly (a square 16x16 layer included, where a wrong transpose
+    would keep the shape), its mask lies over its own weights, and its logits on real
+    digits are its own model's within rounding."""
+    bundle, models, masks = _digits_mlps(3, [24, 16, 16])
+    module = stacking.StackedModule(models, masks, {"name": "adam", "lr": 1e-3, "weight_decay": 0.0}, 10,
+                                    input_shape=bundle.input_shape)
+    assert module.batched
+    for i, model in enumerate(models):
+        own = dict(model.named_parameters())
+        state = module.replica_state(i)
+        assert set(state) == set(own)
+        for name, value in state.items():
+            assert value.shape == own[name].shape and torch.equal(value, own[name].detach()), name
+    for name, held in module.mask.items():  # a held mask is zero exactly where its held weight is
+        weight = module.model.get_parameter(name)
+        assert held.shape == weight.shape
+        assert not bool((weight.detach()[~held] != 0).any()), name
+    x = bundle.test_x[:50]
+    logits = module(torch.stack([x] * 3))
+    for i, model in enumerate(models):
+        assert torch.allclose(logits[i], model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_stacked_chunks_are_each_trials_own_chunks() -> None:
+    """Training chunks gathered into the stacked batch are exactly each loader's own chunks,
+    across an epoch boundary, from trials with their own tensors and orders."""
+    from lth_core.data import StepChunks, TensorLoader
+    from lth_datasets import digits
+
+    bundle = digits()
+    sources = [(bundle.train_x[i * 7:], bundle.train_y[i * 7:]) for i in range(3)]  # own tensors, own sizes
+
+    def chunks():
+        # 44 steps of 32 per epoch: steps 40..100 in chunks of 25 cross epochs 0 -> 1 -> 2
+        return [StepChunks(TensorLoader(x, y, 32, shuffle=True, seed=10 + i, drop_last=True), 40, 100, 25)
+                for i, (x, y) in enumerate(sources)]
+    stacked = list(stacking.StackedLoader(chunks()))
+    each = [list(ld) for ld in chunks()]
+    assert [tuple(x.shape) for x, _ in stacked] == [(3, 800, 1, 8, 8), (3, 800, 1, 8, 8), (3, 320, 1, 8, 8)]
+    for j, (x, y) in enumerate(stacked):
+        assert torch.equal(x, torch.stack([e[j][0] for e in each]))
+        assert torch.equal(y, torch.stack([e[j][1] for e in each]))
+
+
 # --- what is refused --------------------------------------------------------------------
 
 
