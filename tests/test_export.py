@@ -90,7 +90,7 @@ def test_units_without_inputs_fold_their_constant_into_the_next_bias(make_tiny):
         for m in model.modules():
             if isinstance(m, nn.Linear):
                 m.bias.uniform_(-0.5, 0.5)
-    fc1, fc2 = model.net[1], model.net[3]
+    fc1 = model.net[1]
     fc1.bias.data[3], fc1.bias.data[4] = 0.7, -0.7  # one constant unit that passes ReLU, one that does not
     mask = Mask.ones_like(model)
     m1, m2 = mask["net.1.weight"].clone(), mask["net.3.weight"].clone()
