@@ -110,8 +110,8 @@ def stacked(k: int, x: torch.Tensor, y: torch.Tensor, steps: int, batched: bool 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--k", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
     _quiet_lightning()
     warnings.filterwarnings("ignore")

@@ -1,0 +1,47 @@
+"""The speed benchmarks still run and end with the JSON line the README and issue 8 name.
+
+A few steps each on the real Fashion-MNIST tensors: this checks that the scripts work and
+report every ratio, never how fast anything is (speed is measured by running them).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+
+def _last_json(script: str, *args: str) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(BENCHMARKS)}
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], cwd=BENCHMARKS, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _ratio(value) -> None:
+    assert isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+@pytest.mark.skipif(not FASHION.is_file(), reason="needs Debian's dataset-fashion-mnist (installed by .ci/run)")
+def test_overhead_reports_both_ratios() -> None:
+    out = _last_json("overhead.py", "--steps", "30", "--repeats", "1")
+    _ratio(out["lth_vs_raw"])
+    _ratio(out["modelpruning_vs_lth"])
+
+
+@pytest.mark.skipif(not FASHION.is_file(), reason="needs Debian's dataset-fashion-mnist (installed by .ci/run)")
+def test_vectorised_trials_reports_every_ratio() -> None:
+    out = _last_json("vectorised_trials.py", "--k", "2", "--steps", "50", "--repeats", "1")
+    for key in ("stacked_vs_sequential", "batched_vs_sequential", "paired_stacked_vs_sequential",
+                "paired_batched_vs_sequential", "cpu_stacked_vs_sequential"):
+        _ratio(out[key])
+    assert out["k"] == 2 and set(out["ms_per_network_step"]) == {"sequential", "sequential_per_step", "stacked", "batched"}
