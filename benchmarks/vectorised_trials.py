@@ -14,15 +14,20 @@ batch 60, Adam 1.2e-3, the same number of steps, no evaluation inside the timed 
   over the same K loaders: what ``vectorize_trials: true`` trains (each replicate's own forward, results
   bit for bit those of its sequential run);
 - ``batched``: the same with ``vectorize_trials: batched`` (an MLP's K replicates through
-  batched matrix products; results equal only to rounding).
+  batched matrix products; results equal only to rounding);
+- ``parallel``: the same with ``vectorize_trials: parallel`` (each replicate's steps on one
+  of ``torch.get_num_threads()`` worker threads with one intra-op thread each; results bit
+  for bit those of a one-thread sequential run);
+- ``sequential_one_thread`` (with more than one thread): ``sequential`` on one intra-op
+  thread, for the ratios against the faster sequential setting (``*_vs_best_sequential``).
 
 A network-step is one optimiser step of one replicate: sequential time / (K x steps) and
 stacked time / (K x steps). Both variants run ``--repeats`` times, interleaved, and the
 medians count. The last line is a JSON object with ``stacked_vs_sequential`` (throughput
 ratio: sequential ms per network-step / stacked ms per network-step, wall clock),
-``batched_vs_sequential``, ``paired_stacked_vs_sequential`` and
-``paired_batched_vs_sequential`` (the median of each repeat's own ratio: steadier on a
-machine whose speed drifts) and ``cpu_stacked_vs_sequential`` (the first ratio in the
+``batched_vs_sequential``, ``paired_{stacked,batched,parallel}_vs_sequential`` (the median
+of each repeat's own ratio: steadier on a machine whose speed drifts),
+``paired_{batched,parallel}_vs_best_sequential`` and ``cpu_stacked_vs_sequential`` (the first ratio in the
 process's CPU time).
 
     python benchmarks/vectorised_trials.py [--k 4] [--steps 400] [--repeats 7]   # OMP_NUM_THREADS=1 for one thread
@@ -94,12 +99,22 @@ def sequential(k: int, x: torch.Tensor, y: torch.Tensor, steps: int, chunk: int 
     return wall / (k * steps), cpu / (k * steps)
 
 
-def stacked(k: int, x: torch.Tensor, y: torch.Tensor, steps: int, batched: bool = False) -> tuple[float, float]:
+def sequential_one_thread(k: int, x: torch.Tensor, y: torch.Tensor, steps: int) -> tuple[float, float]:
+    """:func:`sequential` with one intra-op thread (on this VM sometimes faster than two)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return sequential(k, x, y, steps)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def stacked(k: int, x: torch.Tensor, y: torch.Tensor, steps: int, batched: bool = False, workers: int = 1) -> tuple[float, float]:
     """Wall and CPU seconds per network-step of the K replicates as one stacked model."""
     reps = replicates(k)
     module = StackedModule([m for m, _ in reps], [mk for _, mk in reps], OPT, num_classes=10,
-                           input_shape=(1, 28, 28) if batched else None)
-    assert module.batched == batched
+                           input_shape=(1, 28, 28) if batched else None, workers=workers)
+    assert module.batched == batched and module.workers == max(1, min(workers, k))
     module.train_in_chunks(50, BATCH)  # as vectorize_trials trains a round without callbacks
     clock = CpuClock()
     data = StackedLoader([StepChunks(loader(x, y, i), 0, steps, 50) for i in range(k)])
@@ -117,8 +132,12 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     bundle = fashion_mnist()
     x, y = bundle.train_x, bundle.train_y
+    threads = torch.get_num_threads()
     runs = {"sequential": sequential, "sequential_per_step": lambda *a: sequential(*a, chunk=1),
-            "stacked": stacked, "batched": lambda *a: stacked(*a, batched=True)}
+            "stacked": stacked, "batched": lambda *a: stacked(*a, batched=True),
+            "parallel": lambda *a: stacked(*a, workers=threads)}
+    if threads > 1:
+        runs["sequential_one_thread"] = sequential_one_thread
     times: dict[str, list[tuple[float, float]]] = {key: [] for key in runs}
     for _ in range(args.repeats):  # interleaved, so drift in the machine's load hits every variant
         for key, fn in runs.items():
@@ -126,14 +145,19 @@ def main() -> None:
     med = {key: statistics.median(t[0] for t in v) for key, v in times.items()}
     # Each repeat's own ratio, then their median: a slow spell of the machine hits the
     # variants of one repeat alike, so paired ratios scatter less than ratios of medians.
-    paired = {key: statistics.median(s[0] / t[0] for s, t in zip(times["sequential"], times[key])) for key in ("stacked", "batched")}
+    paired = {key: statistics.median(s[0] / t[0] for s, t in zip(times["sequential"], times[key])) for key in ("stacked", "batched", "parallel")}
+    # Against the faster of one and two threads for the sequential rounds, repeat by repeat.
+    best = [min(a[0], b[0]) for a, b in zip(times["sequential"], times.get("sequential_one_thread", times["sequential"]))]
+    paired_best = {key: statistics.median(b / t[0] for b, t in zip(best, times[key])) for key in ("batched", "parallel")}
     cpu = {key: statistics.median(t[1] for t in v) for key, v in times.items()}
     ratio = med["sequential"] / med["stacked"]
     print(f"LeNet-300-100, K={args.k}: ms per network-step  sequential {1000 * med['sequential']:.3f}  "
           f"stacked {1000 * med['stacked']:.3f}  -> {ratio:.2f}x throughput   "
           f"(batched {1000 * med['batched']:.3f}: {med['sequential'] / med['batched']:.2f}x; "
           f"sequential one step per call {1000 * med['sequential_per_step']:.3f}; medians of {args.repeats} x {args.steps} steps)")
-    print(f"median of the repeats' own ratios: stacked {paired['stacked']:.2f}x, batched {paired['batched']:.2f}x")
+    print(f"median of the repeats' own ratios: stacked {paired['stacked']:.2f}x, batched {paired['batched']:.2f}x, "
+          f"parallel ({threads} workers) {paired['parallel']:.2f}x; against the faster of 1 and {threads} threads for "
+          f"sequential: batched {paired_best['batched']:.2f}x, parallel {paired_best['parallel']:.2f}x")
     print(f"CPU ms per network-step  sequential {1000 * cpu['sequential']:.3f}  stacked {1000 * cpu['stacked']:.3f}  "
           f"-> {cpu['sequential'] / cpu['stacked']:.2f}x   (batched {1000 * cpu['batched']:.3f})")
     print(json.dumps({
@@ -142,6 +166,9 @@ def main() -> None:
         "stacked_vs_sequential_per_step": round(med["sequential_per_step"] / med["stacked"], 3),
         "paired_stacked_vs_sequential": round(paired["stacked"], 3),
         "paired_batched_vs_sequential": round(paired["batched"], 3),
+        "paired_parallel_vs_sequential": round(paired["parallel"], 3),
+        "paired_batched_vs_best_sequential": round(paired_best["batched"], 3),
+        "paired_parallel_vs_best_sequential": round(paired_best["parallel"], 3),
         "cpu_stacked_vs_sequential": round(cpu["sequential"] / cpu["stacked"], 3),
         "ms_per_network_step": {key: round(1000 * v, 3) for key, v in med.items()},
         "cpu_ms_per_network_step": {key: round(1000 * v, 3) for key, v in cpu.items()},

@@ -50,8 +50,8 @@ def _set_rng_state(state: tuple) -> None:
 class Lockstep:
     """K worker threads that run one at a time and meet to train (see the module docstring)."""
 
-    def __init__(self, k: int, batched: bool = False):
-        self.k, self.batched = k, batched
+    def __init__(self, k: int, mode: str = "stacked"):
+        self.k, self.mode = k, mode
         self._go = [threading.Semaphore(0) for _ in range(k)]
         self._back = threading.Semaphore(0)
         self._jobs: dict[int, Job] = {}
@@ -133,7 +133,7 @@ class Lockstep:
 
     def _train(self, jobs: list[Job]) -> None:
         try:
-            train_stacked(jobs, self.batched)
+            train_stacked(jobs, self.mode)
         except ReplicaDiverged as exc:
             # Only that trial diverged: let its own lottery report it (failure.json, message).
             failed = next(j for j in jobs if j.trial == exc.replica)
@@ -163,10 +163,10 @@ def run_trials(recipe: Recipe, out_dir: Path, say: Callable[[str], None] = print
     check_recipe(recipe)
     n = recipe["trials"]
     folders = [out_dir / f"trial_{i}" for i in range(n)]
-    batched = recipe["vectorize_trials"] == "batched"
-    say(f"trials 1..{n} (seeds {recipe['seed']}..{recipe['seed'] + n - 1}) trained stacked as one model"
-        + (" (batched matrix products)" if batched else ""))
-    lockstep = Lockstep(n, batched)
+    mode = {True: "stacked", "batched": "batched", "parallel": "parallel"}[recipe["vectorize_trials"]]
+    how = {"stacked": "", "batched": " (batched matrix products)", "parallel": " (their steps on parallel threads)"}[mode]
+    say(f"trials 1..{n} (seeds {recipe['seed']}..{recipe['seed'] + n - 1}) trained stacked as one model{how}")
+    lockstep = Lockstep(n, mode)
 
     def body(i: int) -> Callable[[], dict]:
         def tell(text: str) -> None:

@@ -432,8 +432,8 @@ def _check_values(r: dict, source: str) -> None:
         raise LthError(f"{source}: steps_per_call must be >= 1 (1: Lightning's loop, one step per call), got {r['steps_per_call']}")
     if (r["checkpoint_every_n_steps"] or 0) < 0:
         raise LthError(f"{source}: checkpoint_every_n_steps must be a number of steps >= 1, 0 (no checkpoints) or null (about 4 per round), got {r['checkpoint_every_n_steps']}")
-    if r["vectorize_trials"] not in (True, False, "batched"):
-        raise LthError(f"{source}: vectorize_trials is {r['vectorize_trials']!r}; valid: true, false, batched")
+    if r["vectorize_trials"] not in (True, False, "batched", "parallel"):
+        raise LthError(f"{source}: vectorize_trials is {r['vectorize_trials']!r}; valid: true, false, batched, parallel")
     if r["vectorize_trials"] and r["trials"] < 2:
         raise LthError(f"{source}: vectorize_trials stacks the trials of a recipe, and trials is {r['trials']}; set trials: 2 or more, or vectorize_trials: false")
     lot = r["lottery"]

@@ -14,15 +14,19 @@ sequential run has:
   faster, but batched products round differently from K separate ones, and a long
   training run amplifies rounding (Adam's nearly sign-like steps on tiny gradients, then
   the usual divergence of trajectories), so the results agree only to what the numbers
-  of two machines would. LeNet-300-100, K=4, two threads, ``benchmarks/vectorised_trials.py``
-  (three runs): batched 1.52-1.62x the throughput of sequential rounds (median of each
-  repeat's own ratio), stacked 1.04-1.12x. Batched gains from one ``baddbmm`` per layer
-  for K networks, which two threads split far better than one network's small products,
-  and from one optimiser and mask call for K;
+  of two machines would. With ``vectorize_trials: parallel`` the parameters are the
+  replicates' own, as with ``true``, and ``workers`` threads of one intra-op thread each
+  train a share of the replicates side by side (:meth:`StackedModule._train_steps`): bit
+  for bit the sequential run on one thread. Throughput, LeNet-300-100, K=4, two threads
+  (``benchmarks/vectorised_trials.py``, the README's Speed section): batched and parallel
+  1.2-1.8x sequential rounds depending on the VM's state, stacked 1.0-1.2x. Batched gains
+  from one ``baddbmm`` per layer for K networks, which two threads split far better than
+  one network's small products; parallel from running one-thread steps on both cores;
 - **loss**: the sum of the replicates' mean losses, so replicate ``i``'s gradient is
   exactly the gradient of its own run (batched: one cross-entropy over the folded batch,
   averaged per replicate);
-- **optimiser**: one fused optimiser over every replicate's tensors. Adam, AdamW and SGD
+- **optimiser**: one fused optimiser over every replicate's tensors (parallel: one per
+  worker, over its share). Adam, AdamW and SGD
   (momentum, Nesterov, weight decay) update every element from that element's gradient
   and state alone, so replicate ``i``'s state and step are those of a separate optimiser;
   one step for K networks (one Lightning step, one optimiser call, one mask enforcement
@@ -47,6 +51,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -59,8 +64,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lth_core.data import StepChunks
 from lth_core.errors import LthError, NonFiniteLoss
-from lth_core.masks import Mask
-from lth_core.module import EVAL_SPLITS, LotteryModule
+from lth_core.masks import Mask, MaskEnforcer
+from lth_core.module import EVAL_SPLITS, LotteryModule, build_optimizer, lr_factor
 
 OFF = "set vectorize_trials: false to train the trials one after another"
 
@@ -123,8 +128,8 @@ class StackedLoader:
         tensors stacking each loader's chunk gives, without copying every chunk twice."""
         sources = [(ld.loader.x, ld.loader.y) for ld in self.loaders]
         for sels in zip(*(ld.indices() for ld in self.loaders)):
-            x = torch.empty((len(sels), len(sels[0]), *sources[0][0].shape[1:]), dtype=sources[0][0].dtype)
-            y = torch.empty((len(sels), len(sels[0]), *sources[0][1].shape[1:]), dtype=sources[0][1].dtype)
+            x = sources[0][0].new_empty((len(sels), len(sels[0]), *sources[0][0].shape[1:]))
+            y = sources[0][1].new_empty((len(sels), len(sels[0]), *sources[0][1].shape[1:]))
             for i, (sel, (xs, ys)) in enumerate(zip(sels, sources)):
                 torch.index_select(xs, 0, sel, out=x[i])
                 torch.index_select(ys, 0, sel, out=y[i])
@@ -220,7 +225,8 @@ class StackedModule(LotteryModule):
     """
 
     def __init__(self, models: list[nn.Module], masks: list[Mask], optimizer: dict, num_classes: int,
-                 step_offset: int = 0, rng: list[Tensor] | None = None, input_shape: tuple | None = None):
+                 step_offset: int = 0, rng: list[Tensor] | None = None, input_shape: tuple | None = None,
+                 workers: int = 1):
         batched = _batched_holder(models, input_shape)
         if batched is not None:
             holder = batched
@@ -238,12 +244,82 @@ class StackedModule(LotteryModule):
         self.replica_acc = nn.ModuleList([MulticlassAccuracy(num_classes, average="micro") for _ in range(2 * self.k)])
         self.replica_loss = nn.ModuleList([MeanMetric() for _ in range(2 * self.k)])
         self.rng = list(rng) if rng is not None and _has_dropout(models[0]) else None
+        #: ``vectorize_trials: parallel``: the replicates' training steps run on this many
+        #: threads of one intra-op thread each (1: in turn). Dropout's draws come from the
+        #: one global RNG, so a model with dropout trains its replicates in turn.
+        self.workers = 1 if self.batched or self.rng is not None else max(1, min(workers, self.k))
+        self._masks = masks
+        self._pool: ThreadPoolExecutor | None = None
 
     def replica_state(self, i: int) -> dict[str, Tensor]:
         """Replicate ``i``'s parameters by the model's own names."""
         if self.batched:
             return {n: StackedLinear.own(_leaf(n), p[i].detach()) for n, p in self.model.named_parameters()}
         return {n: p.detach() for n, p in self.model[i].named_parameters()}
+
+    # --- vectorize_trials: parallel ---------------------------------------------------
+    def configure_optimizers(self):
+        out = super().configure_optimizers()
+        if self.workers > 1:  # each worker's replicates: their own optimiser and mask, stepped on its thread
+            self.shares = [list(range(w, self.k, self.workers)) for w in range(self.workers)]
+            self.share_opts, self.share_enforcers = [], []
+            for share in self.shares:
+                models = nn.ModuleList([self.model[i] for i in share])
+                self.share_opts.append(build_optimizer(models.parameters(), self.optimizer_cfg))
+                self.share_enforcers.append(MaskEnforcer(models, Mask({f"{j}.{n}": t for j, i in enumerate(share)
+                                                                        for n, t in self._masks[i].items()})))
+        return out
+
+    def _train_steps(self, batch) -> None:
+        """With workers (``vectorize_trials: parallel``): each worker thread, with one
+        intra-op thread, trains its share of the replicates through every step of this
+        chunk (:meth:`_share_steps`) while the others train theirs; the learning rate of
+        each step is the one the schedule gives it. Lightning's step count then advances
+        by the chunk."""
+        if self.workers == 1:
+            return super()._train_steps(batch)
+        x, y = batch
+        steps, first = x.shape[1] // self.batch_size, self.step
+        factor = lr_factor(self.optimizer_cfg)  # LambdaLR's rate at each step, as the sequential run computes it
+        lrs = None if factor is None else [self.optimizer_cfg["lr"] * factor(first + j) for j in range(steps)]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="lth-replica", initializer=torch.set_num_threads, initargs=(1,))
+        futures = [self._pool.submit(self._share_steps, w, x, y, lrs) for w in range(self.workers)]
+        losses = torch.empty(steps, self.k)
+        for share, future in zip(self.shares, futures):
+            losses[:, share] = future.result()
+        lightning_opt = self.optimizers()
+        for _ in range(steps):  # Lightning's step count (global_step, max_steps); its own optimiser never steps
+            lightning_opt._on_before_step()
+            lightning_opt._on_after_step()
+        self._check_losses(losses, first)
+        self._log_train_loss(losses.mean(), self.step)
+
+    def _share_steps(self, w: int, x: Tensor, y: Tensor, lrs: list[float] | None) -> Tensor:
+        """Every step of this chunk for worker ``w``'s replicates, on its thread: the
+        ``vectorize_trials: true`` step over those replicates (their own forwards, one
+        backward of the summed losses, their own optimiser). Returns (steps, replicates)."""
+        share, opt, enforcer = self.shares[w], self.share_opts[w], self.share_enforcers[w]
+        xs = [x[i].split(self.batch_size) for i in share]
+        ys = [y[i].split(self.batch_size) for i in share]
+        out = []
+        for j in range(len(xs[0])):
+            losses = torch.stack([F.cross_entropy(self.model[i](xs[s][j].clone()), ys[s][j]) for s, i in enumerate(share)])
+            opt.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            enforcer.mask_grads()
+            if lrs is not None:
+                for group in opt.param_groups:
+                    group["lr"] = lrs[j]
+            opt.step()
+            out.append(losses.detach())
+        return torch.stack(out)
+
+    def on_fit_end(self) -> None:
+        super().on_fit_end()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     def _logits(self, i: int, x: Tensor) -> Tensor:
         if self.rng is None or not self.training:
@@ -325,7 +401,7 @@ class StackedModule(LotteryModule):
                 raise ReplicaDiverged(i, f"the validation loss is {history[-1]['val_loss']} at step {self.step}")
 
 
-def check_stackable(job: Job) -> None:
+def check_stackable(job: Job, mode: str = "stacked") -> None:
     """Refuse, in one line, a run the stacked model cannot train as its sequential run."""
     model, trainer = job.module.model, job.trainer
     buffers = [n for n, _ in model.named_buffers()]
@@ -342,6 +418,12 @@ def check_stackable(job: Job) -> None:
         raise LthError(f"vectorize_trials: trainer.gradient_clip_val clips by a norm over all of a network's gradients; {OFF}")
     if _has_dropout(model) and trainer.strategy.root_device.type != "cpu":
         raise LthError(f"vectorize_trials: dropout on {trainer.strategy.root_device.type} is not replayed per trial (CPU only); {OFF}")
+    if mode == "parallel" and trainer.strategy.root_device.type != "cpu":
+        raise LthError(f"vectorize_trials: parallel shares the trials out over CPU threads, and this run trains on "
+                       f"{trainer.strategy.root_device.type}; use vectorize_trials: true")
+    if mode == "parallel" and str(trainer.precision) not in ("32-true", "32"):
+        raise LthError(f"vectorize_trials: parallel trains in 32-bit precision only (worker threads do not carry "
+                       f"Lightning's autocast), and trainer.precision is {trainer.precision!r}; use vectorize_trials: true")
 
 
 def _group_key(job: Job) -> str:
@@ -351,11 +433,13 @@ def _group_key(job: Job) -> str:
                        list(d.test_x.shape), d.batch_size, d.eval_batch_size], sort_keys=True, default=str)
 
 
-def train_stacked(jobs: list[Job], batched: bool = False) -> None:
+def train_stacked(jobs: list[Job], mode: str = "stacked") -> None:
     """Train every job, stacking those that fit together; results go back into each job.
 
-    ``batched`` (``vectorize_trials: batched``) runs an MLP's replicates through batched
-    matrix products, and refuses any other model.
+    ``mode`` is ``"stacked"`` (``vectorize_trials: true``), ``"batched"`` (an MLP's
+    replicates through batched matrix products; any other model is refused) or
+    ``"parallel"`` (each replicate's steps on one of ``torch.get_num_threads()`` worker
+    threads, one intra-op thread each).
 
     Each job's ``module`` gets its replicate's ``history`` and its model the trained
     weights, as if ``trainer.fit`` had trained it alone. A replicate whose loss diverged
@@ -363,19 +447,20 @@ def train_stacked(jobs: list[Job], batched: bool = False) -> None:
     """
     groups: dict[str, list[Job]] = {}
     for job in jobs:
-        check_stackable(job)
+        check_stackable(job, mode)
         groups.setdefault(_group_key(job), []).append(job)
     for group in groups.values():
-        _fit_group(group, batched)
+        _fit_group(group, mode)
 
 
-def _fit_group(jobs: list[Job], batched: bool = False) -> None:
+def _fit_group(jobs: list[Job], mode: str = "stacked") -> None:
     from lth_core.lottery import _train_loader
 
-    first = jobs[0]
+    first, batched = jobs[0], mode == "batched"
     stacked = StackedModule([j.module.model for j in jobs], [j.module.mask for j in jobs], first.module.optimizer_cfg,
                             first.run.data.num_classes, step_offset=first.start_step, rng=[j.rng for j in jobs],
-                            input_shape=first.run.data.input_shape if batched else None)
+                            input_shape=first.run.data.input_shape if batched else None,
+                            workers=torch.get_num_threads() if mode == "parallel" else 1)
     if batched and not stacked.batched:
         raise LthError("vectorize_trials: batched runs MLPs only (every parameter in an nn.Linear, no dropout, a forward "
                        f"that treats samples independently), not model {first.run.recipe['model']['name']!r}; "

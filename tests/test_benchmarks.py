@@ -42,6 +42,7 @@ def test_overhead_reports_both_ratios() -> None:
 def test_vectorised_trials_reports_every_ratio() -> None:
     out = _last_json("vectorised_trials.py", "--k", "2", "--steps", "50", "--repeats", "1")
     for key in ("stacked_vs_sequential", "batched_vs_sequential", "paired_stacked_vs_sequential",
-                "paired_batched_vs_sequential", "cpu_stacked_vs_sequential"):
+                "paired_batched_vs_sequential", "paired_parallel_vs_sequential", "paired_batched_vs_best_sequential",
+                "paired_parallel_vs_best_sequential", "cpu_stacked_vs_sequential"):
         _ratio(out[key])
-    assert out["k"] == 2 and set(out["ms_per_network_step"]) == {"sequential", "sequential_per_step", "stacked", "batched"}
+    assert out["k"] == 2 and set(out["ms_per_network_step"]) == {"sequential", "sequential_per_step", "stacked", "batched", "parallel"}

@@ -3,7 +3,8 @@
 One tiny lottery on scikit-learn's digits (3 trials, rounds 2, both controls) runs once
 sequentially and once stacked; every ticket of every trial is compared: the same masks
 and start weights, the same trained weights bit for bit, curves and metrics within float
-rounding, and the same aggregated summary; ``batched`` agrees within rounding. An MLP with
+rounding, and the same aggregated summary; ``batched`` agrees within rounding, ``parallel``
+(two worker threads) bit for bit. An MLP with
 dropout (its draws replayed per trial) must agree as well. Then what is refused, in one line.
 """
 
@@ -50,6 +51,7 @@ def _run(raw: dict, out: Path, monkeypatch=None, groups: list | None = None) -> 
         def record_path(self, *args, **kwargs):
             real_init(self, *args, **kwargs)
             groups[-1]["batched"] = self.batched
+            groups[-1]["workers"] = self.workers
 
         monkeypatch.setattr(stacking.StackedModule, "__init__", record_path)
     return run_experiment(validate(raw, name="tiny"), out, say=lambda _: None)
@@ -132,6 +134,43 @@ def test_batched_mode_equals_sequential_within_rounding(pair, tmp_path, monkeypa
     assert _compare_runs(root / "seq", tmp_path / "batched", weight_atol=lr) == 3 * (3 + 2 * 2)
     _close(seq["rounds"], batched["rounds"], "rounds")
     _close(seq["controls"], batched["controls"], "controls")
+
+
+def test_parallel_mode_equals_sequential_bit_for_bit(pair, tmp_path, monkeypatch) -> None:
+    """``vectorize_trials: parallel`` on two threads: the 3 trials' steps shared out over 2
+    worker threads of one intra-op thread each; every trained weight is the sequential
+    (one-thread) run's bit for bit, curves and metrics within 1e-4 (evaluation runs on the
+    main thread's two threads)."""
+    root, seq, _, _ = pair
+    groups: list = []
+    raw = {**_raw(trials=3, controls=list(CONTROLS)), "vectorize_trials": "parallel"}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        parallel = _run(raw, tmp_path / "parallel", monkeypatch, groups)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(groups) == 7 and all(g["workers"] == 2 and not g["batched"] for g in groups)
+    assert _compare_runs(root / "seq", tmp_path / "parallel") == 3 * (3 + 2 * 2)
+    _close(seq["rounds"], parallel["rounds"], "rounds")
+
+
+def test_parallel_mode_follows_the_learning_rate_schedule(tmp_path, monkeypatch) -> None:
+    """Warmup and a milestone: each worker steps at the rate the sequential run's scheduler
+    sets, so the weights still agree bit for bit."""
+    raw = _raw(trials=2)
+    raw["optimizer"] = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "warmup_steps": 15, "milestones": [40]}
+    raw["lottery"]["rounds"] = 1
+    _run(raw, tmp_path / "seq")
+    groups: list = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _run({**raw, "vectorize_trials": "parallel"}, tmp_path / "parallel", monkeypatch, groups)
+    finally:
+        torch.set_num_threads(threads)
+    assert groups and all(g["workers"] == 2 for g in groups)
+    assert _compare_runs(tmp_path / "seq", tmp_path / "parallel") == 2 * 2
 
 
 def test_the_aggregated_summary_is_the_same(pair) -> None:
@@ -256,7 +295,7 @@ def test_stacked_chunks_are_each_trials_own_chunks() -> None:
 
 
 def test_key_is_checked(tmp_path) -> None:
-    with pytest.raises(LthError, match=r"vectorize_trials is 'yes'; valid: true, false, batched"):
+    with pytest.raises(LthError, match=r"vectorize_trials is 'yes'; valid: true, false, batched, parallel"):
         validate(_raw(trials=2, vectorize_trials="yes"))
     with pytest.raises(LthError, match=r"vectorize_trials must be a true/false or string, got int 1"):
         validate(_raw(trials=2, vectorize_trials=1))
@@ -275,6 +314,8 @@ def test_key_is_checked(tmp_path) -> None:
     (lambda r: r["trainer"].update(gradient_clip_val=1.0), r"vectorize_trials: trainer.gradient_clip_val clips by a norm"),
     (lambda r: r["trainer"].update(strategy="ddp", devices=2, accelerator="cpu"),
      r"vectorize_trials: stacked trials train in one process on one device"),
+    (lambda r: r.update(vectorize_trials="parallel", trainer={**r["trainer"], "precision": "bf16-mixed"}),
+     r"vectorize_trials: parallel trains in 32-bit precision only .* trainer.precision is 'bf16-mixed'"),
     (lambda r: r.update(vectorize_trials="batched", model={"name": "mlp", "hidden": [16], "dropout": 0.2}),
      r"vectorize_trials: batched runs MLPs only .* not model 'mlp'; use vectorize_trials: true"),
 ])
