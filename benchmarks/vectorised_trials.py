@@ -22,7 +22,7 @@ batch 60, Adam 1.2e-3, the same number of steps, no evaluation inside the timed 
   thread, for the ratios against the faster sequential setting (``*_vs_best_sequential``).
 
 A network-step is one optimiser step of one replicate: sequential time / (K x steps) and
-stacked time / (K x steps). Both variants run ``--repeats`` times, interleaved, and the
+stacked time / (K x steps). Every variant runs ``--repeats`` times, interleaved, and the
 medians count. The last line is a JSON object with ``stacked_vs_sequential`` (throughput
 ratio: sequential ms per network-step / stacked ms per network-step, wall clock),
 ``batched_vs_sequential``, ``paired_{stacked,batched,parallel}_vs_sequential`` (the median
