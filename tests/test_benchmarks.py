@@ -6,10 +6,9 @@ report every ratio, never how fast anything is (speed is measured by running the
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,12 +18,12 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 
-def _last_json(script: str, *args: str) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(BENCHMARKS)}
-    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], cwd=BENCHMARKS, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def _last_json(script: str, args: list[str], monkeypatch, capsys) -> dict:
+    """Run ``benchmarks/<script>``'s ``main`` in this process (one thread, as every test)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    importlib.import_module(script.removesuffix(".py")).main()
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
 def _ratio(value) -> None:
@@ -32,15 +31,15 @@ def _ratio(value) -> None:
 
 
 @pytest.mark.skipif(not FASHION.is_file(), reason="needs Debian's dataset-fashion-mnist (installed by .ci/run)")
-def test_overhead_reports_both_ratios() -> None:
-    out = _last_json("overhead.py", "--steps", "30", "--repeats", "1")
+def test_overhead_reports_both_ratios(monkeypatch, capsys) -> None:
+    out = _last_json("overhead.py", ["--steps", "30", "--repeats", "1"], monkeypatch, capsys)
     _ratio(out["lth_vs_raw"])
     _ratio(out["modelpruning_vs_lth"])
 
 
 @pytest.mark.skipif(not FASHION.is_file(), reason="needs Debian's dataset-fashion-mnist (installed by .ci/run)")
-def test_vectorised_trials_reports_every_ratio() -> None:
-    out = _last_json("vectorised_trials.py", "--k", "2", "--steps", "50", "--repeats", "1")
+def test_vectorised_trials_reports_every_ratio(monkeypatch, capsys) -> None:
+    out = _last_json("vectorised_trials.py", ["--k", "2", "--steps", "50", "--repeats", "1"], monkeypatch, capsys)
     for key in ("stacked_vs_sequential", "batched_vs_sequential", "paired_stacked_vs_sequential",
                 "paired_batched_vs_sequential", "paired_parallel_vs_sequential", "paired_batched_vs_best_sequential",
                 "paired_parallel_vs_best_sequential", "cpu_stacked_vs_sequential"):
