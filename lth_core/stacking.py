@@ -300,11 +300,9 @@ class StackedModule(LotteryModule):
         ``vectorize_trials: true`` step over those replicates (their own forwards, one
         backward of the summed losses, their own optimiser). Returns (steps, replicates)."""
         share, opt, enforcer = self.shares[w], self.share_opts[w], self.share_enforcers[w]
-        xs = [x[i].split(self.batch_size) for i in share]
-        ys = [y[i].split(self.batch_size) for i in share]
         out = []
-        for j in range(len(xs[0])):
-            losses = torch.stack([F.cross_entropy(self.model[i](xs[s][j].clone()), ys[s][j]) for s, i in enumerate(share)])
+        for j, (xb, yb) in enumerate(self._steps((x, y))):
+            losses = self._step_losses(xb, yb, share)
             opt.zero_grad(set_to_none=True)
             losses.sum().backward()
             enforcer.mask_grads()
@@ -355,15 +353,15 @@ class StackedModule(LotteryModule):
         x, y = batch
         return zip(x.split(self.batch_size, dim=1), y.split(self.batch_size, dim=1))
 
-    def _step_losses(self, x: Tensor, y: Tensor) -> Tensor:
-        """Each replicate's own loss on its own batch, ``(K,)``."""
+    def _step_losses(self, x: Tensor, y: Tensor, replicas: list[int] | None = None) -> Tensor:
+        """Each replicate's own loss on its own batch, ``(K,)`` (or of ``replicas`` only)."""
         if self.batched:  # one cross-entropy over the folded batch; each replicate's mean of its own
             logits = self(x)
             k, b = logits.shape[:2]
             return F.cross_entropy(logits.reshape(k * b, -1), y.reshape(k * b), reduction="none").view(k, b).mean(1)
         # a fresh (aligned) copy of each batch: the kernels then take the sequential run's path
-        logits = [self._logits(i, x[i].clone()) for i in range(self.k)]
-        return torch.stack([F.cross_entropy(out, y[i]) for i, out in enumerate(logits)])
+        replicas = range(self.k) if replicas is None else replicas
+        return torch.stack([F.cross_entropy(self._logits(i, x[i].clone()), y[i]) for i in replicas])
 
     def _check_losses(self, losses: Tensor, first: int) -> None:
         """``losses`` is (steps, K): the first non-finite one names its replicate and step."""
