@@ -53,7 +53,7 @@ import json
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -248,7 +248,6 @@ class StackedModule(LotteryModule):
         #: threads of one intra-op thread each (1: in turn). Dropout's draws come from the
         #: one global RNG, so a model with dropout trains its replicates in turn.
         self.workers = 1 if self.batched or self.rng is not None else max(1, min(workers, self.k))
-        self._masks = masks
         self._pool: ThreadPoolExecutor | None = None
 
     def replica_state(self, i: int) -> dict[str, Tensor]:
@@ -264,10 +263,9 @@ class StackedModule(LotteryModule):
             self.shares = [list(range(w, self.k, self.workers)) for w in range(self.workers)]
             self.share_opts, self.share_enforcers = [], []
             for share in self.shares:
-                models = nn.ModuleList([self.model[i] for i in share])
-                self.share_opts.append(build_optimizer(models.parameters(), self.optimizer_cfg))
-                self.share_enforcers.append(MaskEnforcer(models, Mask({f"{j}.{n}": t for j, i in enumerate(share)
-                                                                        for n, t in self._masks[i].items()})))
+                mine = {str(i) for i in share}  # parameters and masks here are named "<i>.<name>"
+                self.share_opts.append(build_optimizer([p for i in share for p in self.model[i].parameters()], self.optimizer_cfg))
+                self.share_enforcers.append(MaskEnforcer(self.model, Mask({n: t for n, t in self.mask.items() if n.split(".")[0] in mine})))
         return out
 
     def _train_steps(self, batch) -> None:
@@ -353,7 +351,7 @@ class StackedModule(LotteryModule):
         x, y = batch
         return zip(x.split(self.batch_size, dim=1), y.split(self.batch_size, dim=1))
 
-    def _step_losses(self, x: Tensor, y: Tensor, replicas: list[int] | None = None) -> Tensor:
+    def _step_losses(self, x: Tensor, y: Tensor, replicas: Sequence[int] | None = None) -> Tensor:
         """Each replicate's own loss on its own batch, ``(K,)`` (or of ``replicas`` only)."""
         if self.batched:  # one cross-entropy over the folded batch; each replicate's mean of its own
             logits = self(x)
