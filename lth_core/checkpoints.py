@@ -41,6 +41,12 @@ resume rank 0 alone reads and verifies the checkpoint, and its decision (resume 
 over) and the checkpoint's content go to every process, which need not see the folder.
 One-process checkpoints are written and read exactly as before.
 
+Trials trained stacked (``vectorize_trials``, :mod:`lth_core.stacking`): each replicate's
+checkpoint goes to its own run's folder, in this format and at these steps
+(:class:`ReplicaCheckpoints`), so a killed stacked run resumes stacked or one trial after
+another; :func:`restore_for_stacking` resumes a run in its trial's thread before it is
+handed over, and the stacked fit loads its optimiser state.
+
 A finished run also leaves ``round_state.json`` + ``round_state.safetensors`` beside its
 ticket (before ``ticket.json``): the ``context.state`` its callbacks collected for the next
 round's criterion (movement scores), so a rerun that reuses the ticket prunes as the
@@ -387,6 +393,22 @@ def keeps_state(callback: pl.Callback) -> bool:
 _said: set[tuple[str, str]] = set()
 
 
+def say_off(expected: dict, why: str, say: Callable[[str], None]) -> None:
+    """Say once per recipe and reason that a run writes no checkpoints, and what that means."""
+    key = (expected["recipe_hash"], why)
+    if key not in _said:
+        _said.add(key)
+        say(f"round {expected['round']} [{expected['run']}]: no checkpoints inside this run: {why}; "
+            "if interrupted it trains again from its start")
+
+
+def interval(every: int, trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
+    """Steps between checkpoints (0: none): ``every`` rounded up to a multiple of the steps
+    between evaluations, so a resumed run evaluates at the uninterrupted run's steps."""
+    vcb = trainer.val_check_batch * getattr(pl_module, "steps_per_call", 1)  # Lightning counts calls; this counts steps
+    return math.ceil(every / vcb) * vcb if every and math.isfinite(vcb) else 0
+
+
 class RoundCheckpoint(pl.Callback):
     """Writes this run's checkpoints; in a resumed run, restores the checkpoint first.
 
@@ -410,17 +432,13 @@ class RoundCheckpoint(pl.Callback):
         return f"round {self.expected['round']} [{self.expected['run']}]"
 
     def _off(self, why: str) -> None:
-        key = (self.expected["recipe_hash"], why)
-        if key not in _said:
-            _said.add(key)
-            self.say(f"{self._where()}: no checkpoints inside this run: {why}; if interrupted it trains again from its start")
+        say_off(self.expected, why, self.say)
         self.interval = 0
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.tracked = [cb for cb in trainer.callbacks if id(cb) in self.origins or any(cb is e for e in self.extra)]
         blind = [cb for cb in self.tracked if not keeps_state(cb)]
-        vcb = trainer.val_check_batch * getattr(pl_module, "steps_per_call", 1)  # Lightning counts calls; this counts steps
-        self.interval = math.ceil(self.every / vcb) * vcb if self.every and math.isfinite(vcb) else 0
+        self.interval = interval(self.every, trainer, pl_module)
         if blind:
             cb = blind[0]
             self._off(f"{self.origins.get(id(cb), 'a callback')} ({type(cb).__name__}) defines no state_dict")
@@ -506,6 +524,84 @@ class RoundCheckpoint(pl.Callback):
             cb.load_state_dict(cb_state)
         set_rng_state(s["rng_ranks"][distributed.rank()] if "rng_ranks" in s else s["rng"])  # data parallel: each its own
         self.say(f"{self._where()}: resumed at step {saved.step} from {saved.path}")
+
+
+# -- trials trained stacked (vectorize_trials) ---------------------------------------------
+
+@dataclass
+class ReplicaKeep:
+    """What one trial's training run hands to a stacked fit so that its replicate writes
+    the run's checkpoints (:class:`ReplicaCheckpoints`) as the run trained alone would."""
+
+    folder: Path
+    expected: dict  #: the run's identity (:func:`identity`)
+    round_start: int  #: the run's first step: checkpoints count from it, as :class:`RoundCheckpoint`'s do
+    every: int  #: steps between checkpoints before rounding (:func:`every_n_steps`; 0: none)
+    reason: str  #: why none, when none
+    mask: dict[str, Tensor]
+    metrics: dict  #: the run's ``context.metrics``
+    rng: dict  #: every global generator when the trial handed the run over (:func:`rng_state`)
+    say: Callable[[str], None]
+    optimizer_state: dict | None = None  #: resumed: the optimiser's ``state_dict`` at the checkpoint
+
+
+def restore_for_stacking(saved: Saved, module: Any, context: Any) -> dict:
+    """Resume a run that trains stacked: in the trial's own thread, before it hands the run
+    over, its model, history, extra metrics and global generators jump to the checkpoint's
+    step. Returns the optimiser's state, which the stacked fit loads into its optimiser.
+
+    Stacked runs have no callbacks (``vectorize_trials`` refuses them), so their mask is
+    the run's start mask and there are no callback states: a checkpoint with either other
+    is stale."""
+    s = saved.state
+    mask_changed = set(s["mask"]) != set(context.mask) or any(not torch.equal(s["mask"][n], context.mask[n]) for n in s["mask"])
+    if s["callbacks"] or len(s["optimizers"]) != 1 or mask_changed:
+        raise StaleCheckpoint(f"{saved.path} holds callback states or a changed mask, which stacked trials cannot resume")
+    module.model.load_state_dict(s["model"])
+    module.history = list(s["history"])
+    context.metrics.update(s["metrics"])
+    set_rng_state(s["rng"])
+    return s["optimizers"][0]
+
+
+class ReplicaCheckpoints(pl.Callback):
+    """Checkpoints of K runs trained as one stacked model (:mod:`lth_core.stacking`).
+
+    Each replicate's checkpoint goes to its own run's folder, at the steps and in the
+    format that run trained alone writes (:class:`RoundCheckpoint`): a killed stacked run
+    resumes where it was, stacked again or one trial after another. The stacked module
+    gives each replicate's parts in its own run's terms (``replica_state``,
+    ``replica_optimizer_state``, ``replica_rng``, ``histories``). A kill between two
+    replicates' files leaves their runs at different steps; they then resume in two fits.
+    """
+
+    multi_step_safe = True  # it acts at the start of a Lightning call only, and counts steps
+
+    def __init__(self, keeps: list[ReplicaKeep]):
+        self.keeps = keeps
+        self.intervals = [0] * len(keeps)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.intervals = [interval(keep.every, trainer, pl_module) for keep in self.keeps]
+        for keep in self.keeps:
+            if keep.reason:
+                say_off(keep.expected, keep.reason, keep.say)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        step = pl_module.step
+        for i, (keep, every) in enumerate(zip(self.keeps, self.intervals)):
+            if every and step > keep.round_start and (step - keep.round_start) % every == 0:
+                write(Path(keep.folder), step, {
+                    "identity": keep.expected,
+                    "step": step,
+                    "history": pl_module.histories[i],
+                    "metrics": dict(keep.metrics),
+                    "model": pl_module.replica_state(i),
+                    "mask": keep.mask,
+                    "optimizers": [pl_module.replica_optimizer_state(i)],
+                    "callbacks": [],
+                    "rng": dict(keep.rng, torch=pl_module.replica_rng(i, keep.rng["torch"])),
+                })
 
 
 def _packable(obj: Any) -> bool:

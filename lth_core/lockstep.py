@@ -63,8 +63,8 @@ class Lockstep:
     def fit_for(self, trial: int) -> Callable:
         """Trial ``trial``'s replacement for ``trainer.fit`` (``lottery.Run.fit``)."""
 
-        def fit(run, module, trainer, start_step: int) -> None:
-            job = Job(trial, run, module, trainer, start_step)
+        def fit(run, module, trainer, start_step: int, keep=None) -> None:
+            job = Job(trial, run, module, trainer, start_step, keep=keep)
             self._jobs[trial] = job
             self._park(trial)
             torch.set_rng_state(job.rng)  # what training drew (dropout) is drawn in this trial

@@ -60,8 +60,10 @@ class Run:
     say: Callable[[str], None] = print
     rows: list[dict] = field(default_factory=list)
     controls: dict[str, list[dict]] = field(default_factory=dict)
-    #: Replaces ``trainer.fit`` as ``fit(run, module, trainer, start_step)``: trials trained
-    #: stacked hand their runs over through it (:mod:`lth_core.lockstep`).
+    #: Replaces ``trainer.fit`` as ``fit(run, module, trainer, start_step, keep)``: trials
+    #: trained stacked hand their runs over through it (:mod:`lth_core.lockstep`), each
+    #: starting at ``start_step`` (a checkpoint's when resumed), and ``keep``
+    #: (:class:`lth_core.checkpoints.ReplicaKeep`) says where its checkpoints go.
     fit: Callable[..., None] | None = None
 
     def new_model(self, seed: int) -> nn.Module:
@@ -393,7 +395,7 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
     expected = checkpoints.identity(recipe_hash, round_, name, mask, start.weights, start.step, optimizer)
     stacked = run.fit is not None  # vectorize_trials: trained beside the other trials' runs
     # A killed run continues at its last checkpoint; data parallel: rank 0 reads it, every process gets it.
-    saved = None if stacked else distributed.checkpoint_from_rank_zero(checkpoints.load, folder, expected, run.say)
+    saved = distributed.checkpoint_from_rank_zero(checkpoints.load, folder, expected, run.say)
     step0 = saved.step if saved else start.step
     module = LotteryModule(run.model, mask, optimizer, run.data.num_classes, log_prefix=f"round_{round_}/{name}", step_offset=step0)
     ctx.module = module
@@ -403,13 +405,13 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
     chunk = steps_per_call(run.recipe, callbacks)
     module.train_in_chunks(chunk, run.data.batch_size)
     trainer = _trainer(run, step0, callbacks, chunk)
-    if not stacked:  # stacked trials resume from their last finished round
+    if not stacked:
         _attach_checkpoints(run, trainer, ctx, expected, start.step, saved, origins, extra_callbacks)
     try:
         if not stacked:
             trainer.fit(module, train_dataloaders=_train_loader(run, step0, chunk), val_dataloaders=distributed.shard(run.data.eval_loaders()))
         else:
-            run.fit(run, module, trainer, start.step)
+            run.fit(run, module, trainer, step0, _replica_keep(run, ctx, expected, start.step, saved))
     except checkpoints.StaleCheckpoint as exc:
         run.say(f"warning: {exc}; round {round_} [{name}] trains from its start")
         if distributed.is_writer():  # data parallel: every process raised it; rank 0 keeps the folder
@@ -468,6 +470,18 @@ def _attach_checkpoints(run: Run, trainer: pl.Trainer, ctx: RoundContext, expect
     """Checkpoints inside this training run (and the restore of ``saved``), as the recipe asks."""
     every = checkpoints.every_n_steps(run.recipe, len(run.data.train_loader(0)))  # data parallel too: rank 0 writes
     checkpoints.attach(trainer, checkpoints.RoundCheckpoint(ctx, expected, start_step, every, saved, origins, extra_callbacks, run.say))
+
+
+def _replica_keep(run: Run, ctx: RoundContext, expected: dict, start_step: int, saved) -> checkpoints.ReplicaKeep:
+    """A run about to train stacked: resumed from ``saved`` if there is one (in this trial's
+    thread), and what its replicate needs to write this run's checkpoints."""
+    optimizer_state = None
+    if saved is not None:
+        optimizer_state = checkpoints.restore_for_stacking(saved, ctx.module, ctx)
+        run.say(f"round {ctx.round} [{ctx.name}]: resumed at step {saved.step} from {saved.path}")
+    every, reason = checkpoints.every_n_steps(run.recipe, len(run.data.train_loader(0)))
+    return checkpoints.ReplicaKeep(ctx.out_dir, expected, start_step, every, reason, dict(ctx.mask.items()), ctx.metrics,
+                                   checkpoints.rng_state(), run.say, optimizer_state)
 
 
 def _write_finished(folder: Path, ticket: Ticket, history: list[dict], state: dict) -> None:

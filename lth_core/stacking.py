@@ -39,7 +39,11 @@ sequential run has:
 - **randomness**: dropout draws from the global RNG. Each replicate carries its own CPU
   RNG state, the one its trial left when it asked to train, and the state is swapped in
   around its forward: the same draws as the sequential run;
-- **history**: one evaluation row list per replicate, as :class:`LotteryModule` keeps it.
+- **history**: one evaluation row list per replicate, as :class:`LotteryModule` keeps it;
+- **checkpoints**: each replicate's, in its own run's folder and in that run's terms
+  (:class:`lth_core.checkpoints.ReplicaCheckpoints`: :meth:`StackedModule.replica_state`,
+  :meth:`~StackedModule.replica_optimizer_state`, :meth:`~StackedModule.replica_rng`);
+  a resumed fit starts from them (``optimizer_states``).
 
 Models with buffers (batch norm's running statistics) are refused: stacked training does
 not carry them (batched cannot fold batch statistics; per replicate they would need their
@@ -62,6 +66,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from lth_core.checkpoints import ReplicaCheckpoints, ReplicaKeep
 from lth_core.data import StepChunks
 from lth_core.errors import LthError, NonFiniteLoss
 from lth_core.masks import Mask, MaskEnforcer
@@ -89,7 +94,8 @@ class Job:
     run: Any  # lth_core.lottery.Run
     module: LotteryModule
     trainer: pl.Trainer
-    start_step: int
+    start_step: int  # where training starts: the run's start, or the checkpoint it resumes
+    keep: ReplicaKeep | None = None  # where the run's checkpoints go, and the optimiser state resumed
     rng: Tensor = field(default_factory=torch.get_rng_state)  # the trial's RNG when it asked
     error: BaseException | None = None  # raised in the trial's thread instead of returning
 
@@ -210,6 +216,11 @@ def _batched_holder(models: list[nn.Module], input_shape: tuple | None) -> nn.Mo
     return holder if folded.shape == each.shape and torch.allclose(folded, each, rtol=1e-4, atol=1e-5) else None
 
 
+def _per_element(value: Any, param: Tensor) -> bool:
+    """An optimiser state tensor kept per element of ``param`` (moments), not one scalar (step)."""
+    return isinstance(value, Tensor) and value.shape == param.shape
+
+
 def _has_dropout(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules())
 
@@ -226,7 +237,7 @@ class StackedModule(LotteryModule):
 
     def __init__(self, models: list[nn.Module], masks: list[Mask], optimizer: dict, num_classes: int,
                  step_offset: int = 0, rng: list[Tensor] | None = None, input_shape: tuple | None = None,
-                 workers: int = 1):
+                 workers: int = 1, optimizer_states: list[dict | None] | None = None):
         batched = _batched_holder(models, input_shape)
         if batched is not None:
             holder = batched
@@ -244,11 +255,19 @@ class StackedModule(LotteryModule):
         self.replica_acc = nn.ModuleList([MulticlassAccuracy(num_classes, average="micro") for _ in range(2 * self.k)])
         self.replica_loss = nn.ModuleList([MeanMetric() for _ in range(2 * self.k)])
         self.rng = list(rng) if rng is not None and _has_dropout(models[0]) else None
-        #: ``vectorize_trials: parallel``: the replicates' training steps run on this many
-        #: threads of one intra-op thread each (1: in turn). Dropout's draws come from the
-        #: one global RNG, so a model with dropout trains its replicates in turn.
-        self.workers = 1 if self.batched or self.rng is not None else max(1, min(workers, self.k))
+        #: ``vectorize_trials: parallel``: the replicates' training steps run on ``workers``
+        #: threads of one intra-op thread each, one per replicate at most: a lone replicate
+        #: too, so that its steps are the one-thread run's whatever it trains beside. Dropout's
+        #: draws come from the one global RNG, so a model with dropout trains its replicates
+        #: in turn (``parallel`` False, ``workers`` 1).
+        self.parallel = workers > 1 and not self.batched and self.rng is None
+        self.workers = min(workers, self.k) if self.parallel else 1
         self._pool: ThreadPoolExecutor | None = None
+        #: The replicates' own models (a plain list: batched holds copies of their parameters).
+        self.own_models = list(models)
+        #: Resumed: each replicate's optimiser ``state_dict`` from its run's checkpoint (or None).
+        self.optimizer_states = list(optimizer_states) if optimizer_states is not None else [None] * self.k
+        self._opt: torch.optim.Optimizer | None = None
 
     def replica_state(self, i: int) -> dict[str, Tensor]:
         """Replicate ``i``'s parameters by the model's own names."""
@@ -256,25 +275,84 @@ class StackedModule(LotteryModule):
             return {n: StackedLinear.own(_leaf(n), p[i].detach()) for n, p in self.model.named_parameters()}
         return {n: p.detach() for n, p in self.model[i].named_parameters()}
 
-    # --- vectorize_trials: parallel ---------------------------------------------------
     def configure_optimizers(self):
         out = super().configure_optimizers()
-        if self.workers > 1:  # each worker's replicates: their own optimiser and mask, stepped on its thread
+        self._opt = out["optimizer"] if isinstance(out, dict) else out
+        if self.parallel:  # each worker's replicates: their own optimiser and mask, stepped on its thread
             self.shares = [list(range(w, self.k, self.workers)) for w in range(self.workers)]
             self.share_opts, self.share_enforcers = [], []
             for share in self.shares:
                 mine = {str(i) for i in share}  # parameters and masks here are named "<i>.<name>"
                 self.share_opts.append(build_optimizer([p for i in share for p in self.model[i].parameters()], self.optimizer_cfg))
                 self.share_enforcers.append(MaskEnforcer(self.model, Mask({n: t for n, t in self.mask.items() if n.split(".")[0] in mine})))
+        self._load_optimizer_states()
         return out
 
+    # --- each replicate's optimiser state, in its own run's terms (checkpoints) ----------
+    def _replica_slots(self, i: int) -> list[tuple[torch.optim.Optimizer, Tensor, str | None]]:
+        """Where replicate ``i``'s optimiser state lives, per parameter of its own model in
+        that model's order: (optimiser, parameter it is kept for, leaf). ``leaf`` (batched)
+        names the stacked tensor whose slice ``i`` is the replicate's; None: its own tensor."""
+        if self.batched:
+            return [(self._opt, p, _leaf(n)) for n, p in self.model.named_parameters()]
+        opt = self.share_opts[i % self.workers] if self.parallel else self._opt
+        return [(opt, p, None) for p in self.model[i].parameters()]
+
+    def _own_optimizer(self, i: int) -> torch.optim.Optimizer:
+        """An optimiser over replicate ``i``'s own model as its run alone builds it, with the
+        learning rate the schedule gives the current step."""
+        opt = build_optimizer(self.own_models[i].parameters(), self.optimizer_cfg)
+        factor = lr_factor(self.optimizer_cfg)
+        if factor is not None:
+            step = self.step
+            torch.optim.lr_scheduler.LambdaLR(opt, lambda s: factor(s + step))
+        return opt
+
+    def replica_optimizer_state(self, i: int) -> dict:
+        """Replicate ``i``'s optimiser ``state_dict`` as its run trained alone holds it now."""
+        opt = self._own_optimizer(i)
+        for p, (held_opt, held, leaf) in zip(self.own_models[i].parameters(), self._replica_slots(i)):
+            state = held_opt.state.get(held)
+            if state:
+                opt.state[p] = {key: StackedLinear.own(leaf, v[i]) if leaf and _per_element(v, held) else v
+                                for key, v in state.items()}
+        return opt.state_dict()
+
+    def _load_optimizer_states(self) -> None:
+        """Resumed: every replicate's optimiser state from its run's checkpoint."""
+        if not any(s is not None for s in self.optimizer_states):
+            return
+        if not all(s is not None for s in self.optimizer_states):  # _group_key keeps them apart
+            raise RuntimeError("a stacked fit resumes every replicate or none")
+        own_states = []
+        for i, saved in enumerate(self.optimizer_states):
+            opt = self._own_optimizer(i)
+            opt.load_state_dict(saved)  # the run's own format, checked and cast by torch
+            own_states.append([opt.state.get(p, {}) for p in self.own_models[i].parameters()])
+        if not self.batched:  # the replicates' own tensors
+            for i in range(self.k):
+                for (opt, held, _), state in zip(self._replica_slots(i), own_states[i]):
+                    if state:
+                        opt.state[held] = dict(state)
+            return
+        own = list(self.own_models[0].parameters())
+        for j, (opt, held, leaf) in enumerate(self._replica_slots(0)):  # the K states stacked into the held layout
+            if own_states[0][j]:
+                opt.state[held] = {key: StackedLinear.held(leaf, torch.stack([s[j][key] for s in own_states]))
+                                   if _per_element(v, own[j]) else v.clone() for key, v in own_states[0][j].items()}
+
+    def replica_rng(self, i: int, handed: Tensor) -> Tensor:
+        """Replicate ``i``'s torch generator now: its own stream (dropout), else ``handed``."""
+        return self.rng[i] if self.rng is not None else handed
+
+    # --- vectorize_trials: parallel ---------------------------------------------------
     def _train_steps(self, batch) -> None:
         """With workers (``vectorize_trials: parallel``): each worker thread, with one
         intra-op thread, trains its share of the replicates through every step of this
         chunk (:meth:`_share_steps`) while the others train theirs; the learning rate of
         each step is the one the schedule gives it. Lightning's step count then advances
         by the chunk."""
-        if self.workers == 1:
+        if not self.parallel:
             return super()._train_steps(batch)
         x, y = batch
         steps, first = x.shape[1] // self.batch_size, self.step
@@ -423,10 +501,13 @@ def check_stackable(job: Job, mode: str = "stacked") -> None:
 
 
 def _group_key(job: Job) -> str:
-    """Jobs that can share one stacked fit: same start step, optimiser and data shapes."""
+    """Jobs that can share one stacked fit: same start step (resumed from a checkpoint or
+    not: a kill between two replicates' checkpoint files leaves them at different steps),
+    optimiser and data shapes."""
     d = job.run.data
-    return json.dumps([job.start_step, job.module.steps_per_call, job.module.optimizer_cfg, list(d.train_x.shape), list(d.val_x.shape),
-                       list(d.test_x.shape), d.batch_size, d.eval_batch_size], sort_keys=True, default=str)
+    resumed = job.keep is not None and job.keep.optimizer_state is not None
+    return json.dumps([job.start_step, resumed, job.module.steps_per_call, job.module.optimizer_cfg, list(d.train_x.shape),
+                       list(d.val_x.shape), list(d.test_x.shape), d.batch_size, d.eval_batch_size], sort_keys=True, default=str)
 
 
 def train_stacked(jobs: list[Job], mode: str = "stacked") -> None:
@@ -456,7 +537,9 @@ def _fit_group(jobs: list[Job], mode: str = "stacked") -> None:
     stacked = StackedModule([j.module.model for j in jobs], [j.module.mask for j in jobs], first.module.optimizer_cfg,
                             first.run.data.num_classes, step_offset=first.start_step, rng=[j.rng for j in jobs],
                             input_shape=first.run.data.input_shape if batched else None,
-                            workers=torch.get_num_threads() if mode == "parallel" else 1)
+                            workers=torch.get_num_threads() if mode == "parallel" else 1,
+                            optimizer_states=[j.keep.optimizer_state if j.keep else None for j in jobs])
+    stacked.histories = [list(j.module.history) for j in jobs]  # resumed: each run's rows up to its checkpoint
     if batched and not stacked.batched:
         raise LthError("vectorize_trials: batched runs MLPs only (every parameter in an nn.Linear, no dropout, a forward "
                        f"that treats samples independently), not model {first.run.recipe['model']['name']!r}; "
@@ -466,8 +549,13 @@ def _fit_group(jobs: list[Job], mode: str = "stacked") -> None:
     train = StackedLoader([_train_loader(j.run, j.start_step, chunk) for j in jobs])
     evals = [StackedLoader(list(split)) for split in zip(*(j.run.data.eval_loaders() for j in jobs))]
     trainer = first.trainer  # configured by lottery._trainer from the recipe, as every job's is
+    keeper = ReplicaCheckpoints([j.keep for j in jobs]) if all(j.keep is not None for j in jobs) else None
+    if keeper is not None:
+        trainer.callbacks.insert(0, keeper)  # each replicate's checkpoints in its own run's folder
     try:
         trainer.fit(stacked, train_dataloaders=train, val_dataloaders=evals)
+        if keeper is not None:
+            trainer.callbacks.remove(keeper)
         if not stacked.histories[0] or stacked.histories[0][-1]["step"] != stacked.step:
             trainer.validate(stacked, dataloaders=evals, verbose=False)
     except ReplicaDiverged as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import TINY
-from lth_core import stacking
+from lth_core import checkpoints, stacking
 from lth_core.errors import LthError, NonFiniteLoss
 from lth_core.recipes import validate
 from lth_core.trials import run_experiment
@@ -337,3 +338,105 @@ def test_a_diverging_trial_stops_all_with_its_own_report(tmp_path) -> None:
         run_experiment(validate(raw, name="tiny"), tmp_path / "run", say=lambda _: None)
     assert (tmp_path / "run" / "trial_0" / "round_0" / "failure.json").is_file()
     assert not list((tmp_path / "run").rglob("ticket.json"))
+
+
+# ------------------------------------------------------------- killed mid-round, resumed
+
+
+class Killed(Exception):
+    """Stands in for a kill: raised right after a checkpoint file was written."""
+
+
+def _kill_after(monkeypatch, folder: str, step: int) -> list[tuple[str, int]]:
+    """Checkpoints are written as usual; right after ``folder``'s at ``step`` the run
+    dies, leaving the files as a kill there leaves them. Returns what was written."""
+    real, written = checkpoints.write, []
+
+    def write(where, at, state):
+        path = real(where, at, state)
+        written.append((f"{where.parent.name}/{where.name}", at))
+        if written[-1] == (folder, step):
+            raise Killed(f"killed after {folder}'s checkpoint at step {step}")
+        return path
+
+    monkeypatch.setattr(checkpoints, "write", write)
+    return written
+
+
+def _resumable(**top) -> dict:
+    """Two trials, rounds 0 and 1, a checkpoint every 20 of 60 steps, a warmup the
+    resumed schedule must pick up at its step."""
+    raw = _raw(trials=2, checkpoint_every_n_steps=20, **top)
+    raw["optimizer"] = {"name": "adam", "lr": 3e-3, "warmup_steps": 30}
+    raw["lottery"]["rounds"] = 1
+    return raw
+
+
+@pytest.fixture(scope="module")
+def sequential_twin(tmp_path_factory):
+    """The folder of a recipe's sequential run (each recipe run once for the module)."""
+    done: dict[str, Path] = {}
+
+    def get(raw: dict) -> Path:
+        key = json.dumps(raw, sort_keys=True)
+        if key not in done:
+            done[key] = tmp_path_factory.mktemp("resumable") / "seq"
+            _run(raw, done[key])
+        return done[key]
+
+    return get
+
+
+DROPOUT = {"name": "mlp", "hidden": [64, 32], "dropout": 0.3}
+
+
+@pytest.mark.parametrize("mode, model", [(True, None), ("parallel", None), (True, DROPOUT)], ids=["true", "parallel", "dropout"])
+def test_a_killed_stacked_run_resumes_at_each_trials_checkpoint(mode, model, sequential_twin, tmp_path, monkeypatch) -> None:
+    """Killed in round 1 between the two trials' checkpoints at step 40: trial 0's run
+    resumes at 40, trial 1's at 20 (two stacked fits), and every ticket is the sequential
+    run's bit for bit (with dropout: each trial's own stream of draws picks up where it
+    was). Stacked runs write the sequential format: the same folder resumed one trial
+    after another gives the same tickets too."""
+    changes = {"model": model} if model else {}
+    seq = sequential_twin(_resumable(**changes))
+    raw = _resumable(vectorize_trials=mode, **changes)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2 if mode == "parallel" else threads)
+    try:
+        written = _kill_after(monkeypatch, "trial_0/round_1", 40)
+        with pytest.raises(Killed):
+            _run(raw, tmp_path / "out")
+        assert written == [(f"trial_{i}/round_{r}", s) for r, s in [(0, 20), (0, 40), (1, 20)] for i in (0, 1)] + [("trial_0/round_1", 40)]
+        assert not (tmp_path / "out" / "trial_0" / "round_1" / "ticket.json").exists()
+        shutil.copytree(tmp_path / "out", tmp_path / "one_after_another")
+        monkeypatch.undo()
+        said: list[str] = []
+        run_experiment(validate(raw, name="tiny"), tmp_path / "out", say=said.append)
+    finally:
+        torch.set_num_threads(threads)
+    resumed = sorted(s.split(" from ")[0] for s in said if "resumed at step" in s)
+    assert resumed == ["[trial 0] round 1 [ticket]: resumed at step 40", "[trial 1] round 1 [ticket]: resumed at step 20"]
+    assert _compare_runs(seq, tmp_path / "out") == 2 * 2
+    assert not list((tmp_path / "out").rglob("checkpoint*")), "a finished run keeps no checkpoint"
+    run_experiment(validate(_resumable(**changes), name="tiny"), tmp_path / "one_after_another", say=lambda _: None)
+    assert _compare_runs(seq, tmp_path / "one_after_another") == 2 * 2
+
+
+def test_a_killed_batched_run_resumes_as_the_uninterrupted_batched_run(tmp_path, monkeypatch) -> None:
+    """Batched keeps each replicate's weights and Adam state as slices of stacked tensors:
+    its checkpoints hold each run's own tensors, and the resumed run (killed after both
+    trials' checkpoints at step 40 of round 1) ends bit for bit as the uninterrupted one."""
+    raw = _resumable(vectorize_trials="batched")
+    _run(raw, tmp_path / "whole")
+    _kill_after(monkeypatch, "trial_1/round_1", 40)
+    with pytest.raises(Killed):
+        _run(raw, tmp_path / "out")
+    saved = checkpoints.read(tmp_path / "out" / "trial_1" / "round_1")
+    own = load_file(str(tmp_path / "whole" / "trial_1" / "round_1" / "final.safetensors"))  # nn.Linear's names, layout
+    model = saved.state["model"]
+    assert saved.step == 40 and {n: t.shape for n, t in model.items()} == {n: t.shape for n, t in own.items()}
+    moments = saved.state["optimizers"][0]["state"]
+    assert [moments[j]["exp_avg"].shape for j in range(len(model))] == [t.shape for t in model.values()]
+    monkeypatch.undo()
+    _run(raw, tmp_path / "out")
+    assert _compare_runs(tmp_path / "whole", tmp_path / "out") == 2 * 2
