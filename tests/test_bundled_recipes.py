@@ -23,7 +23,7 @@ EXTENSION_RECIPES = {r for r in RECIPES if load_recipe(r)["extend"]}
 SHORT = [
     "trials=1", "lottery.rounds=1", "trainer.max_steps=4", "trainer.val_check_interval=2",
     "trainer.enable_progress_bar=false", "trainer.limit_val_batches=1", "tracking=none",
-    "data.batch_size=16", "data.eval_batch_size=200", "data.subset=400", "data.val_size=200",
+    "data.batch_size=16", "data.eval_batch_size=50", "data.subset=400", "data.val_size=200",
 ]
 
 

@@ -151,19 +151,19 @@ def test_cli_export_and_its_mistakes(sparse_run, tmp_path, capsys):
     assert "Traceback" not in bad.stderr and not (tmp_path / "x.pt2").exists()
 
 
-def _lth_export(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lth_core.cli", "export", *args], capture_output=True, text=True)
-
-
-def _refused(proc: subprocess.CompletedProcess) -> str:
-    """The one error line of a refused ``lth export`` (exit 2, no traceback)."""
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    lines = proc.stderr.strip().splitlines()
-    assert lines[-1].startswith("lth: error: "), proc.stderr[-2000:]
+def _refused(capsys, *args: str) -> str:
+    """The one error line of a refused ``lth export ARGS`` (exit 2, no traceback), run in
+    this process (a real process is tested above: each costs a Lightning import)."""
+    capsys.readouterr()
+    assert cli.main(["export", *args]) == cli.EXIT_USER_ERROR
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr, stderr[-2000:]
+    lines = stderr.strip().splitlines()
+    assert lines[-1].startswith("lth: error: "), stderr[-2000:]
     return lines[-1]
 
 
-def test_cli_export_refuses_a_recipe_of_another_architecture(sparse_run, tmp_path):
+def test_cli_export_refuses_a_recipe_of_another_architecture(sparse_run, tmp_path, capsys):
     """A ticket of mlp 64-32 exported with --recipe of mlp 48-32, or of conv2: one line."""
     out, raw = sparse_run
     for model, named in [({"name": "mlp", "hidden": [48, 32]}, "net.1.weight is (64, 64), model has (48, 64)"),
@@ -171,13 +171,13 @@ def test_cli_export_refuses_a_recipe_of_another_architecture(sparse_run, tmp_pat
         other = dict(raw, model=model)
         recipe = tmp_path / f"{model['name']}.yaml"
         recipe.write_text(yaml.safe_dump(other))
-        line = _refused(_lth_export(str(out / "round_4"), "--out", str(tmp_path / "m.pt2"), "--recipe", str(recipe)))
+        line = _refused(capsys, str(out / "round_4"), "--out", str(tmp_path / "m.pt2"), "--recipe", str(recipe))
         assert line.startswith(f"lth: error: ticket {out / 'round_4'} does not fit this model: ") and named in line, line
         assert line.endswith(f"(the model of {recipe}: {model})"), line
         assert not list(tmp_path.glob("m.pt2*"))
 
 
-def test_cli_export_refuses_a_ticket_whose_weights_are_of_another_architecture(sparse_run, tmp_path):
+def test_cli_export_refuses_a_ticket_whose_weights_are_of_another_architecture(sparse_run, tmp_path, capsys):
     """An inconsistent ticket: its own recipe and mask are mlp 64-32, its final weights an
     mlp 48-32's, with every checksum made to match. Export rebuilds the ticket's recipe, so
     only the shape check stands between it and a load_state_dict traceback."""
@@ -193,6 +193,6 @@ def test_cli_export_refuses_a_ticket_whose_weights_are_of_another_architecture(s
     meta = {k: v for k, v in meta.items() if k != SELF}
     meta[SELF] = json_digest(meta)
     (folder / "ticket.json").write_text(json.dumps(meta))
-    line = _refused(_lth_export(str(folder), "--out", str(tmp_path / "m.pt2")))
+    line = _refused(capsys, str(folder), "--out", str(tmp_path / "m.pt2"))
     assert line.startswith(f"lth: error: ticket {folder} final weights do not fit this model: net.1.bias is (48,), model has (64,)"), line
     assert not list(tmp_path.glob("m.pt2*"))

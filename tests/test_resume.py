@@ -400,7 +400,8 @@ def _files(out: Path) -> dict[str, bytes]:
     ("not_an_object", "{r0}/ticket.json is corrupt: a JSON list, not the object lth writes; "),
     ("not_utf8", "{r0}/ticket.json is corrupt: not UTF-8 text (byte 0); "),
 ])
-def test_a_damaged_finished_ticket_stops_the_resume_naming_it_and_how_to_recover(stopped, tmp_path: Path, pm, damage: str, message: str) -> None:
+def test_a_damaged_finished_ticket_stops_the_resume_naming_it_and_how_to_recover(stopped, tmp_path: Path, pm, damage: str, message: str,
+                                                                                 capsys) -> None:
     """`lth run --resume` reuses finished rounds: a damaged one is one line naming the file
     and the way out, with nothing retrained over it or changed; following the advice
     (delete its ticket.json) gives the uninterrupted run's results."""
@@ -424,10 +425,10 @@ def test_a_damaged_finished_ticket_stops_the_resume_naming_it_and_how_to_recover
     else:
         (r0 / "ticket.json").write_bytes(b"\xff" + json.dumps(meta).encode())
     before = _files(out)
-    proc = subprocess.run([*LTH, "run", "--resume", str(out)], capture_output=True, text=True,
-                          env=dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline"))
-    err = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert cli.main(["run", "--resume", str(out)]) == cli.EXIT_USER_ERROR
+    stderr = capsys.readouterr().err
+    err = stderr.strip().splitlines()
+    assert "Traceback" not in stderr, stderr[-2000:]
     assert err[-1] == "lth: error: " + message.format(r0=r0) + f"delete {r0 / 'ticket.json'} and rerun the same `lth run` to train that round again"
     assert _files(out) == before, "a refused resume changed the run folder"
     (r0 / "ticket.json").unlink()
