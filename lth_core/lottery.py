@@ -465,10 +465,15 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
     return ticket, row, ctx.state
 
 
+def _checkpoint_every(run: Run) -> tuple[int, str]:
+    """Steps between this run's checkpoints (0: none) and, when none, why."""
+    return checkpoints.every_n_steps(run.recipe, len(run.data.train_loader(0)))
+
+
 def _attach_checkpoints(run: Run, trainer: pl.Trainer, ctx: RoundContext, expected: dict, start_step: int,
                         saved, origins: dict, extra_callbacks: tuple) -> None:
     """Checkpoints inside this training run (and the restore of ``saved``), as the recipe asks."""
-    every = checkpoints.every_n_steps(run.recipe, len(run.data.train_loader(0)))  # data parallel too: rank 0 writes
+    every = _checkpoint_every(run)  # data parallel too: rank 0 writes
     checkpoints.attach(trainer, checkpoints.RoundCheckpoint(ctx, expected, start_step, every, saved, origins, extra_callbacks, run.say))
 
 
@@ -479,7 +484,7 @@ def _replica_keep(run: Run, ctx: RoundContext, expected: dict, start_step: int, 
     if saved is not None:
         optimizer_state = checkpoints.restore_for_stacking(saved, ctx.module, ctx)
         run.say(f"round {ctx.round} [{ctx.name}]: resumed at step {saved.step} from {saved.path}")
-    every, reason = checkpoints.every_n_steps(run.recipe, len(run.data.train_loader(0)))
+    every, reason = _checkpoint_every(run)
     return checkpoints.ReplicaKeep(ctx.out_dir, expected, start_step, every, reason, dict(ctx.mask.items()), ctx.metrics,
                                    checkpoints.rng_state(), run.say, optimizer_state)
 

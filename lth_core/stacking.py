@@ -237,7 +237,8 @@ class StackedModule(LotteryModule):
 
     def __init__(self, models: list[nn.Module], masks: list[Mask], optimizer: dict, num_classes: int,
                  step_offset: int = 0, rng: list[Tensor] | None = None, input_shape: tuple | None = None,
-                 workers: int = 1, optimizer_states: list[dict | None] | None = None):
+                 workers: int = 1, optimizer_states: list[dict | None] | None = None,
+                 histories: list[list[dict]] | None = None):
         batched = _batched_holder(models, input_shape)
         if batched is not None:
             holder = batched
@@ -250,7 +251,8 @@ class StackedModule(LotteryModule):
         self.batched = batched is not None
         self.k = len(models)
         self.densities = [m.density() for m in masks]
-        self.histories: list[list[dict]] = [[] for _ in models]
+        #: Each replicate's evaluation rows; resumed, its run's rows up to the checkpoint.
+        self.histories: list[list[dict]] = [list(h) for h in histories] if histories is not None else [[] for _ in models]
         # Per replicate and split, the metrics LotteryModule keeps per split: same numbers.
         self.replica_acc = nn.ModuleList([MulticlassAccuracy(num_classes, average="micro") for _ in range(2 * self.k)])
         self.replica_loss = nn.ModuleList([MeanMetric() for _ in range(2 * self.k)])
@@ -538,8 +540,8 @@ def _fit_group(jobs: list[Job], mode: str = "stacked") -> None:
                             first.run.data.num_classes, step_offset=first.start_step, rng=[j.rng for j in jobs],
                             input_shape=first.run.data.input_shape if batched else None,
                             workers=torch.get_num_threads() if mode == "parallel" else 1,
-                            optimizer_states=[j.keep.optimizer_state if j.keep else None for j in jobs])
-    stacked.histories = [list(j.module.history) for j in jobs]  # resumed: each run's rows up to its checkpoint
+                            optimizer_states=[j.keep.optimizer_state if j.keep else None for j in jobs],
+                            histories=[j.module.history for j in jobs])
     if batched and not stacked.batched:
         raise LthError("vectorize_trials: batched runs MLPs only (every parameter in an nn.Linear, no dropout, a forward "
                        f"that treats samples independently), not model {first.run.recipe['model']['name']!r}; "
