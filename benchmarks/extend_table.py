@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-LTH = [sys.executable, "-m", "lth_core.cli"]
+LTH = [sys.executable, "-m", "lth_core.commands.cli"]
 
 
 def lth(*args: str) -> float:

@@ -36,7 +36,7 @@ STRATEGIES = ("ensemble", "average", "weight_matching", "union", "intersection")
 def _lth(args: list[str], log: Path) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with open(log, "w") as f:
-        return subprocess.run([sys.executable, "-m", "lth_core.cli", *args], stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+        return subprocess.run([sys.executable, "-m", "lth_core.commands.cli", *args], stdout=f, stderr=subprocess.STDOUT, env=env).returncode
 
 
 def common(steps: int, rounds: int) -> list[str]:

@@ -55,7 +55,7 @@ def jobs(steps: int) -> dict[str, list[str]]:
 
 def run(out: Path, name: str, overrides: list[str], steps: int) -> None:
     common = ["trials=1", f"trainer.max_steps={steps}", "tracking=none", "controls=[]", "trainer.enable_progress_bar=false"]
-    args = [sys.executable, "-m", "lth_core.cli", "run", "lenet300_fashion_mnist", "--out", str(out / name)]
+    args = [sys.executable, "-m", "lth_core.commands.cli", "run", "lenet300_fashion_mnist", "--out", str(out / name)]
     for o in common + overrides:  # later --set wins
         args += ["--set", o]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

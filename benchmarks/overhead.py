@@ -6,7 +6,7 @@ real Fashion-MNIST tensors, a mask keeping 20% of every layer (drawn once, share
 
 - ``raw``: a plain loop over in-memory tensors: index a batch, forward, backward, step,
   re-apply the masks (``w.mul_(m)``), the anchor of issue 8;
-- ``lth``: :class:`lth_core.module.LotteryModule` under ``pl.Trainer.fit`` exactly as a
+- ``lth``: :class:`lth_core.engines.module.LotteryModule` under ``pl.Trainer.fit`` exactly as a
   lottery round without training callbacks trains: 50 steps per Lightning call over
   ``StepChunks`` (``steps_per_call``, the default), mask held by ``MaskEnforcer``;
 - ``lth_per_step``: the same with one step per call (Lightning's automatic loop), what a
@@ -37,10 +37,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lth_core.cli import _quiet_lightning
-from lth_core.data import StepChunks, TensorLoader
-from lth_core.masks import Mask, apply_mask, prunable_parameters
-from lth_core.module import LotteryModule, build_optimizer
+from lth_core.commands.cli import _quiet_lightning
+from lth_core.data.loaders import StepChunks, TensorLoader
+from lth_core.tickets.masks import Mask, apply_mask, prunable_parameters
+from lth_core.engines.module import LotteryModule, build_optimizer
 from lth_datasets import fashion_mnist
 from lth_models import lenet300
 from lth_models.convnets import conv4

@@ -1,6 +1,6 @@
 """How the cost of a lottery round grows with the model and the data.
 
-Each cell is one real round (``lth_core.lottery.run_lottery`` with ``rounds: 0``: the dense
+Each cell is one real round (``lth_core.lottery.rounds.run_lottery`` with ``rounds: 0``: the dense
 network's training with its evaluations) on Fashion-MNIST: Adam, batch 60, ``--steps``
 steps, evaluation of the validation (5,000) and test (10,000) sets every ``--steps / 5``
 steps. A timing callback splits the round into training time per step and time per
@@ -24,10 +24,10 @@ import warnings
 import pytorch_lightning as pl
 
 from lth_core import hookimpl
-from lth_core.cli import _quiet_lightning
-from lth_core.lottery import run_lottery
-from lth_core.plugins import get_plugin_manager
-from lth_core.recipes import validate
+from lth_core.commands.cli import _quiet_lightning
+from lth_core.lottery.rounds import run_lottery
+from lth_core.plugin_api.registry import get_plugin_manager
+from lth_core.config.recipes import validate
 
 MODELS = {
     "mlp 150-50 (0.5x)": {"name": "mlp", "hidden": [150, 50]},
@@ -116,7 +116,7 @@ def main() -> None:
 
 
 def _model(spec: dict):
-    from lth_core.plugins import get_registry
+    from lth_core.plugin_api.registry import get_registry
 
     options = {k: v for k, v in spec.items() if k != "name"}
     return get_registry().get("models", spec["name"]).obj(input_shape=(1, 28, 28), num_classes=10, **options)

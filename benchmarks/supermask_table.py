@@ -48,7 +48,7 @@ def jobs(steps: int, conv: bool) -> dict[str, tuple[str, list[str]]]:
 
 def run(out: Path, name: str, recipe: str, overrides: list[str], steps: int) -> None:
     common = [f"trainer.max_steps={steps}", "tracking=none", "trainer.enable_progress_bar=false"]
-    args = [sys.executable, "-m", "lth_core.cli", "run", recipe, "--out", str(out / name)]
+    args = [sys.executable, "-m", "lth_core.commands.cli", "run", recipe, "--out", str(out / name)]
     for o in common + overrides:
         args += ["--set", o]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}

@@ -4,13 +4,13 @@ The same work in one process, side by side: K = 4 LeNet-300-100 replicates (own 
 data order) on real Fashion-MNIST tensors, each under a mask keeping 20% of every layer,
 batch 60, Adam 1.2e-3, the same number of steps, no evaluation inside the timed span.
 
-- ``sequential``: K lottery rounds, each :class:`lth_core.module.LotteryModule` under its
+- ``sequential``: K lottery rounds, each :class:`lth_core.engines.module.LotteryModule` under its
   own ``pl.Trainer.fit`` exactly as a lottery round without callbacks trains: 50 steps
   per Lightning call (``benchmarks/overhead.py``'s ``lth`` variant, data order seed i);
 - ``sequential_per_step``: the same with one step per Lightning call (what a round with
   per-step callbacks runs, and what every round ran before ``steps_per_call``);
-- ``stacked``: one :class:`lth_core.stacking.StackedModule` holding the K replicates under
-  one ``pl.Trainer.fit``, 50 steps per call, fed by a :class:`lth_core.stacking.StackedLoader`
+- ``stacked``: one :class:`lth_core.engines.stacked.StackedModule` holding the K replicates under
+  one ``pl.Trainer.fit``, 50 steps per call, fed by a :class:`lth_core.engines.stacked.StackedLoader`
   over the same K loaders: what ``vectorize_trials: true`` trains (each replicate's own forward, results
   bit for bit those of its sequential run);
 - ``batched``: the same with ``vectorize_trials: batched`` (an MLP's K replicates through
@@ -45,10 +45,10 @@ import warnings
 import pytorch_lightning as pl
 import torch
 
-from lth_core.cli import _quiet_lightning
-from lth_core.data import StepChunks, TensorLoader
-from lth_core.masks import apply_mask
-from lth_core.stacking import StackedLoader, StackedModule
+from lth_core.commands.cli import _quiet_lightning
+from lth_core.data.loaders import StepChunks, TensorLoader
+from lth_core.tickets.masks import apply_mask
+from lth_core.engines.stacked import StackedLoader, StackedModule
 from lth_datasets import fashion_mnist
 from lth_models import lenet300
 from overhead import BATCH, OPT, _Clock, _trainer, make_mask  # noqa: E402 - benchmarks/ is on sys.path
@@ -86,7 +86,7 @@ def loader(x: torch.Tensor, y: torch.Tensor, i: int) -> TensorLoader:
 
 def sequential(k: int, x: torch.Tensor, y: torch.Tensor, steps: int, chunk: int = 50) -> tuple[float, float]:
     """Wall and CPU seconds per network-step of K lottery rounds trained one after another."""
-    from lth_core.module import LotteryModule
+    from lth_core.engines.module import LotteryModule
 
     wall = cpu = 0.0
     for i, (model, mask) in enumerate(replicates(k)):

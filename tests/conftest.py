@@ -15,7 +15,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 import torch  # noqa: E402
 
-from lth_core import cli  # noqa: E402
+from lth_core.commands import cli  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -50,7 +50,7 @@ def make_tiny():
 @pytest.fixture
 def pm():
     """A freshly loaded plugin manager, installed as the process-wide one for the test."""
-    from lth_core import plugins
+    from lth_core.plugin_api import registry as plugins
 
     saved = plugins._PM
     plugins._PM = plugins.make_plugin_manager()

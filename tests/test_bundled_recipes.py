@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from lth_core.plugins import get_registry
-from lth_core.recipes import bundled_recipes, check_against_plugins, load_recipe
-from lth_core.trials import run_experiment
+from lth_core.plugin_api.registry import get_registry
+from lth_core.config.recipes import bundled_recipes, check_against_plugins, load_recipe
+from lth_core.lottery.trials import run_experiment
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 RECIPES = sorted(bundled_recipes())

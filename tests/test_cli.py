@@ -20,13 +20,14 @@ import pytest
 import yaml
 
 from conftest import TINY
-from lth_core import cli, hookimpl
+from lth_core import hookimpl
+from lth_core.commands import cli
 from lth_core.errors import LthError
-from lth_core.lottery import run_lottery
-from lth_core.recipes import bundled_recipes, validate
+from lth_core.lottery.rounds import run_lottery
+from lth_core.config.recipes import bundled_recipes, validate
 
 _SCRIPT = Path(sys.executable).with_name("lth")
-LTH = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "lth_core.cli"]
+LTH = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "lth_core.commands.cli"]
 
 
 
@@ -94,7 +95,7 @@ PROCESS_CASES = {
     # issue 9, as reported: this created the run folder, then failed inside Lightning
     "quickstart_devices_foo": (lambda d: ["run", "quickstart", "--set", "trainer.devices=foo"], ("trainer.devices is 'foo'",)),
 }
-#: The same contract through ``lth_core.cli.main`` in this process (each subprocess pays
+#: The same contract through ``lth_core.commands.cli.main`` in this process (each subprocess pays
 #: several seconds of importing torch and Lightning).
 IN_PROCESS_CASES = {
     "set_unknown_section": (lambda d: ["run", str(tiny_yaml(d)), "--set", "lotery.rate=0.2"], ("'lotery'",)),

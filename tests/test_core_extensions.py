@@ -14,11 +14,11 @@ import torch
 
 from lth_core import hookimpl
 from lth_core.errors import LthError
-from lth_core.lottery import run_lottery
-from lth_core.masks import prune_by_scores
-from lth_core.recipes import check_against_plugins, validate
-from lth_core.plugins import get_registry
-from lth_core.tickets import load_ticket
+from lth_core.lottery.rounds import run_lottery
+from lth_core.tickets.masks import prune_by_scores
+from lth_core.config.recipes import check_against_plugins, validate
+from lth_core.plugin_api.registry import get_registry
+from lth_core.tickets.ticket import load_ticket
 
 
 class HalveAtStep(pl.Callback):
@@ -165,7 +165,7 @@ def test_callback_options_are_validated(plugin, pm, tiny_raw):
 
 def test_recipe_hash_ignores_later_keys_at_their_default(tiny_raw):
     """Run folders made before `callbacks` existed keep their hash (they resume)."""
-    from lth_core.recipes import Recipe
+    from lth_core.config.recipes import Recipe
 
     recipe = validate(tiny_raw)
     older = recipe.to_dict()

@@ -19,15 +19,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from conftest import TINY
-from lth_core import cli, hookimpl
-from lth_core.context import PruneContext, RoundContext
+from lth_core import hookimpl
+from lth_core.commands import cli
+from lth_core.plugin_api.contexts import PruneContext, RoundContext
 from lth_core.errors import LthError
-from lth_core.lottery import build_model, load_data, run_lottery
-from lth_core.masks import Mask, prune_by_scores
-from lth_core.module import LotteryModule
-from lth_core.plugins import get_registry, make_plugin_manager
-from lth_core.recipes import Recipe, validate
-from lth_core.tickets import load_ticket
+from lth_core.lottery.rounds import build_model, load_data, run_lottery
+from lth_core.tickets.masks import Mask, prune_by_scores
+from lth_core.engines.module import LotteryModule
+from lth_core.plugin_api.registry import get_registry, make_plugin_manager
+from lth_core.config.recipes import Recipe, validate
+from lth_core.tickets.ticket import load_ticket
 
 STEPS = 40
 SGD_LR = 0.05

@@ -33,16 +33,18 @@ import yaml
 from safetensors.torch import load_file
 
 from conftest import TINY
-from lth_core import checkpoints, cli, distributed
-from lth_core.data import TensorLoader
-from lth_core.distributed import RANKS_FILE, _ENV_RANKS, digest
+from lth_core.engines import checkpoints
+from lth_core.commands import cli
+from lth_core.engines import data_parallel as distributed
+from lth_core.data.loaders import TensorLoader
+from lth_core.engines.data_parallel import RANKS_FILE, _ENV_RANKS, digest
 from lth_core.errors import LthError
-from lth_core.lottery import run_lottery
-from lth_core.plugins import get_registry
-from lth_core.recipes import validate
+from lth_core.lottery.rounds import run_lottery
+from lth_core.plugin_api.registry import get_registry
+from lth_core.config.recipes import validate
 
 _SCRIPT = Path(sys.executable).with_name("lth")
-LTH = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "lth_core.cli"]
+LTH = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "lth_core.commands.cli"]
 DDP = {"strategy": "ddp", "accelerator": "cpu", "devices": 2}
 ROUNDS = ("round_0", "round_1", "round_2")
 

@@ -8,9 +8,9 @@ import pytest
 
 from lth_core import hookimpl
 from lth_core.errors import LthError, NonFiniteLoss
-from lth_core.lottery import run_lottery
-from lth_core.recipes import validate
-from lth_core.tickets import is_ticket, load_ticket
+from lth_core.lottery.rounds import run_lottery
+from lth_core.config.recipes import validate
+from lth_core.tickets.ticket import is_ticket, load_ticket
 
 
 class Explode:
@@ -51,7 +51,7 @@ def test_the_cli_reports_divergence_in_one_line(tiny_raw, tmp_path):
     tiny_raw["lottery"]["rounds"] = 0
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(tiny_raw))
-    proc = subprocess.run([sys.executable, "-m", "lth_core.cli", "run", str(recipe), "--out", str(tmp_path / "run")],
+    proc = subprocess.run([sys.executable, "-m", "lth_core.commands.cli", "run", str(recipe), "--out", str(tmp_path / "run")],
                           capture_output=True, text=True)
     assert proc.returncode == 2, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lth_core.lottery import run_lottery
-from lth_core.plugins import get_registry
-from lth_core.recipes import validate
-from lth_core.tickets import load_ticket
+from lth_core.lottery.rounds import run_lottery
+from lth_core.plugin_api.registry import get_registry
+from lth_core.config.recipes import validate
+from lth_core.tickets.ticket import load_ticket
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,15 +13,15 @@ import yaml
 from safetensors.torch import save_file
 from torch import nn
 
-from lth_core import cli
+from lth_core.commands import cli
 from lth_core.errors import LthError
 from lth_core.files import json_digest, sha256_file
-from lth_core.export import SparseLinear, compact, export_ticket, sparsify
-from lth_core.lottery import build_model, load_data, run_lottery
-from lth_core.masks import Mask, apply_mask
-from lth_core.plugins import get_registry
-from lth_core.recipes import validate
-from lth_core.tickets import SELF, load_ticket
+from lth_core.commands.export import SparseLinear, compact, export_ticket, sparsify
+from lth_core.lottery.rounds import build_model, load_data, run_lottery
+from lth_core.tickets.masks import Mask, apply_mask
+from lth_core.plugin_api.registry import get_registry
+from lth_core.config.recipes import validate
+from lth_core.tickets.ticket import SELF, load_ticket
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +145,7 @@ def test_cli_export_and_its_mistakes(sparse_run, tmp_path, capsys):
     assert cli.main(["export", str(out / "round_4"), "--out", str(tmp_path / "m.pt2")]) == 0
     captured = capsys.readouterr()
     assert captured.out.strip() == str(tmp_path / "m.pt2") and "same prediction on 100.00%" in captured.err
-    bad = subprocess.run([sys.executable, "-m", "lth_core.cli", "export", str(out), "--out", str(tmp_path / "x.pt2")],
+    bad = subprocess.run([sys.executable, "-m", "lth_core.commands.cli", "export", str(out), "--out", str(tmp_path / "x.pt2")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("lth: error:") and "is not a ticket folder" in bad.stderr
     assert "Traceback" not in bad.stderr and not (tmp_path / "x.pt2").exists()

@@ -17,12 +17,13 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from lth_core import cli, hookimpl
+from lth_core import hookimpl
+from lth_core.commands import cli
 from lth_core.errors import LthError
-from lth_core.lottery import load_data, run_lottery
-from lth_core.plugins import get_registry
-from lth_core.recipes import load_recipe, validate
-from lth_core.tickets import load_ticket
+from lth_core.lottery.rounds import load_data, run_lottery
+from lth_core.plugin_api.registry import get_registry
+from lth_core.config.recipes import load_recipe, validate
+from lth_core.tickets.ticket import load_ticket
 from lth_frankenmodel.extend import extend, make_model, training_data
 from lth_frankenmodel.packed import OWNERSHIP_FILE, from_extension
 

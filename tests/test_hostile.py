@@ -17,11 +17,11 @@ import yaml
 from lth_core import hookimpl
 from lth_core.errors import LthError
 from lth_core.files import json_digest, sha256_file
-from lth_core.lottery import run_lottery
-from lth_core.masks import Mask
-from lth_core.plugins import get_registry
-from lth_core.recipes import check_against_plugins, validate
-from lth_core.tickets import FILES, SELF, is_ticket, load_ticket
+from lth_core.lottery.rounds import run_lottery
+from lth_core.tickets.masks import Mask
+from lth_core.plugin_api.registry import get_registry
+from lth_core.config.recipes import check_against_plugins, validate
+from lth_core.tickets.ticket import FILES, SELF, is_ticket, load_ticket
 
 MARKER = "lth-payload-ran"
 
@@ -130,7 +130,7 @@ def test_a_pickle_payload_in_a_ticket_never_runs(tiny_raw, tmp_path, pm):
     tiny_raw["ticket"] = str(folder)
     recipe = tmp_path / "transfer.yaml"
     recipe.write_text(yaml.safe_dump(tiny_raw))
-    proc = subprocess.run([sys.executable, "-m", "lth_core.cli", "run", str(recipe), "--out", str(tmp_path / "t")],
+    proc = subprocess.run([sys.executable, "-m", "lth_core.commands.cli", "run", str(recipe), "--out", str(tmp_path / "t")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("lth: error:"), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
@@ -148,7 +148,7 @@ def _rewrite_checksums(folder, which: str) -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lth_core.cli", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "lth_core.commands.cli", *args], capture_output=True, text=True)
 
 
 def _one_line_error(proc: subprocess.CompletedProcess) -> str:

@@ -25,12 +25,12 @@ from safetensors.torch import load_file
 
 from conftest import TINY
 from lth_core import hookimpl
-from lth_core.lottery import run_lottery
-from lth_core.plugins import make_plugin_manager
-from lth_core.recipes import validate
+from lth_core.lottery.rounds import run_lottery
+from lth_core.plugin_api.registry import make_plugin_manager
+from lth_core.config.recipes import validate
 
 _SCRIPT = Path(sys.executable).with_name("lth")
-LTH = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "lth_core.cli"]
+LTH = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "lth_core.commands.cli"]
 ROW_KEYS = {"round", "weights_remaining", "early_stop_step", "val_loss_min", "val_acc", "test_acc", "test_acc_final", "steps"}
 SUMMARY_KEYS = {"recipe", "recipe_hash", "rounds", "controls", "wall_time_s", "lth_version"}
 TICKET_FILES = {"ticket.json", "mask.safetensors", "init.safetensors", "final.safetensors", "curves.json"}

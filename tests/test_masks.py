@@ -18,13 +18,13 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from lth_core import hookimpl
-from lth_core.data import DataModule
+from lth_core.data.loaders import DataModule
 from lth_core.errors import LthError
-from lth_core.lottery import layer_rates, run_lottery
-from lth_core.masks import Mask, MaskEnforcer, match_density, prunable_parameters, prune_by_scores
-from lth_core.module import LotteryModule
-from lth_core.recipes import validate
-from lth_core.tickets import load_ticket
+from lth_core.lottery.rounds import layer_rates, run_lottery
+from lth_core.tickets.masks import Mask, MaskEnforcer, match_density, prunable_parameters, prune_by_scores
+from lth_core.engines.module import LotteryModule
+from lth_core.config.recipes import validate
+from lth_core.tickets.ticket import load_ticket
 from lth_datasets import digits
 from lth_models import mlp
 

@@ -10,8 +10,8 @@ import pytorch_lightning as pl
 import torch
 
 from lth_core import hookimpl
-from lth_core.lottery import run_lottery
-from lth_core.recipes import validate
+from lth_core.lottery.rounds import run_lottery
+from lth_core.config.recipes import validate
 
 
 class Census(pl.Callback):

@@ -17,16 +17,17 @@ import pytest
 import torch
 
 from conftest import TINY
-from lth_core import cli, hookimpl
-from lth_core.context import MergeContext, MergeResult
+from lth_core import hookimpl
+from lth_core.commands import cli
+from lth_core.plugin_api.contexts import MergeContext, MergeResult
 from lth_core.errors import LthError, PluginError
-from lth_core.lottery import build_model, load_data
-from lth_core.masks import Mask
-from lth_core.merging import merge_tickets
-from lth_core.plugins import get_registry
-from lth_core.recipes import Recipe, validate
-from lth_core.tickets import Ticket, load_ticket, save_ticket
-from lth_core.trials import run_experiment
+from lth_core.lottery.rounds import build_model, load_data
+from lth_core.tickets.masks import Mask
+from lth_core.commands.merge import merge_tickets
+from lth_core.plugin_api.registry import get_registry
+from lth_core.config.recipes import Recipe, validate
+from lth_core.tickets.ticket import Ticket, load_ticket, save_ticket
+from lth_core.lottery.trials import run_experiment
 from lth_merge.matching import layer_chain, match, permute
 
 QUIET = dict(say=lambda s: None)
@@ -228,7 +229,7 @@ def test_bad_input_is_one_line(runs, tmp_path, capsys):
 def test_cli_merge_end_to_end_and_report(runs, tmp_path):
     """The installed command: merge two tickets, then `lth report` draws the path."""
     out = tmp_path / "merged"
-    cmd = [sys.executable, "-m", "lth_core.cli"]
+    cmd = [sys.executable, "-m", "lth_core.commands.cli"]
     proc = subprocess.run([*cmd, "merge", str(_ticket(runs, "seed0")), str(_ticket(runs, "order")),
                            "--strategy", "weight_matching", "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr

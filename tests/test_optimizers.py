@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lth_core.module import build_optimizer
+from lth_core.engines.module import build_optimizer
 from lth_datasets import digits
 from lth_models import mlp
 

@@ -18,15 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lth_core import cli
-from lth_core.context import PruneContext
-from lth_core.data import DataModule
+from lth_core.commands import cli
+from lth_core.plugin_api.contexts import PruneContext
+from lth_core.data.loaders import DataModule
 from lth_core.errors import LthError
-from lth_core.lottery import run_lottery
-from lth_core.masks import Mask, keep_counts, prune_by_scores
-from lth_core.plugins import get_registry
-from lth_core.recipes import validate
-from lth_core.tickets import load_ticket
+from lth_core.lottery.rounds import run_lottery
+from lth_core.tickets.masks import Mask, keep_counts, prune_by_scores
+from lth_core.plugin_api.registry import get_registry
+from lth_core.config.recipes import validate
+from lth_core.tickets.ticket import load_ticket
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 needs_fashion = pytest.mark.skipif(not FASHION.is_file(), reason="needs Debian's dataset-fashion-mnist")

@@ -27,16 +27,16 @@ from torch import Tensor, nn
 
 import lth_datasets
 from lth_core import hookimpl
-from lth_core.data import DataBundle
+from lth_core.data.loaders import DataBundle
 from lth_core.errors import LthError, PluginError
-from lth_core.lottery import load_data, run_lottery
-from lth_core.masks import Mask
-from lth_core.plugins import get_registry
-from lth_core.recipes import validate
-from lth_core.tickets import is_ticket
+from lth_core.lottery.rounds import load_data, run_lottery
+from lth_core.tickets.masks import Mask
+from lth_core.plugin_api.registry import get_registry
+from lth_core.config.recipes import validate
+from lth_core.tickets.ticket import is_ticket
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
-LTH = [str(Path(sys.executable).with_name("lth"))] if Path(sys.executable).with_name("lth").is_file() else [sys.executable, "-m", "lth_core.cli"]
+LTH = [str(Path(sys.executable).with_name("lth"))] if Path(sys.executable).with_name("lth").is_file() else [sys.executable, "-m", "lth_core.commands.cli"]
 
 
 class Registers:
@@ -126,8 +126,8 @@ def _raises_loading() -> DataBundle:
 
 
 @pytest.mark.parametrize("factory, expected", [
-    (lambda: {"train_x": digits().train_x}, "returned dict, expected an lth_core.data.DataBundle"),
-    (lambda: None, "returned NoneType, expected an lth_core.data.DataBundle"),
+    (lambda: {"train_x": digits().train_x}, "returned dict, expected an lth_core.data.loaders.DataBundle"),
+    (lambda: None, "returned NoneType, expected an lth_core.data.loaders.DataBundle"),
     (_replace(train_y=_label(0, 10)), "returned train labels 0..10, expected 0..9 (num_classes=10)"),
     (_replace(test_y=_label(5, -1)), "returned test labels -1..9, expected 0..9"),
     (_replace(train_y=lambda y: y[:-1]), "returned a misaligned train split: train_x shaped (1437, 1, 8, 8), train_y shaped (1436,)"),
@@ -225,7 +225,7 @@ def test_a_bad_model_is_named_with_what_it_returned(factory, expected, pm, tiny_
 def test_the_probe_leaves_the_model_and_random_streams_alone(pm, tiny_raw) -> None:
     """The probe forward runs in eval mode under a forked RNG: θ0, the BatchNorm buffers,
     the train flag and the next random draw are what they would be without it."""
-    from lth_core.contracts import probe
+    from lth_core.plugin_api.contracts import probe
 
     data = load_data(validate(tiny_raw), get_registry(pm))
     torch.manual_seed(3)

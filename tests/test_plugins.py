@@ -29,11 +29,13 @@ import yaml
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from lth_core import __version__, cli, hookimpl, plugins
+from lth_core import __version__, hookimpl
+from lth_core.commands import cli
+from lth_core.plugin_api import registry as plugins
 from lth_core.errors import PluginError
-from lth_core.lottery import run_lottery
-from lth_core.plugins import AUTOLOAD_ENV, describe_plugins, get_registry, make_plugin_manager
-from lth_core.recipes import validate
+from lth_core.lottery.rounds import run_lottery
+from lth_core.plugin_api.registry import AUTOLOAD_ENV, describe_plugins, get_registry, make_plugin_manager
+from lth_core.config.recipes import validate
 
 HERE = Path(__file__).resolve().parent
 EXAMPLE_SRC = HERE / "third_party_plugin"
@@ -87,9 +89,9 @@ def assert_lowest_pruned(new: Tensor, prev: Tensor, scores: Tensor, rate: float)
 
 
 def lth_command() -> list[str]:
-    """The venv's ``lth`` script (next to this interpreter), or ``python -m lth_core.cli``."""
+    """The venv's ``lth`` script (next to this interpreter), or ``python -m lth_core.commands.cli``."""
     script = Path(sys.executable).with_name("lth")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "lth_core.cli"]
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "lth_core.commands.cli"]
 
 
 def run_lth(args: list[str], pythonpath: Path, cwd: Path, disable_autoload: bool = False) -> subprocess.CompletedProcess:

@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from conftest import TINY
 from lth_core import hookimpl
 from lth_core.errors import LthError
-from lth_core.plugins import get_registry
-from lth_core.recipes import (
+from lth_core.plugin_api.registry import get_registry
+from lth_core.config.recipes import (
     MAX_DEPTH,
     MAX_NODES,
     RESERVED_TRAINER_KEYS,

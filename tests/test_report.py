@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from lth_core import cli
+from lth_core.commands import cli
 from lth_core.errors import LthError
-from lth_core.lottery import run_lottery
-from lth_core.recipes import validate
-from lth_core.report import Series, choose_rounds, write_report
-from lth_core.tickets import load_ticket
-from lth_core.trials import run_experiment
+from lth_core.lottery.rounds import run_lottery
+from lth_core.config.recipes import validate
+from lth_core.reporting.report import Series, choose_rounds, write_report
+from lth_core.tickets.ticket import load_ticket
+from lth_core.lottery.trials import run_experiment
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

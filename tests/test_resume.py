@@ -25,14 +25,16 @@ import pytest
 import pytorch_lightning as pl
 import yaml
 
-from lth_core import checkpoints, cli, hookimpl
+from lth_core import hookimpl
+from lth_core.engines import checkpoints
+from lth_core.commands import cli
 from lth_core.errors import LthError, PluginError
 from lth_core.files import sha256_file
-from lth_core.lottery import run_lottery
-from lth_core.recipes import LATER_KEYS, validate
+from lth_core.lottery.rounds import run_lottery
+from lth_core.config.recipes import LATER_KEYS, validate
 
 _SCRIPT = Path(sys.executable).with_name("lth")
-LTH = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "lth_core.cli"]
+LTH = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "lth_core.commands.cli"]
 
 #: Small but long enough per round that a poll sees a checkpoint well before the round ends.
 KILL_RECIPE = {
@@ -256,7 +258,7 @@ def test_bernoulli_supermask_resumes_its_scores_and_random_draws(tmp_path: Path,
 @pytest.fixture(scope="module")
 def stopped(tmp_path_factory) -> tuple[dict, Path, Path]:
     """A baseline and one run stopped at step 50 of round 1 (checkpoint at 40); tests copy it."""
-    from lth_core.plugins import make_plugin_manager
+    from lth_core.plugin_api.registry import make_plugin_manager
 
     pm, root, raw = make_plugin_manager(), tmp_path_factory.mktemp("stopped"), tiny()
     stop = StopPlugin(1, 50)

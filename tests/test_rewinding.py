@@ -18,14 +18,15 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import TINY
-from lth_core import cli, hookimpl
-from lth_core.context import RewindContext
+from lth_core import hookimpl
+from lth_core.commands import cli
+from lth_core.plugin_api.contexts import RewindContext
 from lth_core.errors import LthError
-from lth_core.lottery import load_data, run_lottery
-from lth_core.masks import Mask
-from lth_core.module import lr_factor
-from lth_core.plugins import get_registry, make_plugin_manager
-from lth_core.recipes import load_recipe, validate
+from lth_core.lottery.rounds import load_data, run_lottery
+from lth_core.tickets.masks import Mask
+from lth_core.engines.module import lr_factor
+from lth_core.plugin_api.registry import get_registry, make_plugin_manager
+from lth_core.config.recipes import load_recipe, validate
 from lth_late_rewind import late_rewind, rewind_step
 from lth_lr_rewind import finetune_lr
 

@@ -15,11 +15,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lth_core.data import StepChunks, TensorLoader
+from lth_core.data.loaders import StepChunks, TensorLoader
 from lth_core.errors import LthError
-from lth_core.lottery import run_lottery, steps_per_call
-from lth_core.recipes import validate
-from lth_core.tickets import load_ticket
+from lth_core.lottery.rounds import run_lottery, steps_per_call
+from lth_core.config.recipes import validate
+from lth_core.tickets.ticket import load_ticket
 
 OPTIMISERS = {
     "sgd_nesterov_decay_schedule": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3,

@@ -15,12 +15,12 @@ from safetensors.torch import load_file
 
 from lth_core import hookimpl
 from lth_core.errors import LthError
-from lth_core.lottery import build_model, load_data, run_lottery
-from lth_core.masks import prunable_parameters
-from lth_core.plugins import get_registry
-from lth_core.recipes import check_against_plugins, validate
-from lth_core.tickets import load_ticket
-from lth_core.trials import run_experiment
+from lth_core.lottery.rounds import build_model, load_data, run_lottery
+from lth_core.tickets.masks import prunable_parameters
+from lth_core.plugin_api.registry import get_registry
+from lth_core.config.recipes import check_against_plugins, validate
+from lth_core.tickets.ticket import load_ticket
+from lth_core.lottery.trials import run_experiment
 
 
 def supermask_recipe(raw: dict, **options) -> dict:
@@ -248,8 +248,8 @@ def test_callback_metrics_are_averaged_over_trials(tiny_raw, tmp_path, pm):
 
 def test_a_supermask_ticket_is_read_by_report_and_export(tiny_raw, tmp_path, pm):
     """The ticket is ordinary: `lth report` tabulates it and `lth export` reproduces its predictions."""
-    from lth_core.export import export_ticket
-    from lth_core.report import write_report
+    from lth_core.commands.export import export_ticket
+    from lth_core.reporting.report import write_report
 
     raw = supermask_recipe(tiny_raw, density=0.2)
     raw["trainer"].update(max_steps=60, val_check_interval=30)

@@ -21,10 +21,11 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import TINY
-from lth_core import checkpoints, stacking
+from lth_core.engines import checkpoints
+from lth_core.engines import stacked as stacking
 from lth_core.errors import LthError, NonFiniteLoss
-from lth_core.recipes import validate
-from lth_core.trials import run_experiment
+from lth_core.config.recipes import validate
+from lth_core.lottery.trials import run_experiment
 
 ATOL = 1e-4
 CONTROLS = ["random_reinit", "random_pruning"]
@@ -229,7 +230,7 @@ def test_a_rerun_reuses_the_sequential_runs_tickets(pair, tmp_path) -> None:
 
 def _digits_mlps(k: int, hidden: list[int]):
     """K MLPs on the digits with their own θ0 and their own random 50% masks."""
-    from lth_core.masks import Mask, apply_mask, prunable_parameters
+    from lth_core.tickets.masks import Mask, apply_mask, prunable_parameters
     from lth_datasets import digits
     from lth_models import mlp
 
@@ -274,7 +275,7 @@ def test_batched_layers_hold_each_replicate_in_its_own_layout() -> None:
 def test_stacked_chunks_are_each_trials_own_chunks() -> None:
     """Training chunks gathered into the stacked batch are exactly each loader's own chunks,
     across an epoch boundary, from trials with their own tensors and orders."""
-    from lth_core.data import StepChunks, TensorLoader
+    from lth_core.data.loaders import StepChunks, TensorLoader
     from lth_datasets import digits
 
     bundle = digits()

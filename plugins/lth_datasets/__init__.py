@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from lth_core import hookimpl
-from lth_core.data import DataBundle
+from lth_core.data.loaders import DataBundle
 from lth_core.errors import LthError
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

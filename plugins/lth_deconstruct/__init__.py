@@ -27,9 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from lth_core import hookimpl
-from lth_core.context import PruneContext
+from lth_core.plugin_api.contexts import PruneContext
 from lth_core.errors import LthError
-from lth_core.masks import Mask
+from lth_core.tickets.masks import Mask
 
 PRUNED = -1.0  # score of already pruned weights (they stay pruned; any finite value does)
 

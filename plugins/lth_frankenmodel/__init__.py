@@ -39,8 +39,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lth_core.cli import _quiet_lightning
-    from lth_core.recipes import load_recipe
+    from lth_core.commands.cli import _quiet_lightning
+    from lth_core.config.recipes import load_recipe
 
     recipe = load_recipe(args.recipe, args.set)
     if not recipe["extend"]:

@@ -29,13 +29,13 @@ import torch
 from torch import Tensor, nn
 
 from lth_core import __version__
-from lth_core.data import DataModule
+from lth_core.data.loaders import DataModule
 from lth_core.errors import LthError, PluginError, choices
 from lth_core.files import atomic_write_text, read_json
-from lth_core.lottery import Run, Start, build_model, load_data, train
-from lth_core.masks import Mask
-from lth_core.plugins import Registry, call_plugin, get_plugin_manager, get_registry
-from lth_core.recipes import Recipe, check_against_plugins
+from lth_core.lottery.rounds import Run, Start, build_model, load_data, train
+from lth_core.tickets.masks import Mask
+from lth_core.plugin_api.registry import Registry, call_plugin, get_plugin_manager, get_registry
+from lth_core.config.recipes import Recipe, check_against_plugins
 
 from lth_frankenmodel.freeze import FreezeOwned
 from lth_frankenmodel.packed import EXTEND_JSON, Packed, claim, grow, load_source, save_packed

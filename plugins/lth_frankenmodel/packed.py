@@ -7,7 +7,7 @@ head and is evaluated with only the weights owned by tasks ``1..t`` (its *view*)
 that later tasks trained never reach it, so its logits never change.
 
 On disk an extension folder is a ticket folder (``mask``/``init``/``final`` safetensors and
-``ticket.json``, written by :func:`lth_core.tickets.save_ticket`; the mask is "owned by any
+``ticket.json``, written by :func:`lth_core.tickets.ticket.save_ticket`; the mask is "owned by any
 task") plus ``ownership.safetensors`` (int16 owner per prunable weight) and ``extend.json``
 (the tasks and the measurements), written last.
 """
@@ -25,8 +25,8 @@ from torch import Tensor
 
 from lth_core.errors import LthError
 from lth_core.files import atomic_write_text, read_json, sha256_file
-from lth_core.masks import Mask
-from lth_core.tickets import Ticket, is_ticket, load_ticket, save_ticket
+from lth_core.tickets.masks import Mask
+from lth_core.tickets.ticket import Ticket, is_ticket, load_ticket, save_ticket
 
 OWNERSHIP_FILE = "ownership.safetensors"
 EXTEND_JSON = "extend.json"
@@ -125,7 +125,7 @@ def claim(start: Packed, trained: dict[str, Tensor], prune: float) -> Packed:
     """After the newest task trained: it owns every free weight; with ``prune`` > 0 it then
     gives back that fraction of them (lowest magnitude per layer, as PackNet), zeroed and
     free again for a later task."""
-    from lth_core.masks import prune_by_scores
+    from lth_core.tickets.masks import prune_by_scores
 
     task = len(start.tasks)
     owner = {n: torch.where(o == 0, torch.tensor(task, dtype=OWNER_DTYPE), o) for n, o in start.owner.items()}
@@ -145,7 +145,7 @@ def _run_recipe(folder: Path) -> dict:
     for parent in (folder.parent, folder.parent.parent):
         path = parent / "recipe.yaml"
         if path.is_file():
-            from lth_core.recipes import read_yaml
+            from lth_core.config.recipes import read_yaml
 
             return read_yaml(path) or {}
     raise LthError(f"{folder} has no recipe.yaml in its run folder: cannot tell which classes the ticket was trained on")

@@ -29,7 +29,7 @@ rounds would leave it, ``(1 - r_layer)^k`` with ``k = ln(target) / ln(1 - lotter
 of 10 IMP rounds at 0.2), and ``lottery.scope: global`` ranks the pooled layers together.
 
 Any registered criterion scores the weights (looked up at run time); it receives a
-:class:`~lth_core.context.PruneContext` whose ``state`` is this run's
+:class:`~lth_core.plugin_api.contexts.PruneContext` whose ``state`` is this run's
 ``RoundContext.state`` (what the run's other callbacks collected so far, e.g. movement
 scores), whose ``initial`` holds the weights this run started from (θ0 in round 0) and
 whose ``rates`` are the fractions of each layer's remaining weights this step removes.
@@ -54,11 +54,11 @@ import torch
 from torch import Tensor
 
 from lth_core import hookimpl
-from lth_core.context import PruneContext, RoundContext
+from lth_core.plugin_api.contexts import PruneContext, RoundContext
 from lth_core.errors import LthError, choices
 from lth_core.files import atomic_write_text
-from lth_core.masks import Mask, validate_scores
-from lth_core.plugins import call_plugin
+from lth_core.tickets.masks import Mask, validate_scores
+from lth_core.plugin_api.registry import call_plugin
 
 NAME = "gradual_pruning"
 SCHEDULES = ("cubic", "constant")
@@ -89,7 +89,7 @@ def layer_targets(recipe: Any, mask: Mask, target: float) -> tuple[dict[str, flo
     The exponent ``ln(1 - r_l) / ln(1 - rate)`` turns the constant schedule's rate ``q``
     into the layer's own: ``1 - (1 - q)^exponent``.
     """
-    from lth_core.lottery import layer_rates
+    from lth_core.lottery.rounds import layer_rates
 
     rates, pooled = layer_rates(recipe, mask)
     base = math.log(1.0 - recipe["lottery"]["rate"])

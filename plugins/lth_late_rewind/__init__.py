@@ -26,9 +26,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from lth_core import hookimpl
-from lth_core.context import RewindContext, RoundContext
+from lth_core.plugin_api.contexts import RewindContext, RoundContext
 from lth_core.errors import LthError
-from lth_core.masks import Mask
+from lth_core.tickets.masks import Mask
 
 POLICY = "late"
 OPTION = "lottery.rewind_options.to"

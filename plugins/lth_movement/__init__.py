@@ -45,9 +45,9 @@ import torch
 from torch import Tensor, nn
 
 from lth_core import hookimpl
-from lth_core.context import PruneContext, RoundContext
+from lth_core.plugin_api.contexts import PruneContext, RoundContext
 from lth_core.errors import LthError
-from lth_core.masks import Mask
+from lth_core.tickets.masks import Mask
 
 NAME = "movement"
 STATE_KEY = "movement"  # context.state key, the plugin's name

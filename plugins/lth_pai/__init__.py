@@ -43,9 +43,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lth_core import hookimpl
-from lth_core.context import PruneContext
+from lth_core.plugin_api.contexts import PruneContext
 from lth_core.errors import LthError
-from lth_core.masks import Mask, apply_mask, keep_counts, prune_by_scores
+from lth_core.tickets.masks import Mask, apply_mask, keep_counts, prune_by_scores
 
 DEFAULT_BATCH = 256
 DEFAULT_ITERATIONS = 100

@@ -11,8 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from lth_core import hookimpl
-from lth_core.context import PruneContext
-from lth_core.masks import Mask
+from lth_core.plugin_api.contexts import PruneContext
+from lth_core.tickets.masks import Mask
 
 
 def random_scores(model: nn.Module, mask: Mask, context: PruneContext) -> dict[str, Tensor]:

@@ -45,9 +45,9 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from lth_core import hookimpl
-from lth_core.context import RoundContext
+from lth_core.plugin_api.contexts import RoundContext
 from lth_core.errors import LthError
-from lth_core.masks import Mask, prunable_parameters
+from lth_core.tickets.masks import Mask, prunable_parameters
 
 METHODS = ("edge_popup", "bernoulli")
 SCORES = "supermask_scores"

@@ -30,10 +30,10 @@ def _quiet_lightning() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from lth_core.recipes import load_recipe
+    from lth_core.config.recipes import load_recipe
 
     if args.resume is not None:
-        from lth_core.resume import resume_args
+        from lth_core.commands.resume import resume_args
 
         resume_args(args)  # the run folder's own recipe.yaml, into that folder
     elif args.recipe is None:
@@ -41,14 +41,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.set)  # recipe mistakes fail before torch loads
     if recipe["extend"]:
         raise LthError(f"{recipe.source} extends a ticket (it has an extend: section): use `lth extend TICKET --recipe {args.recipe} --out DIR`")
-    from lth_core.plugins import get_registry
-    from lth_core.recipes import check_against_plugins
-    from lth_core.trials import run_experiment
+    from lth_core.plugin_api.registry import get_registry
+    from lth_core.config.recipes import check_against_plugins
+    from lth_core.lottery.trials import run_experiment
 
     check_against_plugins(recipe, get_registry())
     _quiet_lightning()
     out = Path(args.out) if args.out else Path("runs") / f"{recipe.name}-{recipe.hash()}"
-    from lth_core import distributed
+    from lth_core.engines import data_parallel as distributed
 
     if distributed.is_writer():  # data parallel: the other processes run the same command quietly
         print(f"lth: recipe {recipe.source} (hash {recipe.hash()}) -> {out}", file=sys.stderr)
@@ -60,7 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from lth_core.report import write_report
+    from lth_core.reporting.report import write_report
 
     rounds = None
     if args.rounds:
@@ -70,7 +70,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise LthError(f"--rounds {args.rounds!r} must be comma-separated round numbers, e.g. 0,3,7") from None
     report = write_report(args.dirs, args.out, rounds)
     if args.wandb:
-        from lth_core.tracking import log_report_run
+        from lth_core.lottery.tracking import log_report_run
 
         log_report_run(args.dirs, args.out, project=args.project)
     print(report)
@@ -78,7 +78,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from lth_core.plugins import describe_plugins
+    from lth_core.plugin_api.registry import describe_plugins
 
     plugins = describe_plugins()
     if args.json:
@@ -92,7 +92,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    from lth_core.recipes import bundled_recipes, read_yaml
+    from lth_core.config.recipes import bundled_recipes, read_yaml
 
     for name, path in sorted(bundled_recipes().items()):
         raw = read_yaml(path) or {}
@@ -127,7 +127,7 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
 
 def _merge_options(pairs: list[str]) -> dict:
     """``--option max_iter=50`` -> {"max_iter": 50}; values are read as YAML."""
-    from lth_core.recipes import parse_override
+    from lth_core.config.recipes import parse_override
 
     options = {}
     for text in pairs:
@@ -139,7 +139,7 @@ def _merge_options(pairs: list[str]) -> dict:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from lth_core.merging import merge_tickets
+    from lth_core.commands.merge import merge_tickets
 
     _quiet_lightning()
     merge_tickets(args.tickets, args.strategy, args.out, recipe=args.recipe, overrides=args.set,
@@ -150,7 +150,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from lth_core.export import export_ticket, format_export
+    from lth_core.commands.export import export_ticket, format_export
 
     _quiet_lightning()
     record = export_ticket(args.ticket, args.out, recipe=args.recipe, sparse_below=args.sparse_below)
@@ -162,7 +162,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def add_plugin_commands(sub: argparse._SubParsersAction) -> None:
     """Every command a plugin registers (``register_commands``) becomes a subcommand."""
     from lth_core.errors import PluginError
-    from lth_core.plugins import call_plugin, get_registry
+    from lth_core.plugin_api.registry import call_plugin, get_registry
 
     builtin = set(sub.choices)
     for name, entry in sorted(get_registry().kinds["commands"].items()):
@@ -180,7 +180,7 @@ def add_plugin_commands(sub: argparse._SubParsersAction) -> None:
 def _run_plugin_command(source: str, run, args: argparse.Namespace) -> int:
     """A plugin's command: its own LthError reads as it wrote it (a user's mistake, said by
     the command); any other exception is a bug of the plugin, one line naming it."""
-    from lth_core.plugins import raised
+    from lth_core.plugin_api.registry import raised
 
     try:
         return run(args)
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser(plugin_commands=_wants_plugin_commands(argv)).parse_args(argv)
         return args.func(args)
     except LthError as exc:
-        ddp = sys.modules.get("lth_core.distributed")  # loaded only once a run has started
+        ddp = sys.modules.get("lth_core.engines.data_parallel")  # loaded only once a run has started
         who = f"process {ddp.rank()}: " if ddp is not None and ddp.rank() else ""
         print(f"lth: error: {who}{one_line(exc)}", file=sys.stderr)  # one line, whatever the message holds
         return EXIT_USER_ERROR

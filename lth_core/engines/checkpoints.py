@@ -29,7 +29,7 @@ exists.
 A callback without ``state_dict`` may hold state a checkpoint cannot see: runs with one
 write no checkpoints (said once) and restart from their start if interrupted.
 
-Data parallel (W processes, :mod:`lth_core.distributed`): every process reaches each
+Data parallel (W processes, :mod:`lth_core.engines.data_parallel`): every process reaches each
 checkpoint step and takes part; only rank 0 writes the files. Weights, mask and optimiser
 state, history, extra metrics and callback states are kept once: each process sends a
 SHA-256 of each of them and the checkpoint is written only when every process's equal rank
@@ -41,7 +41,7 @@ resume rank 0 alone reads and verifies the checkpoint, and its decision (resume 
 over) and the checkpoint's content go to every process, which need not see the folder.
 One-process checkpoints are written and read exactly as before.
 
-Trials trained stacked (``vectorize_trials``, :mod:`lth_core.stacking`): each replicate's
+Trials trained stacked (``vectorize_trials``, :mod:`lth_core.engines.stacked`): each replicate's
 checkpoint goes to its own run's folder, in this format and at these steps
 (:class:`ReplicaCheckpoints`), so a killed stacked run resumes stacked or one trial after
 another; :func:`restore_for_stacking` resumes a run in its trial's thread before it is
@@ -70,9 +70,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from lth_core import distributed
+from lth_core.engines import data_parallel as distributed
 from lth_core.files import atomic_write_text, json_digest, sha256_file
-from lth_core.masks import Mask
+from lth_core.tickets.masks import Mask
 
 RECORD = "checkpoint.json"
 ROUND_STATE = "round_state"
@@ -565,7 +565,7 @@ def restore_for_stacking(saved: Saved, module: Any, context: Any) -> dict:
 
 
 class ReplicaCheckpoints(pl.Callback):
-    """Checkpoints of K runs trained as one stacked model (:mod:`lth_core.stacking`).
+    """Checkpoints of K runs trained as one stacked model (:mod:`lth_core.engines.stacked`).
 
     Each replicate's checkpoint goes to its own run's folder, at the steps and in the
     format that run trained alone writes (:class:`RoundCheckpoint`): a killed stacked run

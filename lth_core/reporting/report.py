@@ -11,8 +11,8 @@ A *series* is one run folder (one lottery, or several trials of one). Figures:
 
 ``report.md`` holds the figures, a results table per series, and the per-layer sparsity.
 A folder written by ``lth merge`` gets its linear-path figure and merge table instead
-(:mod:`lth_core.merge_report`); one written by ``lth extend`` its accuracy table and bars
-(:mod:`lth_core.extension_report`).
+(:mod:`lth_core.reporting.merge_report`); one written by ``lth extend`` its accuracy table and bars
+(:mod:`lth_core.reporting.extension_report`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from pathlib import Path
 
 from lth_core.errors import LthError
 from lth_core.files import read_json
-from lth_core.merge_report import is_merge_dir, merge_sections
-from lth_core.extension_report import extension_sections, is_extension
+from lth_core.reporting.merge_report import is_merge_dir, merge_sections
+from lth_core.reporting.extension_report import extension_sections, is_extension
 
 #: The paper's highlighted levels of weights remaining (Frankle & Carbin, Figure 3).
 PAPER_LEVELS = (1.0, 0.513, 0.211, 0.07, 0.036)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lth_core.recipes import Recipe
+from lth_core.config.recipes import Recipe
 
 
 def has_wandb_credentials() -> bool:
@@ -99,7 +99,7 @@ def log_report(logger, summary: dict, out_dir: Path) -> None:
         return
     import wandb
 
-    from lth_core.report import Series, make_figures
+    from lth_core.reporting.report import Series, make_figures
 
     exp = logger.experiment
     columns = ["run", "round", "weights_remaining", "early_stop_step", "val_loss_min", "test_acc", "test_acc_final"]
@@ -129,7 +129,7 @@ def log_report_run(dirs: list, out: Path, project: str = "lth", group: str | Non
     """A W&B run holding a report: its figures as images and each series' rows as a table."""
     import wandb
 
-    from lth_core.report import Series
+    from lth_core.reporting.report import Series
 
     mode = resolve_mode("auto")
     if mode == "disabled":

@@ -1,9 +1,9 @@
 """``lth run --resume DIR``: continue a run folder with the recipe it recorded.
 
 A run folder holds ``recipe.yaml`` (the validated recipe) and ``run.json`` (its hash),
-written by :func:`lth_core.lottery.prepare_out_dir` before the first round. Resuming is
+written by :func:`lth_core.lottery.rounds.prepare_out_dir` before the first round. Resuming is
 then exactly rerunning that recipe into that folder: finished tickets are reused and a
-killed round continues from its last checkpoint (:mod:`lth_core.checkpoints`).
+killed round continues from its last checkpoint (:mod:`lth_core.engines.checkpoints`).
 """
 
 from __future__ import annotations

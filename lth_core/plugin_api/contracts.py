@@ -3,7 +3,7 @@
 Every check raises :class:`lth_core.errors.PluginError` with one line naming the plugin
 (``source``: "model 'x' (plugin 'y')") and what it returned against what was expected,
 so a broken plugin stops the run at once instead of surfacing later as a traceback far
-from its cause. ``lth_core/hookspecs.py`` states each contract for plugin authors.
+from its cause. ``lth_core/plugin_api/hookspecs.py`` states each contract for plugin authors.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from lth_core.data import DataModule
+from lth_core.data.loaders import DataModule
 from lth_core.errors import LthError, PluginError
-from lth_core.masks import Mask, prunable_parameters
-from lth_core.module import LotteryModule, check_new_mask
-from lth_core.plugins import call_plugin
+from lth_core.tickets.masks import Mask, prunable_parameters
+from lth_core.engines.module import LotteryModule, check_new_mask
+from lth_core.plugin_api.registry import call_plugin
 
 
 def check_model(model: Any, source: str) -> None:

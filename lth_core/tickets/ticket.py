@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from lth_core.errors import LthError
 from lth_core.files import atomic_write_text, json_digest, read_json, sha256_file
-from lth_core.masks import Mask, check_mask_fits
+from lth_core.tickets.masks import Mask, check_mask_fits
 
 FILES = ("mask", "init", "final")
 #: The key of ticket.json that holds the SHA-256 of the rest of its content.

@@ -11,7 +11,7 @@ training; a ticket's mask is the one in force when its training ends.
 Every training run is one ``Trainer.fit``. Every finished run is a ticket folder
 (``round_<k>/`` or ``round_<k>/control_<name>/``) whose ``ticket.json`` is written last; a
 rerun with the same recipe into the same folder reuses finished tickets and continues, a
-killed run at its last checkpoint (:mod:`lth_core.checkpoints`).
+killed run at its last checkpoint (:mod:`lth_core.engines.checkpoints`).
 """
 
 from __future__ import annotations
@@ -31,16 +31,20 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from lth_core import __version__, checkpoints, contracts, distributed, tracking
-from lth_core.context import PruneContext, RewindContext, RoundContext
-from lth_core.data import DataBundle, DataModule, StepChunks, select_classes
+from lth_core import __version__
+from lth_core.engines import checkpoints
+from lth_core.plugin_api import contracts
+from lth_core.engines import data_parallel as distributed
+from lth_core.lottery import tracking
+from lth_core.plugin_api.contexts import PruneContext, RewindContext, RoundContext
+from lth_core.data.loaders import DataBundle, DataModule, StepChunks, select_classes
 from lth_core.errors import LthError, NonFiniteLoss, PluginError, one_line
-from lth_core.masks import Mask, apply_mask, match_density, prune_by_scores, validate_scores
-from lth_core.module import LotteryModule
-from lth_core.plugins import Registry, call_hook, call_plugin, get_plugin_manager, get_registry
-from lth_core.recipes import Recipe, check_against_plugins
+from lth_core.tickets.masks import Mask, apply_mask, match_density, prune_by_scores, validate_scores
+from lth_core.engines.module import LotteryModule
+from lth_core.plugin_api.registry import Registry, call_hook, call_plugin, get_plugin_manager, get_registry
+from lth_core.config.recipes import Recipe, check_against_plugins
 from lth_core.files import atomic_write_text, read_json
-from lth_core.tickets import Ticket, is_ticket, load_ticket, save_ticket
+from lth_core.tickets.ticket import Ticket, is_ticket, load_ticket, save_ticket
 
 LAST_LAYER_ALIAS = "last"
 
@@ -61,9 +65,9 @@ class Run:
     rows: list[dict] = field(default_factory=list)
     controls: dict[str, list[dict]] = field(default_factory=dict)
     #: Replaces ``trainer.fit`` as ``fit(run, module, trainer, start_step, keep)``: trials
-    #: trained stacked hand their runs over through it (:mod:`lth_core.lockstep`), each
+    #: trained stacked hand their runs over through it (:mod:`lth_core.engines.lockstep`), each
     #: starting at ``start_step`` (a checkpoint's when resumed), and ``keep``
-    #: (:class:`lth_core.checkpoints.ReplicaKeep`) says where its checkpoints go.
+    #: (:class:`lth_core.engines.checkpoints.ReplicaKeep`) says where its checkpoints go.
     fit: Callable[..., None] | None = None
 
     def new_model(self, seed: int) -> nn.Module:
@@ -109,7 +113,7 @@ def initialise(model: nn.Module, spec: dict, registry: Registry, seed: int) -> N
 
 def load_data(recipe: Recipe, registry: Registry) -> DataModule:
     """The recipe's data set, checked (:meth:`DataBundle.check`) before anything trains on it."""
-    from lth_core.recipes import SCHEMA
+    from lth_core.config.recipes import SCHEMA
 
     spec = recipe["data"]
     entry = registry.get("datasets", spec["name"])
@@ -117,7 +121,7 @@ def load_data(recipe: Recipe, registry: Registry) -> DataModule:
     source = f"data set {spec['name']!r} (plugin {entry.plugin!r})"
     bundle = call_plugin(source, entry.obj, **options)
     if not isinstance(bundle, DataBundle):
-        raise PluginError(f"{source} returned {type(bundle).__name__}, expected an lth_core.data.DataBundle")
+        raise PluginError(f"{source} returned {type(bundle).__name__}, expected an lth_core.data.loaders.DataBundle")
     bundle.check(source)
     bundle = select_classes(bundle, spec.get("classes"))
     return DataModule(bundle, spec["batch_size"], spec["eval_batch_size"], spec["val_size"], recipe["seed"], spec["subset"], spec.get("order_seed"))

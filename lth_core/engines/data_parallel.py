@@ -9,7 +9,7 @@ A recipe asks for it in its ``trainer:`` section (``strategy: ddp``, ``devices: 
   SLURM (``srun``) or ``torchrun`` the cluster starts every process and each one joins.
   Every later ``Trainer`` of the lottery finds the group and reuses it.
 * **Data.** ``data.batch_size`` is the global batch. Each process trains on its
-  contiguous 1/W share of every global batch (:class:`lth_core.data.TensorLoader`), so
+  contiguous 1/W share of every global batch (:class:`lth_core.data.loaders.TensorLoader`), so
   DDP's averaged gradient is the gradient of the single-process batch. Evaluation is
   shared out the same way; torchmetrics sums the counts of every process, so each one
   records the whole validation and test sets' numbers.
@@ -17,7 +17,7 @@ A recipe asks for it in its ``trainer:`` section (``strategy: ddp``, ``devices: 
   process (:func:`agree`); a finished ticket found when resuming is read by rank 0 and
   sent to the others (:func:`ticket_from_rank_zero`), which need not see the run folder.
   A checkpoint inside a round is written by rank 0 once every process's state is shown
-  equal (:mod:`lth_core.checkpoints`); on resume rank 0 reads it and sends the decision
+  equal (:mod:`lth_core.engines.checkpoints`); on resume rank 0 reads it and sends the decision
   and its content to every process (:func:`checkpoint_from_rank_zero`).
   After each run every process reports digests of its mask and weights (:class:`Witness`);
   rank 0 keeps them in ``RUN/ranks.json``, and a mask or trained weights that differ
@@ -283,7 +283,7 @@ def agree(mask, start):
     """
     if world_size() == 1:
         return mask, start
-    from lth_core.masks import Mask
+    from lth_core.tickets.masks import Mask
 
     mask = Mask(broadcast_tensors(dict(mask.items())))
     weights = broadcast_tensors(start.weights)
@@ -295,8 +295,8 @@ def ticket_from_rank_zero(load: Callable, folder: Path, model):
     """A finished ticket read by rank 0 (``load(folder, model)``), the same on every process."""
     if world_size() == 1:
         return load(folder, model)
-    from lth_core.masks import Mask
-    from lth_core.tickets import Ticket
+    from lth_core.tickets.masks import Mask
+    from lth_core.tickets.ticket import Ticket
 
     mine = load(folder, model) if rank() == 0 else None
     head = broadcast_json({"meta": mine.meta, "final": mine.final is not None} if mine else None)
@@ -311,7 +311,7 @@ def checkpoint_from_rank_zero(load: Callable, folder: Path, expected: dict, say:
     rank 0 alone) or None, the same on every process: rank 0's decision, then its content."""
     if world_size() == 1:
         return load(folder, expected, say)
-    from lth_core.checkpoints import Saved, pack, unpack
+    from lth_core.engines.checkpoints import Saved, pack, unpack
 
     mine = load(folder, expected, say) if rank() == 0 else None
     tensors: dict[str, torch.Tensor] = {}

@@ -14,7 +14,7 @@ Event hooks (``on_*``) observe a run. ``round_callbacks`` lets a plugin add Ligh
 callbacks to a round's ``Trainer``: behaviour during training belongs in callbacks.
 
 The core checks what every plugin returns before using it (each hook below says what it
-expects) and runs plugin code through :func:`lth_core.plugins.call_plugin`: an exception
+expects) and runs plugin code through :func:`lth_core.plugin_api.registry.call_plugin`: an exception
 a plugin raises, or a result that breaks the contract, ends the run with one line that
 names the registered name and the plugin (``lth: error: criterion 'x' (plugin 'y') ...``),
 exit status 2; finished rounds keep their tickets. A plugin explains a user's mistake by
@@ -35,7 +35,7 @@ def register_criteria(register):
 
     ``register(name, score_fn)``. ``score_fn(model, mask, context) -> dict[str, Tensor]``
     is a pure function: given the trained ``model`` (an ``nn.Module``), the current
-    :class:`lth_core.masks.Mask` and a :class:`lth_core.context.PruneContext`, it returns
+    :class:`lth_core.tickets.masks.Mask` and a :class:`lth_core.plugin_api.contexts.PruneContext`, it returns
     one score tensor per prunable parameter name in ``mask``, shaped like the parameter.
     Lower scores are pruned first. The core, not the criterion, turns scores into a new
     mask with the recipe's allocation (per-layer rates or global), so every criterion
@@ -53,7 +53,7 @@ def register_rewind_policies(register):
     ``register(name, rewind_fn)``. ``rewind_fn(model, mask, context) -> dict[str, Tensor]``
     returns a full state dict (every parameter and buffer of ``model``) to load before the
     next round trains. ``model`` holds the weights just trained; ``context`` is a
-    :class:`lth_core.context.RewindContext` with the initial weights θ0, a seeded
+    :class:`lth_core.plugin_api.contexts.RewindContext` with the initial weights θ0, a seeded
     ``torch.Generator`` and a factory for fresh models. The core applies the mask after
     loading, so a policy need not. Every tensor must have its parameter's shape, be finite
     and of a real floating type (another precision is cast to the model's).
@@ -78,12 +78,12 @@ def register_merge_strategies(register):
     """Register model-merging strategies that combine tickets (``lth merge``).
 
     ``register(name, merge_fn)``. ``merge_fn(tickets, context, **options) -> MergeResult``
-    receives two or more :class:`lth_core.tickets.Ticket` of one architecture, trained on
+    receives two or more :class:`lth_core.tickets.ticket.Ticket` of one architecture, trained on
     the same classes, in the order the user gave them (``ticket.final`` holds the trained
     weights, ``ticket.init`` the rewind weights, ``ticket.mask`` the mask), and a
-    :class:`lth_core.context.MergeContext` (model name and factory, data, a seeded
+    :class:`lth_core.plugin_api.contexts.MergeContext` (model name and factory, data, a seeded
     generator, and ``retrain(mask)`` to train a combined mask with the recipe's training).
-    It returns a :class:`lth_core.context.MergeResult`: merged ``weights`` and ``mask``, or
+    It returns a :class:`lth_core.plugin_api.contexts.MergeResult`: merged ``weights`` and ``mask``, or
     ensemble ``members``; averaging strategies add ``endpoints`` so the core measures the
     loss barrier on the linear path. It must not modify the tickets. ``options`` come from
     ``lth merge --option key=value`` and are validated against ``merge_fn``'s keyword
@@ -113,7 +113,7 @@ def register_models(register):
 def register_datasets(register):
     """Register data sets.
 
-    ``register(name, factory)``. ``factory(**options) -> lth_core.data.DataBundle`` loads the
+    ``register(name, factory)``. ``factory(**options) -> lth_core.data.loaders.DataBundle`` loads the
     whole data set once into tensors (inputs float32, labels int64) with its official
     train/test split. The core holds a validation split out of the training tensors and
     batches by indexing, so factories only load and normalise. Options come from the
@@ -147,7 +147,7 @@ def register_callbacks(register):
     """Register named Lightning callbacks that a recipe switches on.
 
     ``register(name, factory)``. ``factory(context, **options)`` receives the
-    :class:`lth_core.context.RoundContext` of each training run (every round and control)
+    :class:`lth_core.plugin_api.contexts.RoundContext` of each training run (every round and control)
     and returns a ``pytorch_lightning.Callback`` for it, or ``None`` to stay out of that
     run. A recipe lists them: ``callbacks: [{name: gradual_pruning, target: 0.1}]``; the
     options are validated against the factory's keyword parameters. A callback that
@@ -156,7 +156,7 @@ def register_callbacks(register):
     checks that mask when training ends: the round's layers and shapes, ``torch.bool``,
     only tighter than the round's start mask, and every pruned weight exactly zero.
 
-    Checkpoints inside a run (:mod:`lth_core.checkpoints`) keep a callback's
+    Checkpoints inside a run (:mod:`lth_core.engines.checkpoints`) keep a callback's
     ``state_dict()`` and give it back with ``load_state_dict`` at the first batch of the
     resumed run, after ``on_train_start`` saw the run's start. Define both (``state_dict``
     may return ``{}`` when ``on_train_start`` rebuilds everything); a run with a callback
@@ -182,7 +182,7 @@ def register_commands(register):
 def round_callbacks(context):
     """Return Lightning callbacks to add to one round's ``Trainer`` (or ``None``).
 
-    ``context`` is a :class:`lth_core.context.RoundContext`: the recipe, round number,
+    ``context`` is a :class:`lth_core.plugin_api.contexts.RoundContext`: the recipe, round number,
     mask and model. A plugin looks at it and decides whether it has anything to add (a
     movement criterion adds a callback that accumulates scores only when the recipe uses
     it). Every plugin's list is used.
@@ -206,7 +206,7 @@ def on_round_start(context):
 def on_round_end(context, ticket, metrics):
     """Called after a round (or a control) has trained and its ticket is saved.
 
-    ``ticket`` is the :class:`lth_core.tickets.Ticket`; ``metrics`` the round's summary row
+    ``ticket`` is the :class:`lth_core.tickets.ticket.Ticket`; ``metrics`` the round's summary row
     (weights_remaining, early_stop_step, val_loss_min, test_acc, test_acc_final, ...).
     """
 

@@ -101,7 +101,7 @@ class TensorLoader:
     seeded with ``seed * 1_000_003 + e``: it does not depend on what ran before, so
     resuming at epoch ``e`` (or step ``k``) sees the same data as an uninterrupted run.
     ``drop_last`` keeps every training step the same size, as the paper's fixed batch.
-    Under data parallel training (:mod:`lth_core.distributed`) process ``rank`` of
+    Under data parallel training (:mod:`lth_core.engines.data_parallel`) process ``rank`` of
     ``world`` takes its contiguous ``1/world`` share of every batch: the batches, their
     order and their number stay those of one process, so the averaged gradient is the same.
     """

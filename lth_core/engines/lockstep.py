@@ -1,12 +1,12 @@
 """``vectorize_trials``: the K trials of a recipe run in lockstep and train stacked.
 
-Each trial runs the unchanged lottery (:func:`lth_core.lottery.run_lottery`) in a thread
+Each trial runs the unchanged lottery (:func:`lth_core.lottery.rounds.run_lottery`) in a thread
 of its own, but the threads take strict turns: only one of them runs at any time, always
 in the order trial 0, 1, ..., K-1, so everything a trial does outside training (build θ0,
 prune, rewind, save its ticket, write its files) happens exactly as in a sequential run.
-When a trial reaches a training run it hands it over (a :class:`lth_core.stacking.Job`)
+When a trial reaches a training run it hands it over (a :class:`lth_core.engines.stacked.Job`)
 and waits; once every trial has handed one over, the main thread trains them all as one
-stacked model (:func:`lth_core.stacking.train_stacked`, Lightning in the main thread) and
+stacked model (:func:`lth_core.engines.stacked.train_stacked`, Lightning in the main thread) and
 gives each trial its trained network and history back. The ticket, its controls and every
 round are stacked across trials in this way: trial i's control ``random_reinit`` of round
 k trains beside the other trials' ``random_reinit`` of round k.
@@ -26,11 +26,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from lth_core.distributed import declared_world
+from lth_core.engines.data_parallel import declared_world
 from lth_core.errors import LthError
-from lth_core.lottery import run_lottery
-from lth_core.recipes import Recipe
-from lth_core.stacking import OFF, Job, ReplicaDiverged, train_stacked
+from lth_core.lottery.rounds import run_lottery
+from lth_core.config.recipes import Recipe
+from lth_core.engines.stacked import OFF, Job, ReplicaDiverged, train_stacked
 
 
 class _Abandoned(BaseException):
@@ -151,7 +151,7 @@ def check_recipe(recipe: Recipe) -> None:
     if (declared_world(recipe["trainer"]) or 1) > 1 or str(recipe["trainer"].get("strategy", "auto")) != "auto":
         raise LthError(f"vectorize_trials: stacked trials train in one process on one device; {OFF}, or trainer.devices: 1")
     if recipe["tracking"]["backend"] != "none":
-        from lth_core.tracking import resolve_mode
+        from lth_core.lottery.tracking import resolve_mode
 
         if resolve_mode(recipe["tracking"]["mode"]) != "disabled":
             raise LthError("vectorize_trials: W&B keeps one active run per process, and the trials run together; "

@@ -12,7 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics import MeanMetric
 
 from lth_core.errors import LthError, NonFiniteLoss
-from lth_core.masks import Mask, MaskEnforcer
+from lth_core.tickets.masks import Mask, MaskEnforcer
 
 EVAL_SPLITS = ("val", "test")
 
@@ -87,7 +87,7 @@ def lr_factor(cfg: dict):
 def check_new_mask(current: Mask, new: Mask) -> None:
     """Refuse a mask set during training that does not fit or that revives pruned weights."""
     if not isinstance(new, Mask):
-        raise LthError(f"a callback set a mask of type {type(new).__name__}; set_mask takes an lth_core.masks.Mask")
+        raise LthError(f"a callback set a mask of type {type(new).__name__}; set_mask takes an lth_core.tickets.masks.Mask")
     if set(new) != set(current):
         raise LthError(f"a callback set a mask for layers {sorted(new)}; this run prunes {sorted(current)}")
     for n, m in new.items():
@@ -122,7 +122,7 @@ class LotteryModule(pl.LightningModule):
 
     def train_in_chunks(self, steps_per_call: int, batch_size: int = 0) -> None:
         """``steps_per_call > 1``: each training batch holds that many steps of ``batch_size``
-        examples (:class:`lth_core.data.StepChunks`), trained in one call by :meth:`_train_steps`."""
+        examples (:class:`lth_core.data.loaders.StepChunks`), trained in one call by :meth:`_train_steps`."""
         self.steps_per_call, self.batch_size = steps_per_call, batch_size
         self.automatic_optimization = steps_per_call == 1
 

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from lth_core.masks import Mask
+from lth_core.tickets.masks import Mask
 
 
 @dataclass
@@ -17,12 +17,12 @@ class PruneContext:
 
     ``initial`` holds θ0 (the weights the lottery rewinds to), ``generator`` a seeded
     ``torch.Generator`` (CPU) for random criteria, ``round`` the round being created,
-    ``data`` the run's :class:`lth_core.data.DataModule` (for data-driven criteria such as
+    ``data`` the run's :class:`lth_core.data.loaders.DataModule` (for data-driven criteria such as
     SNIP), ``state`` whatever the round's callbacks collected (keyed by plugin) and
     ``options`` the recipe's ``lottery.criterion_options``. ``rates`` (per parameter),
     ``scope`` and ``pooled`` say how the core will allocate: a criterion that prunes
     iteratively inside one step (SynFlow) can aim at the same per-layer counts
-    (:func:`lth_core.masks.keep_counts`).
+    (:func:`lth_core.tickets.masks.keep_counts`).
     """
 
     initial: dict[str, Tensor]
@@ -71,7 +71,7 @@ class RoundContext:
 
     ``state`` is handed, after training, to the criterion that prunes the next round
     (a movement criterion's callback accumulates its scores here, keyed by plugin).
-    ``module`` is the :class:`lth_core.module.LotteryModule` once training starts: a
+    ``module`` is the :class:`lth_core.engines.module.LotteryModule` once training starts: a
     callback that prunes during training calls ``module.set_mask(new_mask)``.
     ``registry`` and ``data`` give callbacks the run's plugins and data. ``metrics`` takes
     extra numbers a callback measured (a supermask's accuracy over sampled masks); they
@@ -97,13 +97,13 @@ class MergeContext:
 
     ``model_name`` is the registered model of the tickets and ``new_model()`` builds a
     fresh one (for structure and shapes; a strategy never trains it). ``data`` is the
-    recipe's :class:`lth_core.data.DataModule`, ``generator`` a CPU generator seeded from
+    recipe's :class:`lth_core.data.loaders.DataModule`, ``generator`` a CPU generator seeded from
     the recipe seed (e.g. the order of weight matching's coordinate descent).
     ``retrain(mask, start=None, start_step=0)`` trains ``mask`` with the recipe's training
     (the same ``lottery.train`` a round uses) from ``start`` weights (default: the first
     ticket's rewind weights) at step ``start_step`` (a late-rewound ticket's
     ``meta["start_step"]``) and returns the trained
-    :class:`lth_core.tickets.Ticket`, already saved as the merge's ticket: a strategy that
+    :class:`lth_core.tickets.ticket.Ticket`, already saved as the merge's ticket: a strategy that
     combines masks retrains through it and never forks the training loop.
     """
 

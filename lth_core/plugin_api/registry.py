@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import pluggy
 
-from lth_core import hookspecs
+from lth_core.plugin_api import hookspecs
 from lth_core.errors import LthError, PluginError, choices, one_line
 
 BUNDLED_DISTRIBUTION = "lth"

@@ -1,7 +1,7 @@
 """K training runs of one architecture as one stacked model: one ``Trainer.fit``, one optimiser.
 
 ``vectorize_trials: true`` trains the same run (round ``k``, ticket or control) of K trials
-together (:mod:`lth_core.lockstep` collects them). Each replicate keeps everything its
+together (:mod:`lth_core.engines.lockstep` collects them). Each replicate keeps everything its
 sequential run has:
 
 - **parameters**: with ``vectorize_trials: true`` the replicates' own modules sit side by
@@ -32,7 +32,7 @@ sequential run has:
   one step for K networks (one Lightning step, one optimiser call, one mask enforcement
   instead of K), which saves little now that a sequential round trains 50 steps per call.
   Gradient clipping, which takes a norm over all tensors, is refused;
-- **mask**: one :class:`lth_core.masks.MaskEnforcer` over every replicate's tensors and masks;
+- **mask**: one :class:`lth_core.tickets.masks.MaskEnforcer` over every replicate's tensors and masks;
 - **data**: replicate ``i``'s batches come from its own trial's loaders (its seed, order
   seed and validation split), stacked step by step; a split all replicates share (the test
   set) is passed once;
@@ -41,7 +41,7 @@ sequential run has:
   around its forward: the same draws as the sequential run;
 - **history**: one evaluation row list per replicate, as :class:`LotteryModule` keeps it;
 - **checkpoints**: each replicate's, in its own run's folder and in that run's terms
-  (:class:`lth_core.checkpoints.ReplicaCheckpoints`: :meth:`StackedModule.replica_state`,
+  (:class:`lth_core.engines.checkpoints.ReplicaCheckpoints`: :meth:`StackedModule.replica_state`,
   :meth:`~StackedModule.replica_optimizer_state`, :meth:`~StackedModule.replica_rng`);
   a resumed fit starts from them (``optimizer_states``).
 
@@ -66,11 +66,11 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from lth_core.checkpoints import ReplicaCheckpoints, ReplicaKeep
-from lth_core.data import StepChunks
+from lth_core.engines.checkpoints import ReplicaCheckpoints, ReplicaKeep
+from lth_core.data.loaders import StepChunks
 from lth_core.errors import LthError, NonFiniteLoss
-from lth_core.masks import Mask, MaskEnforcer
-from lth_core.module import EVAL_SPLITS, LotteryModule, build_optimizer, lr_factor
+from lth_core.tickets.masks import Mask, MaskEnforcer
+from lth_core.engines.module import EVAL_SPLITS, LotteryModule, build_optimizer, lr_factor
 
 OFF = "set vectorize_trials: false to train the trials one after another"
 
@@ -91,7 +91,7 @@ class Job:
     """One trial's request to train: what ``lottery.train`` built for its run."""
 
     trial: int
-    run: Any  # lth_core.lottery.Run
+    run: Any  # lth_core.lottery.rounds.Run
     module: LotteryModule
     trainer: pl.Trainer
     start_step: int  # where training starts: the run's start, or the checkpoint it resumes
@@ -533,7 +533,7 @@ def train_stacked(jobs: list[Job], mode: str = "stacked") -> None:
 
 
 def _fit_group(jobs: list[Job], mode: str = "stacked") -> None:
-    from lth_core.lottery import _train_loader
+    from lth_core.lottery.rounds import _train_loader
 
     first, batched = jobs[0], mode == "batched"
     stacked = StackedModule([j.module.model for j in jobs], [j.module.mask for j in jobs], first.module.optimizer_cfg,

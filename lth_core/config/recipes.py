@@ -468,7 +468,7 @@ def _check_values(r: dict, source: str) -> None:
     if bad:
         raise LthError(f"{source}: trainer.{bad[0]} is set by lth itself and cannot be given in a recipe")
     _check_trainer_keys(t, source)
-    from lth_core.distributed import check_trainer
+    from lth_core.engines.data_parallel import check_trainer
 
     check_trainer(t, r["data"]["batch_size"], source)  # data parallel: strategy, nodes, batch split
 
@@ -550,7 +550,7 @@ def _precision_choices() -> str:
 
 _STEPS_OR_NONE = "a whole number of steps >= 0 or null"
 #: trainer key -> (accepts(value), what is accepted). Keys not listed are type-checked from
-#: Trainer's annotations; ``strategy`` and ``num_nodes`` are lth_core.distributed's.
+#: Trainer's annotations; ``strategy`` and ``num_nodes`` are lth_core.engines.data_parallel's.
 TRAINER_RULES: dict[str, tuple[Callable[[Any], bool], Callable[[], str] | str]] = {
     "max_steps": (lambda v: _whole(v) and (v >= 1 or v == -1), "a whole number of steps >= 1, or -1 (no step limit)"),
     "max_epochs": (lambda v: v is None or _whole(v) and (v >= 1 or v == -1), "a whole number of epochs >= 1, -1 (no epoch limit) or null"),
@@ -600,7 +600,7 @@ def _check_trainer_value(key: str, value: Any, source: str) -> None:
             raise LthError(f"{source}: trainer.{key} is {_brief(value)}; valid: {valid() if callable(valid) else valid}")
         return
     if key in ("strategy", "num_nodes"):
-        return  # lth_core.distributed.check_trainer: supported strategies, whole nodes
+        return  # lth_core.engines.data_parallel.check_trainer: supported strategies, whole nodes
     kinds = _annotation_types(_trainer_params()[key].annotation)
     if kinds and (isinstance(value, bool) and bool not in kinds or not isinstance(value, tuple(kinds))):
         order = (bool, int, float, str, list, dict, type(None))
