@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from lth_core.commands.cli import _quiet_lightning
+from lth_core import quiet_lightning
 from lth_core.commands.export import export_ticket
 
 
@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("tickets", nargs="+")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    _quiet_lightning()
+    quiet_lightning()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lines = [

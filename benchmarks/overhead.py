@@ -37,9 +37,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lth_core.commands.cli import _quiet_lightning
+from lth_core import quiet_lightning
 from lth_core.data.loaders import StepChunks, TensorLoader
-from lth_core.tickets.masks import Mask, apply_mask, prunable_parameters
+from lth_core import Mask, apply_mask, prunable_parameters
 from lth_core.engines.module import LotteryModule, build_optimizer
 from lth_datasets import fashion_mnist
 from lth_models import lenet300
@@ -167,7 +167,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--conv4", action="store_true", help="also Conv-4 on 3x32x32 inputs (Fashion-MNIST padded)")
     args = ap.parse_args()
-    _quiet_lightning()
+    quiet_lightning()
     warnings.filterwarnings("ignore")
     bundle = fashion_mnist()
     x, y = bundle.train_x, bundle.train_y

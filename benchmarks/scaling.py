@@ -24,7 +24,7 @@ import warnings
 import pytorch_lightning as pl
 
 from lth_core import hookimpl
-from lth_core.commands.cli import _quiet_lightning
+from lth_core import quiet_lightning
 from lth_core.lottery.rounds import run_lottery
 from lth_core.plugin_api.registry import get_plugin_manager
 from lth_core.config.recipes import validate
@@ -95,7 +95,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--quick", action="store_true", help="MLPs only, two data sizes")
     args = ap.parse_args()
-    _quiet_lightning()
+    quiet_lightning()
     warnings.filterwarnings("ignore")
     pm = get_plugin_manager()
     timing = Timing()

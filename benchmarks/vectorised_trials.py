@@ -45,9 +45,9 @@ import warnings
 import pytorch_lightning as pl
 import torch
 
-from lth_core.commands.cli import _quiet_lightning
+from lth_core import quiet_lightning
 from lth_core.data.loaders import StepChunks, TensorLoader
-from lth_core.tickets.masks import apply_mask
+from lth_core import apply_mask
 from lth_core.engines.stacked import StackedLoader, StackedModule
 from lth_datasets import fashion_mnist
 from lth_models import lenet300
@@ -128,7 +128,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
-    _quiet_lightning()
+    quiet_lightning()
     warnings.filterwarnings("ignore")
     bundle = fashion_mnist()
     x, y = bundle.train_x, bundle.train_y

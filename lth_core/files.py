@@ -1,6 +1,6 @@
-"""Small files lth writes and reads back: JSON records, written atomically.
+"""Files lth writes and reads back: JSON records and tensors, written atomically.
 
-Kept free of torch so commands that only read results (``lth report``) start fast.
+Kept free of torch at import so commands that only read results (``lth report``) start fast.
 """
 
 from __future__ import annotations
@@ -9,16 +9,40 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from lth_core.errors import LthError
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so a reader sees the old file or the new one, never half."""
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; when the block ends without an error it
+    replaces ``path`` in one rename, so a reader (or a killed run's rerun) sees the old file
+    or the new one, never half of one. On an error the temporary file is removed."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")  # read_json reads UTF-8 whatever the locale
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (:func:`atomic_path`), as UTF-8 whatever the locale."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_tensors(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """Write named tensors to ``path`` as safetensors (never pickle), atomically, from CPU
+    copies so the file holds what the tensors were when this was called."""
+    from safetensors.torch import save_file  # lazily: reading results never needs torch
+
+    cpu = {n: t.detach().to("cpu").contiguous().clone() for n, t in tensors.items()}  # own storage: safetensors refuses shared
+    with atomic_path(path) as tmp:
+        save_file(cpu, str(tmp), metadata=metadata)
 
 
 def read_json(path: Path, kind: type = dict) -> Any:

@@ -15,11 +15,11 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 import torch  # noqa: E402
 
-from lth_core.commands import cli  # noqa: E402
+from lth_core import quiet_lightning  # noqa: E402
 
 torch.set_num_threads(1)
 
-cli._quiet_lightning()
+quiet_lightning()
 
 #: A real but tiny lottery on scikit-learn's digits: seconds per round on a CPU.
 TINY = {

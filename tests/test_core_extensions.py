@@ -15,7 +15,7 @@ import torch
 from lth_core import hookimpl
 from lth_core.errors import LthError
 from lth_core.lottery.rounds import run_lottery
-from lth_core.tickets.masks import prune_by_scores
+from lth_core import Allocation, prune_by_scores
 from lth_core.config.recipes import check_against_plugins, validate
 from lth_core.plugin_api.registry import get_registry
 from lth_core.tickets.ticket import load_ticket
@@ -31,7 +31,7 @@ class HalveAtStep(pl.Callback):
         if module.step == self.at and self.done_at is None:
             params = dict(module.model.named_parameters())
             scores = {n: params[n].detach().abs().cpu() for n in module.mask}
-            module.set_mask(prune_by_scores(scores, module.mask, {n: 0.5 for n in module.mask}))
+            module.set_mask(prune_by_scores(scores, module.mask, Allocation({n: 0.5 for n in module.mask})))
             self.done_at = module.step
             self.context.state["halved_at"] = module.step
 

@@ -23,8 +23,10 @@ from lth_core import hookimpl
 from lth_core.commands import cli
 from lth_core.plugin_api.contexts import PruneContext, RoundContext
 from lth_core.errors import LthError
-from lth_core.lottery.rounds import build_model, load_data, run_lottery
-from lth_core.tickets.masks import Mask, prune_by_scores
+from lth_core.lottery.run import build_model, load_data
+from lth_core.lottery.rounds import run_lottery
+from lth_core import Allocation, Mask, prune_by_scores, recipe_uses
+from lth_core.lottery.callbacks import plugin_callbacks
 from lth_core.engines.module import LotteryModule
 from lth_core.plugin_api.registry import get_registry, make_plugin_manager
 from lth_core.config.recipes import Recipe, validate
@@ -203,7 +205,7 @@ def test_movement_directed_synthetic_scores() -> None:
     assert torch.allclose(state["scores"]["0.weight"], expected)
     criterion = get_registry(make_plugin_manager()).get("criteria", "movement").obj
     scores = criterion(model, mask, PruneContext(initial={}, generator=torch.Generator(), round=1, state=ctx.state))
-    kept = prune_by_scores(scores, mask, {"0.weight": 0.5})["0.weight"]
+    kept = prune_by_scores(scores, mask, Allocation({"0.weight": 0.5}))["0.weight"]
     # The large weight (-2.0) that shrinks is pruned although it is the largest.
     assert kept.tolist() == [[True, True, False, False]]
 
@@ -232,7 +234,7 @@ class PruneOnceBy(pl.Callback):
         fn = self.context.registry.get("criteria", self.criterion).obj
         ctx = PruneContext(initial={}, generator=torch.Generator(), round=self.context.round, state=self.context.state)
         scores = {n: t.clone() for n, t in fn(module.model, module.mask, ctx).items()}
-        new = prune_by_scores(scores, module.mask, {n: 0.5 for n in module.mask})
+        new = prune_by_scores(scores, module.mask, Allocation({n: 0.5 for n in module.mask}))
         self.seen.append({"steps": self.context.state["movement"]["steps"], "scores": scores, "old": module.mask, "new": new})
         module.set_mask(new)
 
@@ -246,12 +248,13 @@ class PruneOncePlugin:
         def prune_once(context, at: int = 10, criterion: str = "magnitude"):
             return PruneOnceBy(context, at, criterion, self.seen)
 
-        register("prune_once", prune_once)
+        register("prune_once", prune_once, refers={"criterion": "criteria"})  # its option names a criterion
 
 
 def test_a_recipe_callback_with_criterion_movement_gets_live_scores(tmp_path: Path) -> None:
     """``callbacks: [{criterion: movement}]`` alone switches the collector on (the lottery's
-    own criterion is magnitude), and a mid-training prune sees the scores of the steps so far."""
+    own criterion is magnitude) when the callback declared that option names a criterion,
+    and a mid-training prune sees the scores of the steps so far."""
     plugin = PruneOncePlugin()
     raw = tiny(criterion="magnitude", rounds=0)
     raw["callbacks"] = [{"name": "prune_once", "at": 10, "criterion": "movement"}]
@@ -265,15 +268,21 @@ def test_a_recipe_callback_with_criterion_movement_gets_live_scores(tmp_path: Pa
 
 
 def test_collector_is_added_only_when_movement_is_used() -> None:
-    """Recipes that never prune by movement train without the collector."""
-    from lth_movement import MovementScores, round_callbacks
+    """The movement criterion declares its collector (``collects=``): the core adds it to a
+    run's callbacks exactly when the recipe prunes by movement somewhere, the lottery's
+    criterion, a control's, or a callback option declared to name a criterion."""
+    from types import SimpleNamespace
 
-    registry = get_registry(make_plugin_manager())
+    from lth_movement import MovementScores
+
+    pm = make_plugin_manager()
+    registry = get_registry(pm)
     model = torch.nn.Sequential(torch.nn.Linear(2, 2))
 
     def callbacks(raw: dict) -> list:
-        ctx = RoundContext(recipe=validate(raw), round=0, name="ticket", mask=Mask.ones_like(model), model=model, registry=registry)
-        return round_callbacks(ctx) or []
+        recipe = validate(raw)
+        ctx = RoundContext(recipe=recipe, round=0, name="ticket", mask=Mask.ones_like(model), model=model, registry=registry)
+        return plugin_callbacks(SimpleNamespace(recipe=recipe, registry=registry, pm=pm), ctx, {})
 
     assert callbacks(tiny(criterion="magnitude")) == []
     assert [type(c) for c in callbacks(tiny(criterion="movement"))] == [MovementScores]
@@ -281,8 +290,11 @@ def test_collector_is_added_only_when_movement_is_used() -> None:
     with_control["controls"] = [{"name": "by_movement", "criterion": "movement"}]
     assert [type(c) for c in callbacks(with_control)] == [MovementScores]
     with_callback = tiny(criterion="magnitude")
-    with_callback["callbacks"] = [{"name": "anything", "criterion": "movement"}]
-    assert [type(c) for c in callbacks(with_callback)] == [MovementScores]
+    with_callback["callbacks"] = [{"name": "gradual_pruning", "target": 0.5, "criterion": "movement"}]
+    assert recipe_uses(validate(with_callback), registry, "criteria", "movement")
+    with_callback["callbacks"] = [{"name": "gradual_pruning", "target": 0.5}]  # its default criterion: magnitude
+    assert not recipe_uses(validate(with_callback), registry, "criteria", "movement")
+    assert recipe_uses(validate(with_callback), registry, "criteria", "magnitude")
 
 
 # -------------------------------------------------------------------------- deconstruct
@@ -358,6 +370,6 @@ def test_lth_plugins_json_lists_the_criteria(pm: pluggy.PluginManager, capsys: p
     assert cli.main(["plugins", "--json"]) == 0
     by_name = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
     assert by_name["movement"]["registers"] == {"criteria": ["movement"]}
-    assert "round_callbacks" in by_name["movement"]["hooks"]
+    assert by_name["movement"]["hooks"] == ["register_criteria"]  # its collector is declared when it registers
     assert by_name["deconstruct"]["registers"] == {"criteria": sorted(DECONSTRUCT)}
     assert by_name["movement"]["distribution"] == by_name["deconstruct"]["distribution"] == "lth"

@@ -35,9 +35,10 @@ from safetensors.torch import load_file
 from conftest import TINY
 from lth_core.engines import checkpoints
 from lth_core.commands import cli
-from lth_core.engines import data_parallel as distributed
+from lth_core.engines import collectives, data_parallel
 from lth_core.data.loaders import TensorLoader
-from lth_core.engines.data_parallel import RANKS_FILE, _ENV_RANKS, digest
+from lth_core.engines.collectives import _ENV_RANKS
+from lth_core.engines.data_parallel import RANKS_FILE, digest
 from lth_core.errors import LthError
 from lth_core.lottery.rounds import run_lottery
 from lth_core.plugin_api.registry import get_registry
@@ -244,14 +245,17 @@ def _two_processes(rank: int, rendezvous: str, out: str, results) -> None:
 
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
     try:
-        head = distributed.broadcast_json({"from": rank, "step": 7} if rank == 0 else None)
+        head = collectives.broadcast_json({"from": rank, "step": 7} if rank == 0 else None)
         mine = {"m": torch.tensor([True, False, rank == 1]), "w": torch.full((2, 3), float(rank))}
-        sent = distributed.broadcast_tensors(mine if rank == 0 else None)
-        witness = distributed.Witness()
+        sent = collectives.broadcast_tensors(mine if rank == 0 else None)
+        engine = data_parallel.DataParallel()
+        (witness,) = engine.callbacks()
         witness.examples = 16
         witness.record = {"mask_start": "same", "mask": f"mask of rank {rank}", "final": "same", "steps": 3}
+        fit = SimpleNamespace(context=SimpleNamespace(round=1, name="ticket", out_dir=Path(out) / "round_1"),
+                              run=SimpleNamespace(out_dir=Path(out)), module=SimpleNamespace(history=[{"step": 3, "val_acc": 0.5}]))
         try:
-            distributed.verify([witness], [{"step": 3, "val_acc": 0.5}], Path(out), Path(out) / "round_1", 1, "ticket")
+            engine.verify(fit)
             error = None
         except LthError as exc:
             error = str(exc)
@@ -305,7 +309,7 @@ def _checkpoint_processes(rank: int, rendezvous: str, folder: str, results) -> N
             here = Path(folder) / case
             here.mkdir(parents=True, exist_ok=True)
             keeper = checkpoints.RoundCheckpoint(SimpleNamespace(metrics={"extra": 1.5}, out_dir=here), expected, 0, (20, ""),
-                                                 None, {}, (), distributed.speaker(said.append))
+                                                 None, {}, (), collectives.speaker(said.append))
             keeper.tracked, keeper.interval = [_Counter(n)], 20
             torch.manual_seed(100 + rank)  # each process's own generator state
             mine = checkpoints.rng_state()
@@ -314,10 +318,10 @@ def _checkpoint_processes(rank: int, rendezvous: str, folder: str, results) -> N
                      "optimizers": [{"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": [{"lr": 0.1, "params": [0]}]}],
                      "callbacks": [["_Counter", {"n": n}]], "rng": mine}
             agreed = keeper._agreed(state, 20)
-            if agreed and distributed.is_writer():
+            if agreed and collectives.is_writer():
                 checkpoints.write(here, 20, state)
             # rank 1 looks in a folder that does not exist: it gets rank 0's checkpoint
-            saved = distributed.checkpoint_from_rank_zero(checkpoints.load, here if rank == 0 else here / "elsewhere", expected, lambda _s: None)
+            saved = checkpoints.load_from_rank_zero(here if rank == 0 else here / "elsewhere", expected, lambda _s: None)
             got = None
             if saved is not None:
                 got = {"step": saved.step, "world": saved.state["world"], "model": saved.state["model"]["w"].tolist(),

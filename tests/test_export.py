@@ -17,8 +17,9 @@ from lth_core.commands import cli
 from lth_core.errors import LthError
 from lth_core.files import json_digest, sha256_file
 from lth_core.commands.export import SparseLinear, compact, export_ticket, sparsify
-from lth_core.lottery.rounds import build_model, load_data, run_lottery
-from lth_core.tickets.masks import Mask, apply_mask
+from lth_core.lottery.run import build_model, load_data
+from lth_core.lottery.rounds import run_lottery
+from lth_core import Mask, apply_mask
 from lth_core.plugin_api.registry import get_registry
 from lth_core.config.recipes import validate
 from lth_core.tickets.ticket import SELF, load_ticket

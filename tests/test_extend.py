@@ -20,7 +20,8 @@ from safetensors.torch import load_file
 from lth_core import hookimpl
 from lth_core.commands import cli
 from lth_core.errors import LthError
-from lth_core.lottery.rounds import load_data, run_lottery
+from lth_core.lottery.run import load_data
+from lth_core.lottery.rounds import run_lottery
 from lth_core.plugin_api.registry import get_registry
 from lth_core.config.recipes import load_recipe, validate
 from lth_core.tickets.ticket import load_ticket

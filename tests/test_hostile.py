@@ -18,7 +18,7 @@ from lth_core import hookimpl
 from lth_core.errors import LthError
 from lth_core.files import json_digest, sha256_file
 from lth_core.lottery.rounds import run_lottery
-from lth_core.tickets.masks import Mask
+from lth_core import Mask
 from lth_core.plugin_api.registry import get_registry
 from lth_core.config.recipes import check_against_plugins, validate
 from lth_core.tickets.ticket import FILES, SELF, is_ticket, load_ticket

@@ -20,8 +20,9 @@ from torch import Tensor, nn
 from lth_core import hookimpl
 from lth_core.data.loaders import DataModule
 from lth_core.errors import LthError
-from lth_core.lottery.rounds import layer_rates, run_lottery
-from lth_core.tickets.masks import Mask, MaskEnforcer, match_density, prunable_parameters, prune_by_scores
+from lth_core.lottery.rounds import run_lottery
+from lth_core import Allocation, Mask, match_density, prunable_parameters, prune_by_scores
+from lth_core.engines.enforcer import MaskEnforcer
 from lth_core.engines.module import LotteryModule
 from lth_core.config.recipes import validate
 from lth_core.tickets.ticket import load_ticket
@@ -88,7 +89,7 @@ def test_layer_scope_keeps_exact_count_of_highest_scores(shape_list, density, se
     rates = {n: data.draw(st.floats(0.01, 0.99), label=f"rate {n}") for n in mask}
     scores = _unique_scores(mask, g)
 
-    new = prune_by_scores(scores, mask, rates, scope="layer")
+    new = prune_by_scores(scores, mask, Allocation(rates))
 
     assert list(new) == list(mask)
     for n, old in mask.items():
@@ -111,7 +112,7 @@ def test_layer_scope_counts_are_exact_with_tied_scores(shape_list, rate, levels,
     g = torch.Generator().manual_seed(seed)
     mask = _random_mask(shape_list, 0.7, g)
     scores = {n: torch.randint(0, levels, m.shape, generator=g).float() for n, m in mask.items()}
-    new = prune_by_scores(scores, mask, {n: rate for n in mask}, scope="layer")
+    new = prune_by_scores(scores, mask, Allocation({n: rate for n in mask}))
     for n, old in mask.items():
         assert int(new[n].sum()) == _expected_keep(int(old.sum()), rate)
         assert not bool((new[n] & ~old).any())
@@ -161,7 +162,7 @@ def test_global_scope_ranks_all_pooled_layers_together(shape_list, density, rate
     scores = _unique_scores(mask, g, offsets={big: 10.0 * mask.total() + 10})
     rates = {n: rate for n in names}
 
-    new = prune_by_scores(scores, mask, rates, scope="global", global_layers=names)
+    new = prune_by_scores(scores, mask, Allocation(rates, "global", tuple(names)))
 
     remaining = mask.kept()
     keep = _expected_keep(remaining, rate)
@@ -176,13 +177,20 @@ def test_global_scope_ranks_all_pooled_layers_together(shape_list, density, rate
     _check_counts(new)
 
 
-def test_global_scope_without_layer_list_pools_every_layer_with_a_rate() -> None:
-    """The documented default of ``global_layers``: every layer with a rate is pooled."""
-    mask = Mask({"a.weight": torch.ones(10, dtype=torch.bool), "b.weight": torch.ones(10, dtype=torch.bool)})
-    scores = {"a.weight": torch.arange(10.0) + 100, "b.weight": torch.arange(10.0)}
-    new = prune_by_scores(scores, mask, {"a.weight": 0.5, "b.weight": 0.5}, scope="global")
+def test_global_scope_ranks_only_the_pooled_layers_together() -> None:
+    """Under global scope the pooled layers are one unit (first, in the mask's order) and
+    every other layer is ranked alone: a layer outside the pool keeps its own count even
+    when its scores dwarf the pool's."""
+    ones = lambda n: torch.ones(n, dtype=torch.bool)  # noqa: E731
+    mask = Mask({"a.weight": ones(10), "b.weight": ones(10), "c.weight": ones(10)})
+    allocation = Allocation({n: 0.5 for n in mask}, "global", ("c.weight", "a.weight"))
+    assert allocation.units(mask) == [("a.weight", "c.weight"), ("b.weight",)]
+    assert allocation.counts(mask) == {("a.weight", "c.weight"): 10, ("b.weight",): 5}
+    scores = {"a.weight": torch.arange(10.0) + 100, "b.weight": torch.arange(10.0) + 1000, "c.weight": torch.arange(10.0)}
+    new = prune_by_scores(scores, mask, allocation)
     assert new.report()["a.weight"]["kept"] == 10
-    assert new.report()["b.weight"]["kept"] == 0
+    assert new.report()["c.weight"]["kept"] == 0
+    assert new.report()["b.weight"]["kept"] == 5
 
 
 def test_global_scope_refuses_mixed_pooled_rates() -> None:
@@ -190,7 +198,7 @@ def test_global_scope_refuses_mixed_pooled_rates() -> None:
     mask = Mask({"a.weight": torch.ones(4, dtype=torch.bool), "b.weight": torch.ones(4, dtype=torch.bool)})
     scores = {n: torch.rand(4) for n in mask}
     with pytest.raises(ValueError, match="one rate"):
-        prune_by_scores(scores, mask, {"a.weight": 0.2, "b.weight": 0.5}, scope="global", global_layers=list(mask))
+        prune_by_scores(scores, mask, Allocation({"a.weight": 0.2, "b.weight": 0.5}, "global", tuple(mask)))
 
 
 def _global_recipe(tiny_raw: dict, key: str | None, rate: float = 0.5) -> object:
@@ -205,14 +213,15 @@ def test_layer_rates_override_is_pruned_layerwise_under_global_scope(tiny_raw: d
     model = _tiny_model()
     dense = Mask.ones_like(model)
     assert list(dense) == ["net.1.weight", "net.3.weight", "net.5.weight"]
-    rates, pooled = layer_rates(_global_recipe(tiny_raw, key), dense)
-    assert rates == {"net.1.weight": 0.5, "net.3.weight": 0.5, "net.5.weight": 0.1}
+    allocation = Allocation.of_recipe(_global_recipe(tiny_raw, key), dense)
+    assert allocation.rates == {"net.1.weight": 0.5, "net.3.weight": 0.5, "net.5.weight": 0.1}
+    pooled = list(allocation.pooled)
     assert pooled == ["net.1.weight", "net.3.weight"]
 
     g = torch.Generator().manual_seed(1)
-    mask = prune_by_scores({n: torch.rand(m.shape, generator=g) for n, m in dense.items()}, dense, {n: 0.3 for n in dense})
+    mask = prune_by_scores({n: torch.rand(m.shape, generator=g) for n, m in dense.items()}, dense, Allocation({n: 0.3 for n in dense}))
     scores = _unique_scores(mask, g, offsets={"net.5.weight": 1e6, "net.3.weight": 1e5})
-    new = prune_by_scores(scores, mask, rates, scope="global", global_layers=pooled)
+    new = prune_by_scores(scores, mask, allocation)
 
     last_remaining = int(mask["net.5.weight"].sum())
     assert int(new["net.5.weight"].sum()) == _expected_keep(last_remaining, 0.1)
@@ -226,17 +235,17 @@ def test_layer_rates_override_is_pruned_layerwise_under_global_scope(tiny_raw: d
 def test_layer_rates_without_override_pools_every_layer(tiny_raw: dict) -> None:
     """Under global scope with no override, every prunable layer is in one pool."""
     dense = Mask.ones_like(_tiny_model())
-    rates, pooled = layer_rates(_global_recipe(tiny_raw, None), dense)
-    assert pooled == list(dense) and set(rates.values()) == {0.5}
+    allocation = Allocation.of_recipe(_global_recipe(tiny_raw, None), dense)
+    assert list(allocation.pooled) == list(dense) and set(allocation.rates.values()) == {0.5}
     tiny_raw["lottery"]["scope"] = "layer"
-    assert layer_rates(validate(tiny_raw), dense)[1] == []
+    assert Allocation.of_recipe(validate(tiny_raw), dense).pooled == ()
 
 
 def test_layer_rates_unknown_layer_lists_valid_names(tiny_raw: dict) -> None:
     """A typo in layer_rates must fail loudly with the names that would have worked."""
     dense = Mask.ones_like(_tiny_model())
     with pytest.raises(LthError) as err:
-        layer_rates(_global_recipe(tiny_raw, "fc3"), dense)
+        Allocation.of_recipe(_global_recipe(tiny_raw, "fc3"), dense)
     msg = str(err.value)
     assert "fc3" in msg
     for valid in ("net.1.weight", "net.3.weight", "net.5.weight", "last"):
@@ -315,7 +324,7 @@ def test_prunable_parameter_names_override() -> None:
 def _sparse_mask(model: nn.Module, rate: float = 0.7, seed: int = 0) -> Mask:
     g = torch.Generator().manual_seed(seed)
     dense = Mask.ones_like(model)
-    return prune_by_scores({n: torch.rand(m.shape, generator=g) for n, m in dense.items()}, dense, {n: rate for n in dense})
+    return prune_by_scores({n: torch.rand(m.shape, generator=g) for n, m in dense.items()}, dense, Allocation({n: rate for n in dense}))
 
 
 def test_mask_enforcer_binds_the_models_own_tensors() -> None:

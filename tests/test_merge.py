@@ -21,8 +21,8 @@ from lth_core import hookimpl
 from lth_core.commands import cli
 from lth_core.plugin_api.contexts import MergeContext, MergeResult
 from lth_core.errors import LthError, PluginError
-from lth_core.lottery.rounds import build_model, load_data
-from lth_core.tickets.masks import Mask
+from lth_core.lottery.run import build_model, load_data
+from lth_core import Mask
 from lth_core.commands.merge import merge_tickets
 from lth_core.plugin_api.registry import get_registry
 from lth_core.config.recipes import Recipe, validate

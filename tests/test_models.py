@@ -23,8 +23,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from lth_core.errors import LthError
-from lth_core.lottery.rounds import layer_rates, run_lottery
-from lth_core.tickets.masks import Mask, MaskEnforcer, apply_mask, prunable_parameters, prune_by_scores
+from lth_core.lottery.rounds import run_lottery
+from lth_core import Allocation, Mask, apply_mask, prunable_parameters, prune_by_scores
+from lth_core.engines.enforcer import MaskEnforcer
 from lth_core.plugin_api.registry import get_registry
 from lth_core.config.recipes import check_against_plugins, validate
 
@@ -353,13 +354,13 @@ def test_layerwise_magnitude_pruning_conv_10_fc_20(name: str) -> None:
     params = prunable_parameters(model)
     scores = {n: p.detach().abs() for n, p in params.items()}
     rates = paper_rates(dense)
-    mask = prune_by_scores(scores, dense, rates, scope="layer")
+    mask = prune_by_scores(scores, dense, Allocation(rates))
     for n, m in mask.items():
         total = m.numel()
         assert int(m.sum()) == total - round(rates[n] * total), n
         assert float(scores[n][m].min()) >= float(scores[n][~m].max()), n
     # A second round prunes the same fraction of what remains.
-    again = prune_by_scores(scores, mask, rates, scope="layer")
+    again = prune_by_scores(scores, mask, Allocation(rates))
     for n in mask:
         kept = int(mask[n].sum())
         assert int(again[n].sum()) == kept - round(rates[n] * kept)
@@ -372,7 +373,7 @@ def test_mask_holds_on_conv_weights_with_batch_norm() -> None:
     model = build("resnet20")
     params = prunable_parameters(model)
     dense = Mask.ones_like(model)
-    mask = prune_by_scores({n: p.detach().abs() for n, p in params.items()}, dense, {n: 0.2 for n in dense})
+    mask = prune_by_scores({n: p.detach().abs() for n, p in params.items()}, dense, Allocation({n: 0.2 for n in dense}))
     apply_mask(model, mask)
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -400,10 +401,11 @@ def test_global_pruning_of_deep_models(name: str) -> None:
     raw = {"model": name, "data": "digits", "lottery": {"rate": 0.2, "scope": "global", "layer_rates": {"fc": 0.0}}}
     dense = Mask.ones_like(model)
     assert not any("bn" in n for n in dense)
-    rates, pooled = layer_rates(validate(raw), dense)
-    assert pooled == [n for n in dense if n != "fc.weight"] and rates["fc.weight"] == 0.0
+    allocation = Allocation.of_recipe(validate(raw), dense)
+    pooled = list(allocation.pooled)
+    assert pooled == [n for n in dense if n != "fc.weight"] and allocation.rates["fc.weight"] == 0.0
     scores = {n: p.detach().abs() for n, p in prunable_parameters(model).items()}
-    mask = prune_by_scores(scores, dense, rates, scope="global", global_layers=pooled)
+    mask = prune_by_scores(scores, dense, allocation)
     pooled_total = sum(dense[n].numel() for n in pooled)
     assert sum(int(mask[n].sum()) for n in pooled) == pooled_total - round(0.2 * pooled_total)
     assert bool(mask["fc.weight"].all())
@@ -422,12 +424,12 @@ def test_layer_rates_name_conv_net_modules() -> None:
     dense = Mask.ones_like(model)
     assert list(dense) == ["conv1.weight", "conv2.weight", "conv3.weight", "conv4.weight", "fc1.weight", "fc2.weight", "fc3.weight"]
     lr = {"conv1": 0.1, "conv2": 0.1, "conv3.weight": 0.1, "conv4": 0.1, "last": 0.1}
-    rates, pooled = layer_rates(validate({"model": "conv4", "data": "digits", "lottery": {"rate": 0.2, "layer_rates": lr}}), dense)
-    assert rates == {**{f"conv{i}.weight": 0.1 for i in range(1, 5)}, "fc1.weight": 0.2, "fc2.weight": 0.2, "fc3.weight": 0.1}
-    assert pooled == []
+    allocation = Allocation.of_recipe(validate({"model": "conv4", "data": "digits", "lottery": {"rate": 0.2, "layer_rates": lr}}), dense)
+    assert allocation.rates == {**{f"conv{i}.weight": 0.1 for i in range(1, 5)}, "fc1.weight": 0.2, "fc2.weight": 0.2, "fc3.weight": 0.1}
+    assert allocation.pooled == ()
     bad = validate({"model": "conv4", "data": "digits", "lottery": {"layer_rates": {"features.0": 0.1}}})
     with pytest.raises(LthError, match="conv1.weight"):
-        layer_rates(bad, dense)
+        Allocation.of_recipe(bad, dense)
 
 
 def test_model_options_are_validated_from_factory_signatures() -> None:

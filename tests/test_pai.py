@@ -23,7 +23,8 @@ from lth_core.plugin_api.contexts import PruneContext
 from lth_core.data.loaders import DataModule
 from lth_core.errors import LthError
 from lth_core.lottery.rounds import run_lottery
-from lth_core.tickets.masks import Mask, keep_counts, prune_by_scores
+from lth_core import Allocation, Mask, prune_by_scores
+from lth_core.tickets.pruning import select
 from lth_core.plugin_api.registry import get_registry
 from lth_core.config.recipes import validate
 from lth_core.tickets.ticket import load_ticket
@@ -41,8 +42,18 @@ def context(data, mask: Mask, options: dict | None = None, rates: dict | None = 
             scope: str = "layer", pooled: list | None = None) -> PruneContext:
     return PruneContext(
         initial={}, generator=torch.Generator().manual_seed(0), round=1, data=data,
-        options=dict(options or {}), rates=dict(rates or {}), scope=scope, pooled=list(pooled or []),
+        options=dict(options or {}), allocation=Allocation(dict(rates or {}), scope, tuple(pooled or ())),
     )
+
+
+def core_prune(result, mask: Mask, rates: dict, scope: str = "layer", pooled: list | None = None) -> Mask:
+    """What the core makes of a criterion's result (scores or its own mask) under this allocation."""
+    return select(result, mask, Allocation(rates, scope, tuple(pooled or ())), "criterion")
+
+
+def keep_counts(mask: Mask, rates: dict) -> dict[str, int]:
+    """Weights each layer keeps when pruned layer by layer at ``rates``."""
+    return {unit[0]: k for unit, k in Allocation(rates).counts(mask).items()}
 
 
 def random_mask(model: nn.Module, keep: float, seed: int) -> Mask:
@@ -151,14 +162,14 @@ def test_snip_prunes_exactly_the_requested_counts(fashion: DataModule) -> None:
     names = list(dense)
     rates = {names[0]: 0.8, names[1]: 0.8, names[2]: 0.4}
     scores = criterion("snip")(model, dense, context(fashion, dense, {"seed": 0}, rates))
-    layerwise = prune_by_scores(scores, dense, rates, "layer")
+    layerwise = core_prune(scores, dense, rates)
     assert {n: r["kept"] for n, r in layerwise.report().items()} == keep_counts(dense, rates) == {
         names[0]: 47040, names[1]: 6000, names[2]: 600}
     for n in names:
         assert scores[n][layerwise[n]].min() >= scores[n][~layerwise[n]].max()
 
     rates = {n: 0.95 for n in names}
-    glob = prune_by_scores(scores, dense, rates, "global", names)
+    glob = core_prune(scores, dense, rates, "global", names)
     assert glob.kept() == dense.total() - round(0.95 * dense.total())
     kept = torch.cat([scores[n][glob[n]] for n in names])
     pruned = torch.cat([scores[n][~glob[n]] for n in names])
@@ -229,7 +240,7 @@ def test_synflow_reads_nothing_but_the_input_shape(fashion: DataModule) -> None:
     rates = {n: 0.9 for n in dense}
     scores = criterion("synflow")(model, dense, context(window, dense, {"iterations": 5}, rates))
     assert set(window.reads) == {"input_shape"}
-    assert prune_by_scores(scores, dense, rates).kept() == sum(keep_counts(dense, rates).values())
+    assert core_prune(scores, dense, rates).kept() == sum(keep_counts(dense, rates).values())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert model.training and (before["net.1.weight"] < 0).any()
 
@@ -251,15 +262,16 @@ def test_synflow_single_step_equals_the_closed_form(fashion: DataModule) -> None
 
     rates = {n: 0.5 for n in mask}
     one = criterion("synflow")(model, mask, context(OnlyInputShape(fashion), mask, {"iterations": 1}, rates))
-    assert prune_by_scores(one, mask, rates) == prune_by_scores(expected, mask, rates)
+    assert isinstance(one, Mask)  # iterating, SynFlow returns the mask it reached
+    assert core_prune(one, mask, rates) == prune_by_scores(expected, mask, Allocation(rates))
 
 
 @needs_fashion
 @pytest.mark.parametrize("scope", ["layer", "global"])
 def test_synflow_iterates_to_the_exact_counts_the_core_keeps(fashion: DataModule, scope: str) -> None:
     """Iterative SynFlow (exponential schedule, rescoring the masked network every step)
-    must end on exactly the core's counts, and the core's top-k of the returned scores must
-    be the mask the iteration found: here an independent loop over the closed form."""
+    must end on exactly the core's counts, and the mask it returns must be the one the
+    iteration finds: here an independent loop over the closed form."""
     model = lenet()
     dense = Mask.ones_like(model)
     names = list(dense)
@@ -269,7 +281,7 @@ def test_synflow_iterates_to_the_exact_counts_the_core_keeps(fashion: DataModule
         rates, pooled = {n: 0.97 for n in names}, names
     iterations = 8
     scores = criterion("synflow")(model, dense, context(OnlyInputShape(fashion), dense, {"iterations": iterations}, rates, scope, pooled))
-    found = prune_by_scores(scores, dense, rates, scope, pooled)
+    found = core_prune(scores, dense, rates, scope, pooled)
 
     groups = [pooled] if pooled else [[n] for n in names]
     final = keep_counts(dense, rates) if not pooled else None
@@ -282,7 +294,7 @@ def test_synflow_iterates_to_the_exact_counts_the_core_keeps(fashion: DataModule
             keep = k if t == iterations else round(r * (k / r) ** (t / iterations))
             remaining = sum(int(current[n].sum()) for n in g)
             step.update({n: (remaining - keep) / remaining for n in g})
-        current = prune_by_scores(synflow_closed_form(model, current), current, step, scope, pooled)
+        current = prune_by_scores(synflow_closed_form(model, current), current, Allocation(step, scope, tuple(pooled)))
     assert found == current
     if pooled:
         assert found.kept() == target[0]
@@ -305,7 +317,7 @@ def test_iterative_synflow_avoids_layer_collapse_on_lenet(fashion: DataModule) -
         rates = {n: rate for n in names}
         data = fashion if name == "snip" else OnlyInputShape(fashion)
         scores = criterion(name)(model, dense, context(data, dense, options, rates, "global", names))
-        return prune_by_scores(scores, dense, rates, "global", names)
+        return core_prune(scores, dense, rates, "global", names)
 
     synflow = prune("synflow", 0.9995, {"iterations": 100})
     assert synflow.kept() == dense.total() - round(0.9995 * dense.total()) == 133
@@ -332,9 +344,10 @@ def test_synflow_handles_batch_norm_models() -> None:
 
     dense = Mask.ones_like(model)
     rates = {n: 0.9 for n in dense}
-    scores = criterion("synflow")(model, dense, context(Shape(), dense, {"iterations": 4}, rates, "global", list(dense)))
-    mask = prune_by_scores(scores, dense, rates, "global", list(dense))
+    mask = core_prune(criterion("synflow")(model, dense, context(Shape(), dense, {"iterations": 4}, rates, "global", list(dense))),
+                 dense, rates, "global", list(dense))
     assert mask.kept() == dense.total() - round(0.9 * dense.total())
+    scores = criterion("synflow")(model, mask, context(Shape(), mask))  # nothing to prune: plain scores
     assert all(torch.isfinite(s).all() for s in scores.values())
     assert all((scores[n][mask[n]] >= 0).all() for n in mask)
     assert all(r["kept"] >= 1 for r in mask.report().values())
@@ -383,7 +396,7 @@ def test_at_init_lottery_with_each_criterion_trains_and_beats_chance(
     for which, expect_equal in ((round0.init, True), (round0.final, False)):
         model.load_state_dict(which)
         scores = criterion(name)(model, dense, context(data, dense, options, rates))
-        assert (prune_by_scores(scores, dense, rates) == ticket.mask) is expect_equal
+        assert (core_prune(scores, dense, rates) == ticket.mask) is expect_equal
     assert all(torch.equal(ticket.init[k], round0.init[k]) for k in ticket.init)
 
 

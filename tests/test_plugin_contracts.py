@@ -27,10 +27,11 @@ from torch import Tensor, nn
 
 import lth_datasets
 from lth_core import hookimpl
-from lth_core.data.loaders import DataBundle
+from lth_core import DataBundle
 from lth_core.errors import LthError, PluginError
-from lth_core.lottery.rounds import load_data, run_lottery
-from lth_core.tickets.masks import Mask
+from lth_core.lottery.run import load_data
+from lth_core.lottery.rounds import run_lottery
+from lth_core import Mask
 from lth_core.plugin_api.registry import get_registry
 from lth_core.config.recipes import validate
 from lth_core.tickets.ticket import is_ticket
@@ -126,8 +127,8 @@ def _raises_loading() -> DataBundle:
 
 
 @pytest.mark.parametrize("factory, expected", [
-    (lambda: {"train_x": digits().train_x}, "returned dict, expected an lth_core.data.loaders.DataBundle"),
-    (lambda: None, "returned NoneType, expected an lth_core.data.loaders.DataBundle"),
+    (lambda: {"train_x": digits().train_x}, "returned dict, expected an lth_core.DataBundle"),
+    (lambda: None, "returned NoneType, expected an lth_core.DataBundle"),
     (_replace(train_y=_label(0, 10)), "returned train labels 0..10, expected 0..9 (num_classes=10)"),
     (_replace(test_y=_label(5, -1)), "returned test labels -1..9, expected 0..9"),
     (_replace(train_y=lambda y: y[:-1]), "returned a misaligned train split: train_x shaped (1437, 1, 8, 8), train_y shaped (1436,)"),

@@ -22,8 +22,9 @@ from lth_core import hookimpl
 from lth_core.commands import cli
 from lth_core.plugin_api.contexts import RewindContext
 from lth_core.errors import LthError
-from lth_core.lottery.rounds import load_data, run_lottery
-from lth_core.tickets.masks import Mask
+from lth_core.lottery.run import load_data
+from lth_core.lottery.rounds import run_lottery
+from lth_core import Mask
 from lth_core.engines.module import lr_factor
 from lth_core.plugin_api.registry import get_registry, make_plugin_manager
 from lth_core.config.recipes import load_recipe, validate
@@ -245,7 +246,7 @@ def test_cli_reports_a_malformed_rewind_point(tmp_path: Path, capsys) -> None:
     code = cli.main(["run", str(recipe), "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == cli.EXIT_USER_ERROR
-    assert "lth: error: round_callbacks of plugin 'late_rewind': lottery.rewind_options.to is '2 epochs'" in err
+    assert "lth: error: rewind policy 'late' (plugin 'late_rewind'): lottery.rewind_options.to is '2 epochs'" in err
     assert "Traceback" not in err
 
 
@@ -348,7 +349,7 @@ def test_policies_are_listed_by_lth_plugins(capsys) -> None:
     assert cli.main(["plugins", "--json"]) == 0
     plugins = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
     assert plugins["late_rewind"]["registers"] == {"rewind_policies": ["late"]}
-    assert "round_callbacks" in plugins["late_rewind"]["hooks"]
+    assert plugins["late_rewind"]["hooks"] == ["register_rewind_policies"]  # it declares what round 0 saves when it registers
     assert plugins["lr_rewind"]["registers"] == {"rewind_policies": ["finetune", "lr_rewind"]}
 
 

@@ -15,8 +15,9 @@ from safetensors.torch import load_file
 
 from lth_core import hookimpl
 from lth_core.errors import LthError
-from lth_core.lottery.rounds import build_model, load_data, run_lottery
-from lth_core.tickets.masks import prunable_parameters
+from lth_core.lottery.run import build_model, load_data
+from lth_core.lottery.rounds import run_lottery
+from lth_core import prunable_parameters
 from lth_core.plugin_api.registry import get_registry
 from lth_core.config.recipes import check_against_plugins, validate
 from lth_core.tickets.ticket import load_ticket
@@ -45,9 +46,9 @@ class ScoreSnapshot:
 
         class Snap(pl.Callback):
             def on_train_start(self, trainer, pl_module):
-                for name, p in context.model.named_parameters():
-                    if name.endswith("supermask_scores"):
-                        outer.at_start[name.rsplit(".", 1)[0] + ".weight"] = p.detach().clone()
+                for name, p in context.model.named_parameters():  # the scores live in each weight's parametrization
+                    if name.endswith(".parametrizations.weight.0.scores"):
+                        outer.at_start[name.split(".parametrizations.")[0] + ".weight"] = p.detach().clone()
 
         return [Snap()]
 

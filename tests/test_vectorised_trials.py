@@ -230,7 +230,7 @@ def test_a_rerun_reuses_the_sequential_runs_tickets(pair, tmp_path) -> None:
 
 def _digits_mlps(k: int, hidden: list[int]):
     """K MLPs on the digits with their own θ0 and their own random 50% masks."""
-    from lth_core.tickets.masks import Mask, apply_mask, prunable_parameters
+    from lth_core import Mask, apply_mask, prunable_parameters
     from lth_datasets import digits
     from lth_models import mlp
 

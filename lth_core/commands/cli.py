@@ -8,25 +8,14 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import logging
 import runpy
 import sys
-import warnings
 from pathlib import Path
 
 from lth_core.errors import LthError, one_line
+from lth_core.quiet import quiet_lightning
 
 EXIT_USER_ERROR = 2
-
-
-def _quiet_lightning() -> None:
-    """Lightning prints device banners for every Trainer; a lottery makes dozens."""
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
-    warnings.filterwarnings("ignore", ".*is an invalid name for a W&B.*")
-    warnings.filterwarnings("ignore", ".*isinstance.treespec, LeafSpec.*")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -46,15 +35,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lth_core.lottery.trials import run_experiment
 
     check_against_plugins(recipe, get_registry())
-    _quiet_lightning()
+    quiet_lightning()
     out = Path(args.out) if args.out else Path("runs") / f"{recipe.name}-{recipe.hash()}"
-    from lth_core.engines import data_parallel as distributed
+    from lth_core.engines import data_parallel
+    from lth_core.engines.collectives import is_writer
 
-    if distributed.is_writer():  # data parallel: the other processes run the same command quietly
+    if is_writer():  # data parallel: the other processes run the same command quietly
         print(f"lth: recipe {recipe.source} (hash {recipe.hash()}) -> {out}", file=sys.stderr)
     run_experiment(recipe, out, say=lambda s: print(s, file=sys.stderr, flush=True))
-    distributed.disconnect()  # data parallel: wait for every process; rank 0 answers
-    if distributed.is_writer():
+    data_parallel.disconnect()  # data parallel: wait for every process; rank 0 answers
+    if is_writer():
         print(out / ("sweep.json" if recipe["sweep"] else "summary.json"))
     return 0
 
@@ -141,7 +131,7 @@ def _merge_options(pairs: list[str]) -> dict:
 def cmd_merge(args: argparse.Namespace) -> int:
     from lth_core.commands.merge import merge_tickets
 
-    _quiet_lightning()
+    quiet_lightning()
     merge_tickets(args.tickets, args.strategy, args.out, recipe=args.recipe, overrides=args.set,
                   options=_merge_options(args.option), points=args.points,
                   say=lambda s: print(s, file=sys.stderr, flush=True))
@@ -152,7 +142,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from lth_core.commands.export import export_ticket, format_export
 
-    _quiet_lightning()
+    quiet_lightning()
     record = export_ticket(args.ticket, args.out, recipe=args.recipe, sparse_below=args.sparse_below)
     print(format_export(record), file=sys.stderr)
     print(args.out)
@@ -200,7 +190,7 @@ def _wants_plugin_commands(argv: list[str]) -> bool:
 
 
 def build_parser(plugin_commands: bool = False) -> argparse.ArgumentParser:
-    from lth_core import __version__
+    from lth_core.version import __version__
 
     parser = argparse.ArgumentParser(prog="lth", description="Lottery-ticket experiments on PyTorch Lightning.")
     parser.add_argument("--version", action="version", version=f"lth {__version__}")
@@ -268,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser(plugin_commands=_wants_plugin_commands(argv)).parse_args(argv)
         return args.func(args)
     except LthError as exc:
-        ddp = sys.modules.get("lth_core.engines.data_parallel")  # loaded only once a run has started
+        ddp = sys.modules.get("lth_core.engines.collectives")  # loaded only once a run has started
         who = f"process {ddp.rank()}: " if ddp is not None and ddp.rank() else ""
         print(f"lth: error: {who}{one_line(exc)}", file=sys.stderr)  # one line, whatever the message holds
         return EXIT_USER_ERROR

@@ -34,10 +34,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from lth_core import __version__
+from lth_core.version import __version__
 from lth_core.errors import LthError
 from lth_core.files import atomic_write_text
-from lth_core.tickets.masks import apply_mask
+from lth_core.tickets.mask import apply_mask
 
 PARAMETRIC = (nn.Linear, nn.Conv2d)
 PASSIVE = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, nn.Dropout, nn.Identity)
@@ -229,7 +229,7 @@ def export_ticket(ticket_dir: str | Path, out: str | Path, recipe: str | None = 
     """
     if not 0.0 <= sparse_below <= 1.0:
         raise LthError(f"--sparse-below must be in [0, 1] (a layer density), got {sparse_below}")
-    from lth_core.lottery.rounds import build_model, load_data
+    from lth_core.lottery.run import build_model, load_data
     from lth_core.commands.merge import find_recipe
     from lth_core.plugin_api.registry import get_registry
     from lth_core.config.recipes import check_against_plugins, load_recipe

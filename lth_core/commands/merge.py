@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lth_core import __version__
+from lth_core.version import __version__
 from lth_core.plugin_api.contexts import MergeContext, MergeResult
 from lth_core.data.loaders import DataModule
 from lth_core.errors import LthError, PluginError
 from lth_core.files import atomic_write_text
-from lth_core.tickets.masks import Mask, prunable_parameters
+from lth_core.tickets.mask import Mask, prunable_parameters
 from lth_core.plugin_api.registry import call_plugin, get_plugin_manager, get_registry
 from lth_core.config.recipes import Recipe, check_against_plugins, check_options, load_recipe
 from lth_core.tickets.ticket import Ticket, load_ticket, require_ticket, save_ticket
@@ -214,7 +214,7 @@ class Setting:
 
 
 def _setting(paths: list[Path], recipe: str | None, overrides: list[str], pm) -> Setting:
-    from lth_core.lottery.rounds import build_model, load_data
+    from lth_core.lottery.run import build_model, load_data
 
     registry = get_registry(pm)
     for p in paths:
@@ -229,7 +229,8 @@ def _setting(paths: list[Path], recipe: str | None, overrides: list[str], pm) ->
 
 def _retrainer(s: Setting, strategy: str, out: Path, say: Callable[[str], None]) -> tuple[Callable[..., Ticket], list[Ticket]]:
     """``context.retrain``: one lottery training run of a mask into ``out/ticket``."""
-    from lth_core.lottery.rounds import Run, Start, train
+    from lth_core.lottery.run import Run, Start
+    from lth_core.lottery.train import train
 
     done: list[Ticket] = []
     first = s.tickets[0]

@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import yaml
 
+from lth_core.config.parallel import check_trainer
 from lth_core.errors import LthError, PluginError, choices, one_line
 
 ANY = object()
@@ -137,6 +138,7 @@ class Recipe:
         return self.data["name"]
 
     def to_dict(self) -> dict:
+        """A deep copy of the validated recipe as plain data (what ``recipe.yaml`` holds)."""
         return copy.deepcopy(self.data)
 
     def for_trial(self, index: int) -> "Recipe":
@@ -468,8 +470,6 @@ def _check_values(r: dict, source: str) -> None:
     if bad:
         raise LthError(f"{source}: trainer.{bad[0]} is set by lth itself and cannot be given in a recipe")
     _check_trainer_keys(t, source)
-    from lth_core.engines.data_parallel import check_trainer
-
     check_trainer(t, r["data"]["batch_size"], source)  # data parallel: strategy, nodes, batch split
 
 
@@ -600,7 +600,7 @@ def _check_trainer_value(key: str, value: Any, source: str) -> None:
             raise LthError(f"{source}: trainer.{key} is {_brief(value)}; valid: {valid() if callable(valid) else valid}")
         return
     if key in ("strategy", "num_nodes"):
-        return  # lth_core.engines.data_parallel.check_trainer: supported strategies, whole nodes
+        return  # lth_core.config.parallel.check_trainer: supported strategies, whole nodes
     kinds = _annotation_types(_trainer_params()[key].annotation)
     if kinds and (isinstance(value, bool) and bool not in kinds or not isinstance(value, tuple(kinds))):
         order = (bool, int, float, str, list, dict, type(None))
@@ -703,6 +703,7 @@ def resolve_recipe_path(spec: str) -> Path:
 
 
 def load_recipe(spec: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """A recipe from a YAML file or a bundled recipe's name, with ``--set key=value`` overrides, checked."""
     path = resolve_recipe_path(str(spec))
     raw = read_yaml(path)
     if raw is None:

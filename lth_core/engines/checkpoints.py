@@ -58,7 +58,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,12 +66,12 @@ from typing import Any, Callable
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
-from lth_core.engines import data_parallel as distributed
-from lth_core.files import atomic_write_text, json_digest, sha256_file
-from lth_core.tickets.masks import Mask
+from lth_core.engines import collectives
+from lth_core.files import atomic_write_tensors, atomic_write_text, json_digest, sha256_file
+from lth_core.tickets.mask import Mask
 
 RECORD = "checkpoint.json"
 ROUND_STATE = "round_state"
@@ -271,9 +270,7 @@ def write(folder: Path, step: int, state: dict) -> Path:
     tensors: dict[str, Tensor] = {}
     payload = pack(state, tensors)
     name = f"checkpoint_{step}.safetensors"
-    tmp = folder / f".{name}.tmp{os.getpid()}"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, folder / name)
+    atomic_write_tensors(folder / name, tensors)
     record = {"format": FORMAT, "step": step, "tensors": name, "sha256": sha256_file(folder / name),
               "state_sha256": _digest(payload), "state": payload}
     record[SELF] = _digest(record)
@@ -335,12 +332,27 @@ def load(folder: Path, expected: dict, say: Callable[[str], None]) -> Saved | No
         say(f"warning: {saved.path} was written by another start of this run (an earlier round changed); {where} trains from its start")
         discard(folder)
         return None
-    world, written = distributed.world_size(), saved.state.get("world", 1)
+    world, written = collectives.world_size(), saved.state.get("world", 1)
     if written != world or (world > 1 and len(saved.state.get("rng_ranks") or ()) != world):
         say(f"warning: {saved.path} was written by {written} processes, this run has {world}; {where} trains from its start")
         discard(folder)
         return None
     return saved
+
+
+def load_from_rank_zero(folder: Path, expected: dict, say: Callable[[str], None]) -> Saved | None:
+    """:func:`load` for every process of a data-parallel run: rank 0 alone reads and
+    verifies the folder's checkpoint; its decision (resume or start over) and the
+    checkpoint's content go to every process, which need not see the folder."""
+    if collectives.world_size() == 1:
+        return load(folder, expected, say)
+    mine = load(folder, expected, say) if collectives.rank() == 0 else None
+    tensors: dict[str, Tensor] = {}
+    head = collectives.broadcast_json({"path": str(mine.path), "step": mine.step, "state": pack(mine.state, tensors)} if mine else None)
+    if head is None:  # every process: train from the start
+        return None
+    got = collectives.broadcast_tensors(tensors if mine else None)
+    return Saved(Path(head["path"]), int(head["step"]), unpack(head["state"], got))
 
 
 # -- what a finished run hands the next round ----------------------------------------------
@@ -359,9 +371,7 @@ def save_round_state(folder: Path, state: dict) -> None:
         payload = pack(state, tensors)
     except TypeError:
         return
-    tmp = folder / f".{ROUND_STATE}.safetensors.tmp{os.getpid()}"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, folder / f"{ROUND_STATE}.safetensors")
+    atomic_write_tensors(folder / f"{ROUND_STATE}.safetensors", tensors)
     record = {"sha256": sha256_file(folder / f"{ROUND_STATE}.safetensors"), "state_sha256": _digest(payload), "state": payload}
     atomic_write_text(folder / f"{ROUND_STATE}.json", json.dumps(record))
 
@@ -468,8 +478,8 @@ class RoundCheckpoint(pl.Callback):
             "callbacks": [[type(cb).__qualname__, cb.state_dict()] for cb in self.tracked],
             "rng": rng_state(),
         }
-        if distributed.world_size() > 1:
-            if self._agreed(state, step) and distributed.is_writer():
+        if collectives.world_size() > 1:
+            if self._agreed(state, step) and collectives.is_writer():
                 write(Path(self.context.out_dir), step, state)
             return
         try:
@@ -495,7 +505,7 @@ class RoundCheckpoint(pl.Callback):
             except TypeError as exc:
                 mine["problem"] = f"the {what} is not plain data and tensors ({exc})"
                 break
-        ranks = distributed.all_gather_json(mine)
+        ranks = collectives.all_gather_json(mine)
         problem = next((r["problem"] for r in ranks if r["problem"]), None)
         if problem:
             self._off(problem)
@@ -514,7 +524,10 @@ class RoundCheckpoint(pl.Callback):
         names = [type(cb).__qualname__ for cb in self.tracked]
         if pl_module.step != saved.step or names != [n for n, _ in s["callbacks"]] or len(s["optimizers"]) != len(trainer.optimizers):
             raise StaleCheckpoint(f"{saved.path} does not fit this run (step {saved.step}, callbacks {[n for n, _ in s['callbacks']]})")
-        pl_module.model.load_state_dict(s["model"])
+        try:
+            pl_module.model.load_state_dict(s["model"])
+        except RuntimeError as exc:  # another model layout (a callback that wraps layers differently)
+            raise StaleCheckpoint(f"{saved.path} holds another model's weights ({str(exc).splitlines()[0]})") from None
         pl_module.set_mask(Mask(s["mask"]))
         for opt, opt_state in zip(trainer.optimizers, s["optimizers"]):
             opt.load_state_dict(opt_state)
@@ -522,7 +535,7 @@ class RoundCheckpoint(pl.Callback):
         self.context.metrics.update(s["metrics"])
         for cb, (_, cb_state) in zip(self.tracked, s["callbacks"]):
             cb.load_state_dict(cb_state)
-        set_rng_state(s["rng_ranks"][distributed.rank()] if "rng_ranks" in s else s["rng"])  # data parallel: each its own
+        set_rng_state(s["rng_ranks"][collectives.rank()] if "rng_ranks" in s else s["rng"])  # data parallel: each its own
         self.say(f"{self._where()}: resumed at step {saved.step} from {saved.path}")
 
 

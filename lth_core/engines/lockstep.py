@@ -18,33 +18,19 @@ them, with that trial's own message; a finished ticket is reused on a rerun as a
 
 from __future__ import annotations
 
-import random
 import threading
-from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
-from lth_core.engines.data_parallel import declared_world
-from lth_core.errors import LthError
-from lth_core.lottery.rounds import run_lottery
-from lth_core.config.recipes import Recipe
-from lth_core.engines.stacked import OFF, Job, ReplicaDiverged, train_stacked
+from lth_core.engines import checkpoints
+from lth_core.engines.base import Engine, Fit
+from lth_core.engines.checkpoints import ReplicaKeep
+from lth_core.engines.stacked import Job, ReplicaDiverged, train_stacked
 
 
 class _Abandoned(BaseException):
     """Unwinds a waiting trial when another one failed (never caught by ``except Exception``)."""
-
-
-def _rng_state() -> tuple:
-    return torch.get_rng_state(), np.random.get_state(), random.getstate()
-
-
-def _set_rng_state(state: tuple) -> None:
-    torch.set_rng_state(state[0])
-    np.random.set_state(state[1])
-    random.setstate(state[2])
 
 
 class Lockstep:
@@ -60,26 +46,25 @@ class Lockstep:
         self._abort = False
 
     # --- the trials' side -------------------------------------------------------------
-    def fit_for(self, trial: int) -> Callable:
-        """Trial ``trial``'s replacement for ``trainer.fit`` (``lottery.Run.fit``)."""
+    def engine(self, trial: int) -> "Stacked":
+        """Trial ``trial``'s engine: its training runs are handed over to train stacked."""
+        return Stacked(self, trial)
 
-        def fit(run, module, trainer, start_step: int, keep=None) -> None:
-            job = Job(trial, run, module, trainer, start_step, keep=keep)
-            self._jobs[trial] = job
-            self._park(trial)
-            torch.set_rng_state(job.rng)  # what training drew (dropout) is drawn in this trial
-            if job.error is not None:
-                raise job.error
-
-        return fit
+    def hand_over(self, job: Job) -> None:
+        """Called in a trial's thread: wait until the main thread has trained ``job``."""
+        self._jobs[job.trial] = job
+        self._park(job.trial)
+        torch.set_rng_state(job.rng)  # what training drew (dropout) is drawn in this trial
+        if job.error is not None:
+            raise job.error
 
     def _park(self, trial: int) -> None:
-        state = _rng_state()
+        state = checkpoints.rng_state()
         self._back.release()
         self._go[trial].acquire()
         if self._abort:
             raise _Abandoned()
-        _set_rng_state(state)
+        checkpoints.set_rng_state(state)
 
     def _worker(self, trial: int, body: Callable[[], Any], results: list) -> None:
         self._go[trial].acquire()
@@ -143,35 +128,28 @@ class Lockstep:
             raise
 
 
-def check_recipe(recipe: Recipe) -> None:
-    """Refuse, before anything runs, what stacked trials do not support (one line each)."""
-    if recipe["callbacks"]:
-        names = ", ".join(c["name"] for c in recipe["callbacks"])
-        raise LthError(f"vectorize_trials: recipe callbacks ({names}) work on one unstacked model during training; {OFF}")
-    if (declared_world(recipe["trainer"]) or 1) > 1 or str(recipe["trainer"].get("strategy", "auto")) != "auto":
-        raise LthError(f"vectorize_trials: stacked trials train in one process on one device; {OFF}, or trainer.devices: 1")
-    if recipe["tracking"]["backend"] != "none":
-        from lth_core.lottery.tracking import resolve_mode
+class Stacked(Engine):
+    """The engine of one trial whose runs train stacked beside the other trials' (see the
+    module docstring): instead of fitting, a run is handed to the :class:`Lockstep`.
 
-        if resolve_mode(recipe["tracking"]["mode"]) != "disabled":
-            raise LthError("vectorize_trials: W&B keeps one active run per process, and the trials run together; "
-                           "set tracking: none (or WANDB_MODE=disabled), or vectorize_trials: false")
+    Its checkpoints go to its own folder in the one-run format, written by the stacked
+    fit (:class:`lth_core.engines.checkpoints.ReplicaCheckpoints`); a resumed run first
+    jumps to its checkpoint here, in the trial's thread.
+    """
 
+    def __init__(self, lockstep: Lockstep, trial: int):
+        self.lockstep, self.trial = lockstep, trial
 
-def run_trials(recipe: Recipe, out_dir: Path, say: Callable[[str], None] = print, pm=None, group: str | None = None) -> tuple[list[dict], list[Path]]:
-    """Every trial of ``recipe`` into ``out_dir/trial_<i>/``, trained stacked: (summaries, folders)."""
-    check_recipe(recipe)
-    n = recipe["trials"]
-    folders = [out_dir / f"trial_{i}" for i in range(n)]
-    mode = {True: "stacked", "batched": "batched", "parallel": "parallel"}[recipe["vectorize_trials"]]
-    how = {"stacked": "", "batched": " (batched matrix products)", "parallel": " (their steps on parallel threads)"}[mode]
-    say(f"trials 1..{n} (seeds {recipe['seed']}..{recipe['seed'] + n - 1}) trained stacked as one model{how}")
-    lockstep = Lockstep(n, mode)
+    def fit(self, fit: Fit) -> None:
+        self.lockstep.hand_over(Job(self.trial, fit.run, fit.module, fit.trainer, fit.first_step, keep=self._keep(fit)))
 
-    def body(i: int) -> Callable[[], dict]:
-        def tell(text: str) -> None:
-            say(f"[trial {i}] {text}")
-
-        return lambda: run_lottery(recipe.for_trial(i), folders[i], say=tell, pm=pm, group=group, fit=lockstep.fit_for(i))
-
-    return lockstep.run([body(i) for i in range(n)]), folders
+    def _keep(self, fit: Fit) -> ReplicaKeep:
+        """What the run's replicate needs to write this run's checkpoints, resumed from
+        ``fit.saved`` (in this trial's thread) when there is one."""
+        ctx, optimizer_state = fit.context, None
+        if fit.saved is not None:
+            optimizer_state = checkpoints.restore_for_stacking(fit.saved, fit.module, ctx)
+            fit.run.say(f"round {ctx.round} [{ctx.name}]: resumed at step {fit.saved.step} from {fit.saved.path}")
+        every, reason = checkpoints.every_n_steps(fit.run.recipe, len(fit.run.data.train_loader(0)))
+        return ReplicaKeep(ctx.out_dir, fit.identity, fit.start_step, every, reason, dict(ctx.mask.items()), ctx.metrics,
+                           checkpoints.rng_state(), fit.run.say, optimizer_state)

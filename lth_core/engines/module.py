@@ -11,8 +11,10 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics import MeanMetric
 
-from lth_core.errors import LthError, NonFiniteLoss
-from lth_core.tickets.masks import Mask, MaskEnforcer
+from lth_core.errors import NonFiniteLoss
+from lth_core.engines.enforcer import MaskEnforcer
+from lth_core.engines.private_apis import attached_trainer, counted_step, skip_graph_capture_check
+from lth_core.tickets.mask import Mask, check_tighter
 
 EVAL_SPLITS = ("val", "test")
 
@@ -44,27 +46,8 @@ def build_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
     except (RuntimeError, ValueError):  # e.g. a dtype the fused kernel does not take
         opt = make(foreach=True)
     if device == "cpu":
-        _skip_graph_capture_check(opt)
+        skip_graph_capture_check(opt)
     return opt
-
-
-def _skip_graph_capture_check(opt: torch.optim.Optimizer) -> None:
-    """Drop the per-step CUDA graph-capture check of an optimiser whose tensors are on the CPU.
-
-    Adam and AdamW ask at every step whether a CUDA graph is being captured, which first
-    asks whether CUDA is available. Lightning sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1``, so
-    on PyPI's CUDA build of torch without a GPU each step loads the NVML library again and
-    fails: 0.1 ms a step unloaded, 0.3-0.5 ms on a busy machine (measured with cProfile
-    inside a LeNet-300-100 round). A graph captures GPU work only, so for CPU tensors the
-    check has nothing to find.
-    """
-    for name in ("_accelerator_graph_capture_health_check", "_cuda_graph_capture_health_check"):
-        if hasattr(opt, name):
-            setattr(opt, name, _no_check)
-
-
-def _no_check() -> None:
-    return None
 
 
 def lr_factor(cfg: dict):
@@ -82,19 +65,6 @@ def lr_factor(cfg: dict):
         return f * gamma ** sum(step >= m for m in milestones)
 
     return factor
-
-
-def check_new_mask(current: Mask, new: Mask) -> None:
-    """Refuse a mask set during training that does not fit or that revives pruned weights."""
-    if not isinstance(new, Mask):
-        raise LthError(f"a callback set a mask of type {type(new).__name__}; set_mask takes an lth_core.tickets.masks.Mask")
-    if set(new) != set(current):
-        raise LthError(f"a callback set a mask for layers {sorted(new)}; this run prunes {sorted(current)}")
-    for n, m in new.items():
-        if m.dtype != torch.bool or m.shape != current[n].shape:
-            raise LthError(f"a callback set a mask whose {n} is {m.dtype} {tuple(m.shape)}; it must be torch.bool {tuple(current[n].shape)}")
-        if bool((m & ~current[n]).any()):
-            raise LthError(f"a callback's mask revives {int((m & ~current[n]).sum())} pruned weights of {n}; masks may only tighten")
 
 
 class LotteryModule(pl.LightningModule):
@@ -155,7 +125,7 @@ class LotteryModule(pl.LightningModule):
         layers, shapes and bool tensors that revives no pruned weight (a weight at zero has
         lost its value; reviving it would not be the run the recipe describes).
         """
-        check_new_mask(self.mask, mask)
+        check_tighter(self.mask, mask)
         self.mask = mask
         if self.enforcer is not None:
             self.enforcer.set_mask(mask)
@@ -165,6 +135,7 @@ class LotteryModule(pl.LightningModule):
             self.enforcer.detach()
 
     def on_exception(self, exception: BaseException) -> None:
+        """Remove the mask's hooks when training fails, as when it ends."""
         # The gradient hooks live on the model's parameters: never leave them behind.
         self.on_fit_end()
 
@@ -198,9 +169,8 @@ class LotteryModule(pl.LightningModule):
             opt.zero_grad(set_to_none=True)
             step_losses.sum().backward()
             self.enforcer.mask_grads()
-            lightning_opt._on_before_step()  # Lightning's own step counter: global_step, max_steps
-            opt.step()
-            lightning_opt._on_after_step()
+            with counted_step(lightning_opt):  # Lightning's own step counter: global_step, max_steps
+                opt.step()
             if sched is not None:
                 sched.step()
             losses.append(step_losses.detach())
@@ -230,8 +200,9 @@ class LotteryModule(pl.LightningModule):
     def _log_now(self) -> bool:
         """Log the training loss only on steps the logger writes: Lightning's ``self.log``
         costs about 1 ms a step on this CPU, a sixth of a LeNet-300-100 step."""
-        every = getattr(self._trainer, "log_every_n_steps", 1) if self._trainer is not None else 1
-        return (self.global_step + 1) % max(1, every) == 0 or bool(getattr(self._trainer, "progress_bar_callback", None))
+        trainer = attached_trainer(self)
+        every = getattr(trainer, "log_every_n_steps", 1) if trainer is not None else 1
+        return (self.global_step + 1) % max(1, every) == 0 or bool(getattr(trainer, "progress_bar_callback", None))
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         """Our batches are always an ``(x, y)`` pair of tensors: move them directly instead of

@@ -32,7 +32,7 @@ sequential run has:
   one step for K networks (one Lightning step, one optimiser call, one mask enforcement
   instead of K), which saves little now that a sequential round trains 50 steps per call.
   Gradient clipping, which takes a norm over all tensors, is refused;
-- **mask**: one :class:`lth_core.tickets.masks.MaskEnforcer` over every replicate's tensors and masks;
+- **mask**: one :class:`lth_core.tickets.mask.MaskEnforcer` over every replicate's tensors and masks;
 - **data**: replicate ``i``'s batches come from its own trial's loaders (its seed, order
   seed and validation split), stacked step by step; a split all replicates share (the test
   set) is passed once;
@@ -69,9 +69,14 @@ from torchmetrics.classification import MulticlassAccuracy
 from lth_core.engines.checkpoints import ReplicaCheckpoints, ReplicaKeep
 from lth_core.data.loaders import StepChunks
 from lth_core.errors import LthError, NonFiniteLoss
-from lth_core.tickets.masks import Mask, MaskEnforcer
+from lth_core.engines.enforcer import MaskEnforcer
+from lth_core.engines.private_apis import counted_step
+from lth_core.engines.trainer import train_loader
+from lth_core.tickets.mask import Mask
 from lth_core.engines.module import EVAL_SPLITS, LotteryModule, build_optimizer, lr_factor
 
+#: Every dropout layer torch has: their draws come from the global RNG.
+DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 OFF = "set vectorize_trials: false to train the trials one after another"
 
 
@@ -222,7 +227,7 @@ def _per_element(value: Any, param: Tensor) -> bool:
 
 
 def _has_dropout(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules())
+    return any(isinstance(m, DROPOUT) and m.p > 0 for m in model.modules())
 
 
 class StackedModule(LotteryModule):
@@ -368,8 +373,8 @@ class StackedModule(LotteryModule):
             losses[:, share] = future.result()
         lightning_opt = self.optimizers()
         for _ in range(steps):  # Lightning's step count (global_step, max_steps); its own optimiser never steps
-            lightning_opt._on_before_step()
-            lightning_opt._on_after_step()
+            with counted_step(lightning_opt):
+                pass
         self._check_losses(losses, first)
         self._log_train_loss(losses.mean(), self.step)
 
@@ -533,8 +538,6 @@ def train_stacked(jobs: list[Job], mode: str = "stacked") -> None:
 
 
 def _fit_group(jobs: list[Job], mode: str = "stacked") -> None:
-    from lth_core.lottery.rounds import _train_loader
-
     first, batched = jobs[0], mode == "batched"
     stacked = StackedModule([j.module.model for j in jobs], [j.module.mask for j in jobs], first.module.optimizer_cfg,
                             first.run.data.num_classes, step_offset=first.start_step, rng=[j.rng for j in jobs],
@@ -548,7 +551,8 @@ def _fit_group(jobs: list[Job], mode: str = "stacked") -> None:
                        "use vectorize_trials: true")
     chunk = first.module.steps_per_call  # lottery.train chose it for this run; every job's trainer counts calls so
     stacked.train_in_chunks(chunk, first.run.data.batch_size)
-    train = StackedLoader([_train_loader(j.run, j.start_step, chunk) for j in jobs])
+    max_steps = first.run.recipe["trainer"]["max_steps"]
+    train = StackedLoader([train_loader(j.run.data, j.start_step, max_steps, chunk) for j in jobs])
     evals = [StackedLoader(list(split)) for split in zip(*(j.run.data.eval_loaders() for j in jobs))]
     trainer = first.trainer  # configured by lottery._trainer from the recipe, as every job's is
     keeper = ReplicaCheckpoints([j.keep for j in jobs]) if all(j.keep is not None for j in jobs) else None

@@ -12,13 +12,16 @@ import statistics
 from pathlib import Path
 from typing import Callable
 
-from lth_core.engines import data_parallel as distributed
-from lth_core.engines.lockstep import run_trials as run_trials_stacked
-from lth_core.lottery.rounds import prepare_out_dir, run_lottery
 from lth_core.config.recipes import Recipe, point_name
-from lth_core.reporting.report import write_report
-from lth_core.lottery.tracking import log_report_run
+from lth_core.config.parallel import declared_world
+from lth_core.engines.collectives import is_writer
+from lth_core.engines.lockstep import Lockstep
+from lth_core.engines.stacked import OFF
+from lth_core.errors import LthError
 from lth_core.files import atomic_write_text
+from lth_core.lottery.rounds import prepare_out_dir, run_lottery
+from lth_core.lottery.tracking import log_report_run, resolve_mode
+from lth_core.reporting.report import write_report
 
 METRICS = ("weights_remaining", "early_stop_step", "val_loss_min", "val_acc", "test_acc", "test_acc_final", "steps")
 
@@ -78,7 +81,7 @@ def run_experiment(recipe: Recipe, out_dir: str | Path, say: Callable[[str], Non
         summaries.append(run_lottery(recipe.for_trial(i), folder, say=say, pm=pm, group=f"{recipe.name}-{recipe.hash()}"))
         folders.append(folder)
     summary = aggregate(recipe, summaries, folders)
-    if not distributed.is_writer():  # data parallel: rank 0 writes the aggregate and the report
+    if not is_writer():  # data parallel: rank 0 writes the aggregate and the report
         return summary
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
     report = write_report([out_dir], out_dir / "report")
@@ -106,7 +109,7 @@ def run_sweep(recipe: Recipe, out_dir: Path, say: Callable[[str], None] = print,
         controls = {c: rows[-1] for c, rows in summary["controls"].items() if rows}
         results.append({"point": point, "folder": folder.name, "recipe_hash": sub.hash(), "last_round": last, "controls": controls})
     sweep = {"recipe": recipe.to_dict(), "recipe_hash": recipe.hash(), "points": results}
-    if not distributed.is_writer():  # data parallel: rank 0 writes the table
+    if not is_writer():  # data parallel: rank 0 writes the table
         return sweep
     atomic_write_text(out_dir / "sweep.json", json.dumps(sweep, indent=2))
     atomic_write_text(out_dir / "sweep.md", sweep_table(sweep))
@@ -130,3 +133,34 @@ def sweep_table(sweep: dict) -> str:
         cells += [f"{p['controls'][c]['test_acc']:.4f}" if c in p["controls"] else "-" for c in controls]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def check_stackable(recipe: Recipe) -> None:
+    """Refuse, before anything runs, what stacked trials do not support (one line each)."""
+    if recipe["callbacks"]:
+        names = ", ".join(c["name"] for c in recipe["callbacks"])
+        raise LthError(f"vectorize_trials: recipe callbacks ({names}) work on one unstacked model during training; {OFF}")
+    if (declared_world(recipe["trainer"]) or 1) > 1 or str(recipe["trainer"].get("strategy", "auto")) != "auto":
+        raise LthError(f"vectorize_trials: stacked trials train in one process on one device; {OFF}, or trainer.devices: 1")
+    if recipe["tracking"]["backend"] != "none" and resolve_mode(recipe["tracking"]["mode"]) != "disabled":
+        raise LthError("vectorize_trials: W&B keeps one active run per process, and the trials run together; "
+                           "set tracking: none (or WANDB_MODE=disabled), or vectorize_trials: false")
+
+
+def run_trials_stacked(recipe: Recipe, out_dir: Path, say: Callable[[str], None] = print, pm=None, group: str | None = None) -> tuple[list[dict], list[Path]]:
+    """Every trial of ``recipe`` into ``out_dir/trial_<i>/``, trained stacked: (summaries, folders)."""
+    check_stackable(recipe)
+    n = recipe["trials"]
+    folders = [out_dir / f"trial_{i}" for i in range(n)]
+    mode = {True: "stacked", "batched": "batched", "parallel": "parallel"}[recipe["vectorize_trials"]]
+    how = {"stacked": "", "batched": " (batched matrix products)", "parallel": " (their steps on parallel threads)"}[mode]
+    say(f"trials 1..{n} (seeds {recipe['seed']}..{recipe['seed'] + n - 1}) trained stacked as one model{how}")
+    lockstep = Lockstep(n, mode)
+
+    def body(i: int) -> Callable[[], dict]:
+        def tell(text: str) -> None:
+            say(f"[trial {i}] {text}")
+
+        return lambda: run_lottery(recipe.for_trial(i), folders[i], say=tell, pm=pm, group=group, engine=lockstep.engine(i))
+
+    return lockstep.run([body(i) for i in range(n)]), folders

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from lth_core.tickets.masks import Mask
+from lth_core.plugin_api.criteria import prune_with
+from lth_core.seeds import seeded_generator
+from lth_core.tickets.mask import Mask
+from lth_core.tickets.pruning import Allocation
 
 
 @dataclass
@@ -17,12 +20,12 @@ class PruneContext:
 
     ``initial`` holds θ0 (the weights the lottery rewinds to), ``generator`` a seeded
     ``torch.Generator`` (CPU) for random criteria, ``round`` the round being created,
-    ``data`` the run's :class:`lth_core.data.loaders.DataModule` (for data-driven criteria such as
-    SNIP), ``state`` whatever the round's callbacks collected (keyed by plugin) and
-    ``options`` the recipe's ``lottery.criterion_options``. ``rates`` (per parameter),
-    ``scope`` and ``pooled`` say how the core will allocate: a criterion that prunes
-    iteratively inside one step (SynFlow) can aim at the same per-layer counts
-    (:func:`lth_core.tickets.masks.keep_counts`).
+    ``data`` the run's :class:`lth_core.DataModule` (for data-driven criteria
+    such as SNIP), ``state`` whatever the round's callbacks collected (keyed by plugin) and
+    ``options`` the recipe's ``lottery.criterion_options``. ``allocation`` says how the
+    core will prune (:class:`lth_core.Allocation`: per-layer rates, the
+    layers ranked together): a criterion that prunes iteratively inside one step (SynFlow)
+    aims at exactly ``allocation.counts(mask)`` and returns the :class:`Mask` it reached.
     """
 
     initial: dict[str, Tensor]
@@ -31,9 +34,22 @@ class PruneContext:
     data: Any = None
     state: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
-    rates: dict[str, float] = field(default_factory=dict)
-    scope: str = "layer"
-    pooled: list[str] = field(default_factory=list)
+    allocation: Allocation = field(default_factory=Allocation)
+
+    @property
+    def rates(self) -> Mapping[str, float]:
+        """``allocation.rates``: the fraction of each layer's remaining weights pruned."""
+        return self.allocation.rates
+
+    @property
+    def scope(self) -> str:
+        """``allocation.scope``: ``layer`` or ``global``."""
+        return self.allocation.scope
+
+    @property
+    def pooled(self) -> list[str]:
+        """``allocation.pooled``: the layers ranked together under global scope."""
+        return list(self.allocation.pooled)
 
 
 @dataclass
@@ -71,7 +87,7 @@ class RoundContext:
 
     ``state`` is handed, after training, to the criterion that prunes the next round
     (a movement criterion's callback accumulates its scores here, keyed by plugin).
-    ``module`` is the :class:`lth_core.engines.module.LotteryModule` once training starts: a
+    ``module`` is the :class:`lth_core.LotteryModule` once training starts: a
     callback that prunes during training calls ``module.set_mask(new_mask)``.
     ``registry`` and ``data`` give callbacks the run's plugins and data. ``metrics`` takes
     extra numbers a callback measured (a supermask's accuracy over sampled masks); they
@@ -90,6 +106,20 @@ class RoundContext:
     module: Any = None
     metrics: dict[str, float] = field(default_factory=dict)
 
+    def prune(self, criterion: str, model: nn.Module, mask: Mask, allocation: Allocation, *, initial: dict[str, Tensor],
+              seed: tuple = (), where: str = "") -> Mask:
+        """``mask`` pruned by the registered ``criterion`` to ``allocation``, exactly as the
+        lottery's rounds prune: the criterion gets a :class:`PruneContext` with this run's
+        data and ``state``, the recipe's ``lottery.criterion_options``, ``initial`` as θ0 and
+        a generator seeded from the recipe's seed, this round and ``seed``; its result is
+        checked (scores for every layer, or a mask of exactly the allocation's counts).
+        A callback that prunes during training calls this, then ``module.set_mask``.
+        """
+        context = PruneContext(initial=initial, generator=seeded_generator(self.recipe["seed"], self.round, *seed),
+                               round=self.round, data=self.data, state=self.state,
+                               options=dict(self.recipe["lottery"]["criterion_options"]), allocation=allocation)
+        return prune_with(self.registry, criterion, model, mask, context, where)
+
 
 @dataclass
 class MergeContext:
@@ -97,13 +127,13 @@ class MergeContext:
 
     ``model_name`` is the registered model of the tickets and ``new_model()`` builds a
     fresh one (for structure and shapes; a strategy never trains it). ``data`` is the
-    recipe's :class:`lth_core.data.loaders.DataModule`, ``generator`` a CPU generator seeded from
+    recipe's :class:`lth_core.DataModule`, ``generator`` a CPU generator seeded from
     the recipe seed (e.g. the order of weight matching's coordinate descent).
     ``retrain(mask, start=None, start_step=0)`` trains ``mask`` with the recipe's training
     (the same ``lottery.train`` a round uses) from ``start`` weights (default: the first
     ticket's rewind weights) at step ``start_step`` (a late-rewound ticket's
     ``meta["start_step"]``) and returns the trained
-    :class:`lth_core.tickets.ticket.Ticket`, already saved as the merge's ticket: a strategy that
+    :class:`lth_core.Ticket`, already saved as the merge's ticket: a strategy that
     combines masks retrains through it and never forks the training loop.
     """
 

@@ -16,8 +16,7 @@ from torch import Tensor, nn
 
 from lth_core.data.loaders import DataModule
 from lth_core.errors import LthError, PluginError
-from lth_core.tickets.masks import Mask, prunable_parameters
-from lth_core.engines.module import LotteryModule, check_new_mask
+from lth_core.tickets.mask import Mask, check_tighter, prunable_parameters
 from lth_core.plugin_api.registry import call_plugin
 
 
@@ -113,7 +112,7 @@ def _suspects(origins: dict[int, str]) -> str:
     return f"one of this run's callbacks ({'; '.join(sources)})" if sources else "this run"
 
 
-def check_final_mask(start: Mask, module: LotteryModule, origins: dict[int, str], round_: int, name: str) -> Mask:
+def check_final_mask(start: Mask, module: Any, origins: dict[int, str], round_: int, name: str) -> Mask:
     """The mask in force when training ended, checked again before it becomes the ticket.
 
     ``set_mask`` checks a callback's mask, but a callback can assign ``module.mask``
@@ -126,14 +125,14 @@ def check_final_mask(start: Mask, module: LotteryModule, origins: dict[int, str]
     return module.mask
 
 
-def mask_problem(start: Mask, module: LotteryModule, weights: bool = True) -> str | None:
+def mask_problem(start: Mask, module: Any, weights: bool = True) -> str | None:
     """What is wrong with ``module.mask`` against the run's starting mask (``None``: nothing).
 
     Same layers and shapes, bool, only tightened; with ``weights``, also the trained
     weights exactly zero where it prunes.
     """
     try:
-        check_new_mask(start, module.mask)
+        check_tighter(start, module.mask)
     except LthError as exc:
         return str(exc)
     return _unzeroed(module.mask, module.model) if weights else None

@@ -13,12 +13,15 @@ these names; they never name import paths.
 Event hooks (``on_*``) observe a run. ``round_callbacks`` lets a plugin add Lightning
 callbacks to a round's ``Trainer``: behaviour during training belongs in callbacks.
 
+Everything a plugin may use is exported by ``lth_core`` itself (the SDK, ``docs/sdk.md``):
+contexts, masks, pruning by an allocation, tickets, data, errors, atomic writes, seeds.
+
 The core checks what every plugin returns before using it (each hook below says what it
-expects) and runs plugin code through :func:`lth_core.plugin_api.registry.call_plugin`: an exception
+expects) and runs plugin code through :func:`lth_core.call_plugin`: an exception
 a plugin raises, or a result that breaks the contract, ends the run with one line that
 names the registered name and the plugin (``lth: error: criterion 'x' (plugin 'y') ...``),
 exit status 2; finished rounds keep their tickets. A plugin explains a user's mistake by
-raising :class:`lth_core.errors.LthError` with a one-line message.
+raising :class:`lth_core.LthError` with a one-line message.
 """
 
 from __future__ import annotations
@@ -33,16 +36,30 @@ hookimpl = pluggy.HookimplMarker("lth")
 def register_criteria(register):
     """Register pruning criteria.
 
-    ``register(name, score_fn)``. ``score_fn(model, mask, context) -> dict[str, Tensor]``
-    is a pure function: given the trained ``model`` (an ``nn.Module``), the current
-    :class:`lth_core.tickets.masks.Mask` and a :class:`lth_core.plugin_api.contexts.PruneContext`, it returns
-    one score tensor per prunable parameter name in ``mask``, shaped like the parameter.
+    ``register(name, score_fn, options=None, collects=None)``. ``score_fn(model, mask,
+    context)`` is a pure function: given the trained ``model`` (an ``nn.Module``), the
+    current :class:`lth_core.Mask` and a :class:`lth_core.PruneContext`, it returns one
+    score tensor per prunable parameter name in ``mask``, shaped like the parameter.
     Lower scores are pruned first. The core, not the criterion, turns scores into a new
-    mask with the recipe's allocation (per-layer rates or global), so every criterion
-    works with every allocation. Weights already pruned stay pruned whatever their score.
-    Scores must be finite where the mask is still ``True``, and real numbers (floating or
-    integer; ``bool`` and complex scores are refused), so the core can count exactly how
-    many weights it keeps: a criterion cannot prune more than the recipe asks.
+    mask with the recipe's allocation (``context.allocation``: per-layer rates or global),
+    so every criterion works with every allocation. Weights already pruned stay pruned
+    whatever their score. Scores must be finite where the mask is still ``True``, and real
+    numbers (floating or integer; ``bool`` and complex scores are refused), so the core can
+    count exactly how many weights it keeps: a criterion cannot prune more than the recipe asks.
+
+    A criterion whose choice scores cannot express (one that prunes iteratively, rescoring
+    as it goes: SynFlow) returns the :class:`lth_core.Mask` it chose instead; the core
+    checks that it tightens ``mask`` to exactly ``context.allocation.counts(mask)``. A
+    control ranks all weights afresh to match a ticket's density, so there a criterion
+    must return scores (its allocation then prunes nothing).
+
+    ``options`` lists the ``lottery.criterion_options`` keys the criterion reads (a typo
+    is then refused at load; ``None``: it checks them itself). ``collects(context)``
+    declares what the criterion needs gathered while a run trains: the core calls it with
+    the :class:`lth_core.RoundContext` of every training run of a recipe that uses the
+    criterion anywhere (:func:`lth_core.recipe_uses`) and adds the Lightning callback it
+    returns (or nothing, for ``None``). What the callback leaves in ``context.state``
+    reaches the criterion as ``PruneContext.state`` when it prunes the next round.
     """
 
 
@@ -50,13 +67,15 @@ def register_criteria(register):
 def register_rewind_policies(register):
     """Register rewind policies: what the surviving weights become before a round.
 
-    ``register(name, rewind_fn)``. ``rewind_fn(model, mask, context) -> dict[str, Tensor]``
-    returns a full state dict (every parameter and buffer of ``model``) to load before the
-    next round trains. ``model`` holds the weights just trained; ``context`` is a
-    :class:`lth_core.plugin_api.contexts.RewindContext` with the initial weights θ0, a seeded
-    ``torch.Generator`` and a factory for fresh models. The core applies the mask after
-    loading, so a policy need not. Every tensor must have its parameter's shape, be finite
-    and of a real floating type (another precision is cast to the model's).
+    ``register(name, rewind_fn, options=None, collects=None)``. ``rewind_fn(model, mask,
+    context) -> dict[str, Tensor]`` returns a full state dict (every parameter and buffer
+    of ``model``) to load before the next round trains. ``model`` holds the weights just
+    trained; ``context`` is a :class:`lth_core.RewindContext` with the initial weights
+    θ0, a seeded ``torch.Generator`` and a factory for fresh models. The core applies the
+    mask after loading, so a policy need not. Every tensor must have its parameter's shape,
+    be finite and of a real floating type (another precision is cast to the model's).
+    ``options`` and ``collects`` are as for criteria (late rewinding collects round 0's
+    weights at step k: ``collects`` returns its saving callback for round 0's ticket run).
     """
 
 
@@ -78,17 +97,17 @@ def register_merge_strategies(register):
     """Register model-merging strategies that combine tickets (``lth merge``).
 
     ``register(name, merge_fn)``. ``merge_fn(tickets, context, **options) -> MergeResult``
-    receives two or more :class:`lth_core.tickets.ticket.Ticket` of one architecture, trained on
+    receives two or more :class:`lth_core.Ticket` of one architecture, trained on
     the same classes, in the order the user gave them (``ticket.final`` holds the trained
     weights, ``ticket.init`` the rewind weights, ``ticket.mask`` the mask), and a
-    :class:`lth_core.plugin_api.contexts.MergeContext` (model name and factory, data, a seeded
+    :class:`lth_core.MergeContext` (model name and factory, data, a seeded
     generator, and ``retrain(mask)`` to train a combined mask with the recipe's training).
-    It returns a :class:`lth_core.plugin_api.contexts.MergeResult`: merged ``weights`` and ``mask``, or
+    It returns a :class:`lth_core.MergeResult`: merged ``weights`` and ``mask``, or
     ensemble ``members``; averaging strategies add ``endpoints`` so the core measures the
     loss barrier on the linear path. It must not modify the tickets. ``options`` come from
     ``lth merge --option key=value`` and are validated against ``merge_fn``'s keyword
     parameters. A strategy that cannot handle the tickets (an unsupported architecture)
-    raises :class:`lth_core.errors.LthError` saying what it supports. The core evaluates
+    raises :class:`lth_core.LthError` saying what it supports. The core evaluates
     every ticket and the merge, saves the merged ticket and writes ``merge.json``.
     """
 
@@ -113,14 +132,14 @@ def register_models(register):
 def register_datasets(register):
     """Register data sets.
 
-    ``register(name, factory)``. ``factory(**options) -> lth_core.data.loaders.DataBundle`` loads the
+    ``register(name, factory)``. ``factory(**options) -> lth_core.DataBundle`` loads the
     whole data set once into tensors (inputs float32, labels int64) with its official
     train/test split. The core holds a validation split out of the training tensors and
     batches by indexing, so factories only load and normalise. Options come from the
     recipe's ``data:`` section (minus the core's own keys) and are validated against the
     factory's keyword parameters. The core checks the bundle: no empty split, one label
     per input, finite float32 inputs of one shape, int64 labels in ``0..num_classes-1``.
-    A factory that cannot find its files raises :class:`lth_core.errors.LthError` saying
+    A factory that cannot find its files raises :class:`lth_core.LthError` saying
     where it looked and what to do.
     """
 
@@ -146,13 +165,18 @@ def register_initializers(register):
 def register_callbacks(register):
     """Register named Lightning callbacks that a recipe switches on.
 
-    ``register(name, factory)``. ``factory(context, **options)`` receives the
-    :class:`lth_core.plugin_api.contexts.RoundContext` of each training run (every round and control)
+    ``register(name, factory, refers=None)``. ``factory(context, **options)`` receives the
+    :class:`lth_core.RoundContext` of each training run (every round and control)
     and returns a ``pytorch_lightning.Callback`` for it, or ``None`` to stay out of that
     run. A recipe lists them: ``callbacks: [{name: gradual_pruning, target: 0.1}]``; the
-    options are validated against the factory's keyword parameters. A callback that
-    prunes during training calls ``context.module.set_mask(mask)`` (never assigns
-    ``module.mask``); the ticket keeps the mask in force when training ends. The core
+    options are validated against the factory's keyword parameters. ``refers`` maps
+    options that name other registered things to their kind (``{"criterion":
+    "criteria"}``), so :func:`lth_core.recipe_uses` sees them (and a criterion's
+    ``collects`` is switched on when a callback prunes with it). A callback that prunes
+    during training computes the new mask with ``context.prune(criterion, model, mask,
+    allocation, initial=...)`` (the rounds' own pruning) or its own rule, and calls
+    ``context.module.set_mask(mask)`` (never assigns ``module.mask``); the ticket keeps
+    the mask in force when training ends. The core
     checks that mask when training ends: the round's layers and shapes, ``torch.bool``,
     only tighter than the round's start mask, and every pruned weight exactly zero.
 
@@ -171,7 +195,7 @@ def register_commands(register):
 
     ``register(name, run, help="", configure=None)``. ``configure(parser)`` adds the
     command's arguments to its ``argparse`` subparser; ``run(args) -> int`` does the work
-    and returns the exit status. An :class:`lth_core.errors.LthError` raised inside becomes
+    and returns the exit status. An :class:`lth_core.LthError` raised inside becomes
     the usual one-line ``lth: error: ...`` with exit status 2. A name may not shadow a
     built-in command (``run``, ``report``, ...). Plugins are loaded for a command only when
     it is not built in, so ``lth report`` stays fast.
@@ -182,10 +206,11 @@ def register_commands(register):
 def round_callbacks(context):
     """Return Lightning callbacks to add to one round's ``Trainer`` (or ``None``).
 
-    ``context`` is a :class:`lth_core.plugin_api.contexts.RoundContext`: the recipe, round number,
-    mask and model. A plugin looks at it and decides whether it has anything to add (a
-    movement criterion adds a callback that accumulates scores only when the recipe uses
-    it). Every plugin's list is used.
+    ``context`` is a :class:`lth_core.RoundContext`: the recipe, round number,
+    mask and model. A plugin looks at it and decides whether it has anything to add
+    (:func:`lth_core.recipe_uses` says whether the recipe uses one of its names; a
+    criterion or rewind policy declares its own collector with ``collects=`` instead).
+    Every plugin's list is used.
 
     Speed: a round with no callbacks trains ``steps_per_call`` (default 50) optimiser
     steps per Lightning call, bit-identical to one step per call. Any callback switches
@@ -206,7 +231,7 @@ def on_round_start(context):
 def on_round_end(context, ticket, metrics):
     """Called after a round (or a control) has trained and its ticket is saved.
 
-    ``ticket`` is the :class:`lth_core.tickets.ticket.Ticket`; ``metrics`` the round's summary row
+    ``ticket`` is the :class:`lth_core.Ticket`; ``metrics`` the round's summary row
     (weights_remaining, early_stop_step, val_loss_min, test_acc, test_acc_final, ...).
     """
 

@@ -83,6 +83,7 @@ class Registry:
         return table[name]
 
     def names(self, kind: str) -> list[str]:
+        """The registered names of ``kind`` (``criteria``, ``models``, ...), sorted."""
         return sorted(self.kinds[kind])
 
 

@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from lth_core.errors import LthError
-from lth_core.files import atomic_write_text, json_digest, read_json, sha256_file
-from lth_core.tickets.masks import Mask, check_mask_fits
+from lth_core.files import atomic_write_tensors, atomic_write_text, json_digest, read_json, sha256_file
+from lth_core.tickets.mask import Mask, check_mask_fits
 
 FILES = ("mask", "init", "final")
 #: The key of ticket.json that holds the SHA-256 of the rest of its content.
@@ -66,10 +66,6 @@ class Ticket:
                     )
 
 
-def _cpu(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-
-
 def save_ticket(ticket: Ticket, folder: str | os.PathLike) -> Path:
     """Write the tensors (each via a temporary file and a rename), then ``ticket.json``.
 
@@ -78,15 +74,13 @@ def save_ticket(ticket: Ticket, folder: str | os.PathLike) -> Path:
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {"mask": dict(ticket.mask.items()), "init": _cpu(ticket.init)}
+    tensors = {"mask": dict(ticket.mask.items()), "init": ticket.init}
     if ticket.final is not None:
-        tensors["final"] = _cpu(ticket.final)
+        tensors["final"] = ticket.final
     sums = {}
     for which, state in tensors.items():
         path = folder / f"{which}.safetensors"
-        tmp = folder / f".{which}.safetensors.tmp{os.getpid()}"
-        save_file(state, str(tmp))
-        os.replace(tmp, path)
+        atomic_write_tensors(path, state)
         sums[which] = sha256_file(path)
     meta = {k: v for k, v in ticket.meta.items() if k != SELF}
     meta["weights_remaining"] = ticket.mask.density()
@@ -99,6 +93,7 @@ def save_ticket(ticket: Ticket, folder: str | os.PathLike) -> Path:
 
 
 def is_ticket(folder: str | os.PathLike) -> bool:
+    """Does ``folder`` hold a finished ticket (its ``ticket.json``, written last)?"""
     return (Path(folder) / "ticket.json").is_file()
 
 

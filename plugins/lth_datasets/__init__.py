@@ -19,9 +19,7 @@ from pathlib import Path
 
 import torch
 
-from lth_core import hookimpl
-from lth_core.data.loaders import DataBundle
-from lth_core.errors import LthError
+from lth_core import DataBundle, LthError, atomic_path, hookimpl
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -121,10 +119,8 @@ def prepare_debian_fashion_mnist(source: Path, root: Path) -> bool:
     for f in IDX_FILES:
         target = raw / f
         if not target.is_file():
-            tmp = raw / f".{f}.tmp"
-            with gzip.open(source / f"{f}.gz", "rb") as src, open(tmp, "wb") as dst:
+            with atomic_path(target) as tmp, gzip.open(source / f"{f}.gz", "rb") as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst)
-            os.replace(tmp, target)
     return True
 
 

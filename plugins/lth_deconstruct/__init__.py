@@ -26,10 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lth_core import hookimpl
-from lth_core.plugin_api.contexts import PruneContext
-from lth_core.errors import LthError
-from lth_core.tickets.masks import Mask
+from lth_core import LthError, Mask, PruneContext, hookimpl
 
 PRUNED = -1.0  # score of already pruned weights (they stay pruned; any finite value does)
 
@@ -73,11 +70,11 @@ def _ranks(values: Tensor) -> Tensor:
 def large_init_large_final(model: nn.Module, mask: Mask, context: PruneContext) -> dict[str, Tensor]:
     """Score = min(rank|wi|, rank|wf|)/m + (rank|wi| + rank|wf|)/(2m²) over the m unpruned weights.
 
-    Ranks are taken per layer, or jointly over ``context.pooled`` under global pruning.
+    Ranks are taken per unit of ``context.allocation``: per layer, or jointly over the
+    layers global pruning pools.
     """
     pairs = _weights("large_init_large_final", model, mask, context)
-    pooled = [n for n in mask if n in context.pooled] if context.scope == "global" else []
-    groups = ([pooled] if pooled else []) + [[n] for n in mask if n not in pooled]
+    groups = context.allocation.units(mask)
     scores = {n: torch.full(mask[n].shape, PRUNED, dtype=torch.float64) for n in mask}
     for group in groups:
         keep = [mask[n].flatten() for n in group]

@@ -27,8 +27,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lth_core import hookimpl
-from lth_core.errors import LthError
+from lth_core import LthError, hookimpl, load_recipe, quiet_lightning
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -39,13 +38,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lth_core.commands.cli import _quiet_lightning
-    from lth_core.config.recipes import load_recipe
 
     recipe = load_recipe(args.recipe, args.set)
     if not recipe["extend"]:
         raise LthError(f"{recipe.source} has no extend: section (extend: {{classes: [...]}}); see `lth recipes` for frankenmodel_* recipes")
-    _quiet_lightning()
+    quiet_lightning()
     from lth_frankenmodel.extend import extend
 
     extend(Path(args.ticket), recipe, Path(args.out), say=lambda s: print(s, file=sys.stderr, flush=True))

@@ -28,14 +28,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from lth_core import __version__
-from lth_core.data.loaders import DataModule
-from lth_core.errors import LthError, PluginError, choices
-from lth_core.files import atomic_write_text, read_json
-from lth_core.lottery.rounds import Run, Start, build_model, load_data, train
-from lth_core.tickets.masks import Mask
-from lth_core.plugin_api.registry import Registry, call_plugin, get_plugin_manager, get_registry
-from lth_core.config.recipes import Recipe, check_against_plugins
+from lth_core import DataModule, LthError, Mask, PluginError, Recipe, Registry, Run, Start, __version__, atomic_write_text, build_model, call_plugin, check_against_plugins, choices, get_plugin_manager, get_registry, load_data, read_json, train_run
 
 from lth_frankenmodel.freeze import FreezeOwned
 from lth_frankenmodel.packed import EXTEND_JSON, Packed, claim, grow, load_source, save_packed
@@ -257,7 +250,7 @@ def extend(source_dir: str | Path, recipe: Recipe, out: str | Path, say: Callabl
         t0 = time.time()
         run.data = train_data
         say(f"extend [{name}]: {train_data.train_x.shape[0]} training examples, {steps} steps")
-        ticket, _, _ = train(run, task_id, name, dense_mask, Start(weights, 0, recipe["optimizer"]), out / "runs" / name, callbacks)
+        ticket, _, _ = train_run(run, task_id, name, dense_mask, Start(weights, 0, recipe["optimizer"]), out / "runs" / name, callbacks)
         timings[name] = round(time.time() - t0, 2)
         return ticket.final
 

@@ -45,7 +45,7 @@ class FreezeOwned(pl.Callback):
             self._handles.append(p.register_post_accumulate_grad_hook(_masking(factor)))
         for opt in trainer.optimizers:
             self._handles.append(opt.register_step_post_hook(lambda *_: self.restore()))
-        self._norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
+        self._norms = [m for m in model.modules() if getattr(m, "running_mean", None) is not None]  # tracks statistics
 
     def state_dict(self) -> dict:
         """Nothing: the frozen entries' snapshot is retaken from the run's start weights by

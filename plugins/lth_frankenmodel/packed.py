@@ -15,18 +15,14 @@ task") plus ``ownership.safetensors`` (int16 owner per prunable weight) and ``ex
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
-from lth_core.errors import LthError
-from lth_core.files import atomic_write_text, read_json, sha256_file
-from lth_core.tickets.masks import Mask
-from lth_core.tickets.ticket import Ticket, is_ticket, load_ticket, save_ticket
+from lth_core import Allocation, LthError, Mask, Ticket, atomic_write_tensors, atomic_write_text, is_ticket, load_ticket, prune_by_scores, read_json, read_yaml, save_ticket, sha256_file
 
 OWNERSHIP_FILE = "ownership.safetensors"
 EXTEND_JSON = "extend.json"
@@ -125,14 +121,12 @@ def claim(start: Packed, trained: dict[str, Tensor], prune: float) -> Packed:
     """After the newest task trained: it owns every free weight; with ``prune`` > 0 it then
     gives back that fraction of them (lowest magnitude per layer, as PackNet), zeroed and
     free again for a later task."""
-    from lth_core.tickets.masks import prune_by_scores
-
     task = len(start.tasks)
     owner = {n: torch.where(o == 0, torch.tensor(task, dtype=OWNER_DTYPE), o) for n, o in start.owner.items()}
     state = {n: t.detach().cpu().clone() for n, t in trained.items()}
     if prune > 0:
         mine = Mask({n: o == task for n, o in owner.items()})
-        kept = prune_by_scores({n: state[n].abs() for n in mine}, mine, {n: prune for n in mine})
+        kept = prune_by_scores({n: state[n].abs() for n in mine}, mine, Allocation({n: prune for n in mine}))
         for n in mine:
             drop = mine[n] & ~kept[n]
             owner[n][drop] = 0
@@ -145,8 +139,6 @@ def _run_recipe(folder: Path) -> dict:
     for parent in (folder.parent, folder.parent.parent):
         path = parent / "recipe.yaml"
         if path.is_file():
-            from lth_core.config.recipes import read_yaml
-
             return read_yaml(path) or {}
     raise LthError(f"{folder} has no recipe.yaml in its run folder: cannot tell which classes the ticket was trained on")
 
@@ -196,9 +188,8 @@ def save_packed(packed: Packed, folder: Path, meta: dict, record: dict) -> Path:
     """Write the extended network as a ticket, its ownership, then ``extend.json`` last."""
     mask = Mask({n: o > 0 for n, o in packed.owner.items()})
     save_ticket(Ticket(mask, packed.init, packed.state, meta), folder)
-    path, tmp = folder / OWNERSHIP_FILE, folder / f".{OWNERSHIP_FILE}.tmp"
-    save_file({n: o.contiguous() for n, o in packed.owner.items()}, str(tmp))
-    os.replace(tmp, path)
+    path = folder / OWNERSHIP_FILE
+    atomic_write_tensors(path, packed.owner)
     record = {**record, "model": packed.model, "data": packed.data, "tasks": packed.tasks, "heads": packed.heads,
               "ownership_sha256": sha256_file(path)}
     atomic_write_text(folder / EXTEND_JSON, json.dumps(record, indent=2))

@@ -50,15 +50,8 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
-from torch import Tensor
 
-from lth_core import hookimpl
-from lth_core.plugin_api.contexts import PruneContext, RoundContext
-from lth_core.errors import LthError, choices
-from lth_core.files import atomic_write_text
-from lth_core.tickets.masks import Mask, validate_scores
-from lth_core.plugin_api.registry import call_plugin
+from lth_core import Allocation, LthError, Mask, RoundContext, atomic_write_text, choices, hookimpl
 
 NAME = "gradual_pruning"
 SCHEDULES = ("cubic", "constant")
@@ -89,31 +82,12 @@ def layer_targets(recipe: Any, mask: Mask, target: float) -> tuple[dict[str, flo
     The exponent ``ln(1 - r_l) / ln(1 - rate)`` turns the constant schedule's rate ``q``
     into the layer's own: ``1 - (1 - q)^exponent``.
     """
-    from lth_core.lottery.rounds import layer_rates
-
-    rates, pooled = layer_rates(recipe, mask)
+    allocation = Allocation.of_recipe(recipe, mask)
+    rates, pooled = allocation.rates, list(allocation.pooled)
     base = math.log(1.0 - recipe["lottery"]["rate"])
     k = math.log(target) / base
     final = {n: (1.0 - r) ** k for n, r in rates.items()}
     return final, {n: math.log(1.0 - r) / base for n, r in rates.items()}, pooled
-
-
-def _seed(*parts: Any) -> int:
-    seed = 0
-    for p in parts:
-        v = p if isinstance(p, int) else sum((i + 1) * ord(c) for i, c in enumerate(str(p)))
-        seed = (seed * 1_000_003 + v) % (2**63 - 1)
-    return seed
-
-
-def _keep_top(scores: Tensor, current: Tensor, k: int) -> Tensor:
-    """Keep the ``k`` highest-scoring weights among those ``current`` still keeps."""
-    flat = scores.detach().flatten().to("cpu", torch.float64).clone()
-    flat[~current.flatten()] = -torch.inf
-    keep = torch.zeros(current.numel(), dtype=torch.bool)
-    if k > 0:
-        keep[torch.topk(flat, k, sorted=False).indices] = True
-    return keep.view_as(current)
 
 
 class GradualPruning(pl.Callback):
@@ -200,48 +174,33 @@ class GradualPruning(pl.Callback):
         kept = self._unit_kept(mask)
         if counts == kept:
             return
-        rates = {}
-        for u, names in self.units.items():
-            for n in names:
-                rates[n] = 1.0 - counts[u] / kept[u] if kept[u] else 0.0
-        scores = self._score(pl_module, mask, t, rates)
-        new: dict[str, Tensor] = {}
-        for u, names in self.units.items():
-            if u != POOL:
-                new[u] = _keep_top(scores[u], mask[u], counts[u])
-                continue
-            flat = torch.cat([scores[n].detach().cpu().flatten().to(torch.float64) for n in names])
-            keep = _keep_top(flat, torch.cat([mask[n].flatten() for n in names]), counts[u])
-            offset = 0
-            for n in names:
-                new[n] = keep[offset : offset + mask[n].numel()].view_as(mask[n])
-                offset += mask[n].numel()
-        new_mask = Mask({n: new[n] & mask[n] for n in mask})
+        rates = {n: 1.0 - counts[u] / kept[u] if kept[u] else 0.0 for u, names in self.units.items() for n in names}
+        allocation = Allocation(rates, self.context.recipe["lottery"]["scope"], tuple(self.pooled))
+        new_mask = self.context.prune(self.criterion, pl_module.model, mask, allocation, initial=self.initial,
+                                      seed=(t, self.criterion), where=f" in {NAME} at step {t}")
         pl_module.set_mask(new_mask)
         self._density = new_mask.density()
         self.context.state[NAME] = {"step": t, "weights_remaining": self._density}
         self.records.append({"step": t, "weights_remaining": self._density,
-                         "kept": {n: int(m.sum()) for n, m in new_mask.items()}})
+                             "kept": {n: int(m.sum()) for n, m in new_mask.items()}})
 
-    def _score(self, pl_module, mask: Mask, t: int, rates: dict[str, float]) -> dict[str, Tensor]:
-        ctx = self.context
-        entry = ctx.registry.get("criteria", self.criterion)
-        lot = ctx.recipe["lottery"]
-        prune_ctx = PruneContext(
-            initial=self.initial,
-            generator=torch.Generator().manual_seed(_seed(ctx.recipe["seed"], ctx.round, t, self.criterion)),
-            round=ctx.round,
-            data=ctx.data,
-            state=ctx.state,
-            options=dict(lot["criterion_options"]),
-            rates=rates,
-            scope=lot["scope"],
-            pooled=list(self.pooled),
-        )
-        source = f"criterion {self.criterion!r} (plugin {entry.plugin!r}) in {NAME} at step {t}"
-        scores = call_plugin(source, entry.obj, pl_module.model, mask, prune_ctx)
-        validate_scores(scores, mask, source)
-        return {n: s.detach().cpu() for n, s in scores.items()}
+
+def _check_options(context: RoundContext, where: str, target: Any, schedule: Any, rate: Any, rounds: Any, runs: Any) -> float:
+    """The options' values checked one by one (each mistake one line); returns the rate."""
+    if schedule not in SCHEDULES:
+        raise LthError(f"{where}.schedule is {schedule!r}; valid: {choices(SCHEDULES)}")
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 < target < 1.0:
+        raise LthError(f"{where}.target must be a fraction of weights remaining in (0, 1), got {target!r}")
+    if rate is not None and schedule != "constant":
+        raise LthError(f"{where}.rate applies to schedule: constant only (the cubic schedule sets its own pace)")
+    rate = context.recipe["lottery"]["rate"] if rate is None else rate
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 < rate < 1.0:
+        raise LthError(f"{where}.rate must be in (0, 1) (a fraction of the remaining weights per pruning step), got {rate!r}")
+    if rounds is not None and rounds != "all" and not (isinstance(rounds, list) and all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in rounds)):
+        raise LthError(f"{where}.rounds must be a list of round numbers (e.g. [0]) or 'all', got {rounds!r}")
+    if runs is not None and runs != "all" and not (isinstance(runs, list) and all(isinstance(r, str) for r in runs)):
+        raise LthError(f"{where}.runs must be a list of run names (ticket and/or control names) or 'all', got {runs!r}")
+    return rate
 
 
 def gradual_pruning(
@@ -264,21 +223,9 @@ def gradual_pruning(
     (default ``lottery.rate``).
     """
     where = f"callbacks.{NAME}"
-    if schedule not in SCHEDULES:
-        raise LthError(f"{where}.schedule is {schedule!r}; valid: {choices(SCHEDULES)}")
-    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 < target < 1.0:
-        raise LthError(f"{where}.target must be a fraction of weights remaining in (0, 1), got {target!r}")
-    if rate is not None and schedule != "constant":
-        raise LthError(f"{where}.rate applies to schedule: constant only (the cubic schedule sets its own pace)")
-    rate = context.recipe["lottery"]["rate"] if rate is None else rate
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 < rate < 1.0:
-        raise LthError(f"{where}.rate must be in (0, 1) (a fraction of the remaining weights per pruning step), got {rate!r}")
+    rate = _check_options(context, where, target, schedule, rate, rounds, runs)
     rounds = [0] if rounds is None else rounds
     runs = ["ticket"] if runs is None else runs
-    if rounds != "all" and not (isinstance(rounds, list) and all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in rounds)):
-        raise LthError(f"{where}.rounds must be a list of round numbers (e.g. [0]) or 'all', got {rounds!r}")
-    if runs != "all" and not (isinstance(runs, list) and all(isinstance(r, str) for r in runs)):
-        raise LthError(f"{where}.runs must be a list of run names (ticket and/or control names) or 'all', got {runs!r}")
     context.registry.get("criteria", criterion)  # an unknown criterion fails now, naming the installed ones
     steps_per_epoch = len(context.data.train_loader(0))
     interval = parse_every(every, steps_per_epoch)
@@ -312,4 +259,4 @@ def gradual_pruning(
 
 @hookimpl
 def register_callbacks(register):
-    register(NAME, gradual_pruning)
+    register(NAME, gradual_pruning, refers={"criterion": "criteria"})

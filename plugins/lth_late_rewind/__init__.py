@@ -8,7 +8,8 @@ A recipe selects it with::
       rewind: late
       rewind_options: {to: 500it}   # or 2ep (epochs of the training split), or 10% (of trainer.max_steps)
 
-Round 0 (the dense run) saves θk: this plugin's ``round_callbacks`` adds a callback to
+Round 0 (the dense run) saves θk: the policy is registered with ``collects=``, so when a
+recipe rewinds late (the lottery's rewind or a control's) the core adds a callback to
 round 0's ticket run that writes the model's full state dict at lottery step k (after the
 k-th optimiser step; k = 0 is θ0) to ``round_0/rewind_<k>.safetensors``. The ``late``
 policy loads that file in every later round and sets ``start_step = k``.
@@ -16,19 +17,15 @@ policy loads that file in every later round and sets ``start_step = k``.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from lth_core import hookimpl
-from lth_core.plugin_api.contexts import RewindContext, RoundContext
-from lth_core.errors import LthError
-from lth_core.tickets.masks import Mask
+from lth_core import LthError, Mask, RewindContext, RoundContext, atomic_write_tensors, hookimpl
 
 POLICY = "late"
 OPTION = "lottery.rewind_options.to"
@@ -73,14 +70,6 @@ def rewind_file(folder: Path | str, k: int) -> Path:
     return Path(folder) / f"rewind_{k}.safetensors"
 
 
-def save_state(state: dict[str, Tensor], path: Path, k: int) -> None:
-    """Write a state dict as safetensors, atomically (a reader sees no half-written file)."""
-    tensors = {n: t.detach().to("cpu").contiguous().clone() for n, t in state.items()}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={"step": str(k)})
-    os.replace(tmp, path)
-
-
 class SaveRewindPoint(pl.Callback):
     """Saves the model's full state dict once, at lottery step ``k`` of round 0."""
 
@@ -89,7 +78,7 @@ class SaveRewindPoint(pl.Callback):
 
     def _save(self, pl_module) -> None:
         if not self.saved and pl_module.step == self.k:
-            save_state(pl_module.model.state_dict(), self.path, self.k)
+            atomic_write_tensors(self.path, pl_module.model.state_dict(), metadata={"step": str(self.k)})
             self.saved = True
 
     def state_dict(self) -> dict:
@@ -103,19 +92,6 @@ class SaveRewindPoint(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._save(pl_module)  # after the optimiser step: module.step counts it
-
-
-def _uses_late(recipe, registry) -> bool:
-    """The recipe's rewind, or one of its controls' rewinds, is ``late``."""
-    if recipe["lottery"]["rewind"] == POLICY:
-        return True
-    for c in recipe["controls"]:
-        rewind = c.get("rewind")
-        if set(c) == {"name"} and registry is not None:
-            rewind = registry.get("controls", c["name"]).extra.get("rewind")
-        if rewind == POLICY:
-            return True
-    return False
 
 
 def late_rewind(model: nn.Module, mask: Mask, context: RewindContext) -> dict[str, Tensor]:
@@ -138,15 +114,9 @@ def late_rewind(model: nn.Module, mask: Mask, context: RewindContext) -> dict[st
     return state
 
 
-@hookimpl
-def register_rewind_policies(register):
-    register(POLICY, late_rewind, options=["to"])
-
-
-@hookimpl
-def round_callbacks(context: RoundContext):
-    """Round 0's ticket run saves θk when the recipe rewinds late."""
-    if context.round != 0 or context.name != "ticket" or not _uses_late(context.recipe, context.registry):
+def save_rewind_point(context: RoundContext) -> SaveRewindPoint | None:
+    """The callback that saves θk, for round 0's ticket run of a recipe that rewinds late."""
+    if context.round != 0 or context.name != "ticket":
         return None
     options = context.recipe["lottery"]["rewind_options"]
     check_option_keys(options, POLICY)
@@ -157,4 +127,9 @@ def round_callbacks(context: RoundContext):
             f"{OPTION}={options.get('to')!r} is step {k}, but training stops at trainer.max_steps={max_steps}: "
             "the rewind point must come before the end of training"
         )
-    return [SaveRewindPoint(k, rewind_file(context.out_dir, k))]
+    return SaveRewindPoint(k, rewind_file(context.out_dir, k))
+
+
+@hookimpl
+def register_rewind_policies(register):
+    register(POLICY, late_rewind, options=["to"], collects=save_rewind_point)

@@ -24,10 +24,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from lth_core import hookimpl
-from lth_core.plugin_api.contexts import RewindContext
-from lth_core.errors import LthError
-from lth_core.tickets.masks import Mask
+from lth_core import LthError, Mask, RewindContext, hookimpl
 
 #: Options of the rewind policies bundled with lth; a late-rewound recipe may run a
 #: fine-tuning control with its ``to:`` option present.

@@ -21,11 +21,7 @@ from functools import reduce
 import torch
 from torch import Tensor
 
-from lth_core import hookimpl
-from lth_core.plugin_api.contexts import MergeContext, MergeResult
-from lth_core.errors import LthError
-from lth_core.tickets.masks import Mask
-from lth_core.tickets.ticket import Ticket
+from lth_core import LthError, Mask, MergeContext, MergeResult, Ticket, hookimpl
 from lth_merge.matching import layer_chain, match, permute
 
 

@@ -24,7 +24,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from lth_core.errors import LthError
+from lth_core import LthError
 
 #: Models whose forward pass is exactly their chain of Linear/Conv2d layers with
 #: elementwise activations, max-pools, dropout and one flatten between them.

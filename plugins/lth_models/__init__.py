@@ -47,7 +47,7 @@ def lenet300(input_shape: tuple, num_classes: int, dropout: float = 0.0) -> nn.M
     return MLP(math.prod(input_shape), [300, 100], num_classes, dropout)
 
 
-from lth_core import hookimpl  # noqa: E402
+from lth_core import hookimpl
 from lth_models.convnets import conv2, conv4, conv6, resnet20, vgg19  # noqa: E402
 
 

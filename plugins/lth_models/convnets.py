@@ -54,7 +54,7 @@ a freshly initialised ``nn.Module`` (the caller seeds the global RNG first).
     ``blocks.{3,6}.shortcut.1.*``); output layer ``fc``. 272,474 parameters at W = 16 for
     10 classes, the count OpenLTH's own test asserts.
 
-Prunable weights are found by :func:`lth_core.tickets.masks.prunable_parameters`: every conv and
+Prunable weights are found by :func:`lth_core.tickets.mask.prunable_parameters`: every conv and
 linear ``weight``; biases and batch-norm parameters are never pruned.
 """
 

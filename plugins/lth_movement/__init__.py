@@ -10,9 +10,10 @@ under plain gradient descent W_{t+1} = W_t - lr·g_t, so -W_t·g_t > 0 exactly w
 points away from zero). The lowest scores are pruned, as for every criterion: a weight that
 shrank towards zero scores low, one that grew scores high, whatever its final magnitude.
 
-How it is collected: when a recipe uses ``movement`` (``lottery.criterion``, a control's
-``criterion`` or any recipe callback's ``criterion`` option), the ``round_callbacks`` hook
-adds a :class:`MovementScores` callback to every training run. After each backward pass
+How it is collected: the criterion is registered with ``collects=MovementScores``, so when
+a recipe uses ``movement`` anywhere (``lottery.criterion``, a control's criterion, a
+callback option that names a criterion) the core adds a :class:`MovementScores` callback
+to every training run. After each backward pass
 and before the optimiser step (``on_before_optimizer_step``: the gradient is the one the
 step will use, already masked by the core, and W is still W_t) it adds ``-W ⊙ grad`` to S.
 The scores live in ``context.state["movement"]`` = ``{"scores": {name: Tensor}, "steps": n}``
@@ -44,29 +45,10 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from lth_core import hookimpl
-from lth_core.plugin_api.contexts import PruneContext, RoundContext
-from lth_core.errors import LthError
-from lth_core.tickets.masks import Mask
+from lth_core import LthError, Mask, PruneContext, RoundContext, hookimpl
 
 NAME = "movement"
 STATE_KEY = "movement"  # context.state key, the plugin's name
-
-
-def uses_movement(recipe: Any, registry: Any = None) -> bool:
-    """Does this recipe prune by movement anywhere: ticket, a control or a recipe callback?"""
-    if recipe is None:
-        return False
-    if recipe["lottery"]["criterion"] == NAME:
-        return True
-    for c in recipe["controls"]:
-        criterion = c.get("criterion")
-        if criterion is None and set(c) == {"name"} and registry is not None:
-            entry = registry.kinds.get("controls", {}).get(c["name"])
-            criterion = entry.extra.get("criterion") if entry is not None else None
-        if criterion == NAME:
-            return True
-    return any(cb.get("criterion") == NAME for cb in recipe["callbacks"])
 
 
 class MovementScores(pl.Callback):
@@ -143,11 +125,4 @@ def movement_scores(model: nn.Module, mask: Mask, context: PruneContext) -> dict
 
 @hookimpl
 def register_criteria(register):
-    register(NAME, movement_scores, options=[])
-
-
-@hookimpl
-def round_callbacks(context):
-    if uses_movement(context.recipe, context.registry):
-        return [MovementScores(context)]
-    return None
+    register(NAME, movement_scores, options=[], collects=MovementScores)

@@ -14,13 +14,11 @@ uses its absolute running statistics, as in the authors' code, ganguli-lab/Synap
 an all-ones input of shape ``(1, *input_shape)`` gives ``R = sum(outputs)`` and the score is
 ``|∂R/∂θ ⊙ θ|``. Only ``context.data.input_shape`` is read; the caller's model is never
 modified. It prunes iteratively: over ``iterations`` steps the number of weights kept
-shrinks exponentially towards exactly the counts the core will keep (per layer, or per
-pooled group under global pruning), rescoring the masked model at every step. The returned
-scores make the core's top-k choose exactly that mask: surviving weights carry their final
-SynFlow score (>= 0) and weights pruned at step ``t`` of ``T`` carry ``t - T - 1 + u`` with
-``u`` in [0, 0.5) ordering them by the score that pruned them, so earlier means lower.
-With nothing to prune (no rates, e.g. a control that only ranks weights) it returns the
-plain single-shot SynFlow scores. Cost: ``iterations`` forward/backward passes of one input.
+shrinks exponentially towards exactly the counts of the core's allocation (per layer, or
+per pooled group under global pruning), rescoring the masked model at every step, and
+returns the mask it reached (the core checks it keeps exactly those counts). With nothing
+to prune (no rates, e.g. a control that only ranks weights) it returns the plain
+single-shot SynFlow scores. Cost: ``iterations`` forward/backward passes of one input.
 
 ``grasp`` (Wang et al. 2020, "Picking winning tickets before training by preserving gradient
 flow"): score ``(H g) ⊙ θ`` with ``g`` the (detached) gradient of the loss on logits divided
@@ -42,10 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lth_core import hookimpl
-from lth_core.plugin_api.contexts import PruneContext
-from lth_core.errors import LthError
-from lth_core.tickets.masks import Mask, apply_mask, keep_counts, prune_by_scores
+from lth_core import Allocation, LthError, Mask, PruneContext, apply_mask, hookimpl, prune_by_scores
 
 DEFAULT_BATCH = 256
 DEFAULT_ITERATIONS = 100
@@ -189,72 +184,43 @@ def synflow_once(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> 
     return _Linearised(model, input_shape).scores(mask)
 
 
-def _pooled(mask: Mask, context: PruneContext) -> list[str]:
-    """The layers the core ranks together (global scope), exactly as it passes them to prune_by_scores."""
-    return [n for n in context.pooled if n in mask] if context.scope == "global" else []
+def synflow_iterative(model: nn.Module, mask: Mask, context: PruneContext, iterations: int) -> Mask | dict[str, Tensor]:
+    """Iterative SynFlow: the mask it reaches, or plain SynFlow scores when the allocation
+    prunes nothing (a control asking for scores to rank).
 
-
-def _targets(mask: Mask, context: PruneContext, groups: list[list[str]], pooled: list[str]) -> list[int]:
-    """How many weights each group keeps once the core prunes, counted as prune_by_scores counts."""
-    counts = keep_counts(mask, context.rates)
-    out = []
-    for g in groups:
-        if g is pooled:
-            remaining = sum(int(mask[n].sum()) for n in g)
-            rates = {context.rates.get(n, 0.0) for n in g}
-            if len(rates) != 1:
-                raise LthError(f"global pruning needs one rate for all pooled layers, got {sorted(rates)}")
-            out.append(remaining - int(round(rates.pop() * remaining)))
-        else:
-            out.append(counts[g[0]])
-    return out
-
-
-def synflow_iterative(
-    model: nn.Module, mask: Mask, context: PruneContext, iterations: int
-) -> tuple[Mask, dict[str, Tensor]]:
-    """Iterative SynFlow: the mask it reaches and scores whose top-k reproduces that mask.
-
-    Groups are the layers the core ranks together (each layer, or the pooled layers under
-    global scope). Step ``t`` of ``T`` keeps ``round(R · (K/R)^(t/T))`` weights of each
-    group (``R`` remaining before, ``K`` the core's target), pruning the lowest SynFlow
-    scores of the model masked by the previous step; the last step keeps exactly ``K``.
+    Units are the layers the core ranks together (``context.allocation.units``: each
+    layer, or the pooled layers under global scope). Step ``t`` of ``T`` keeps
+    ``round(R · (K/R)^(t/T))`` weights of each unit (``R`` remaining before, ``K`` the
+    allocation's count), pruning the lowest SynFlow scores of the model masked by the
+    previous step; the last step keeps exactly ``K``.
     """
     linear = _Linearised(model, tuple(context.data.input_shape))
-    pooled = _pooled(mask, context)
-    groups = ([pooled] if pooled else []) + [[n] for n in mask if n not in pooled]
-    targets = _targets(mask, context, groups, pooled)
-    starts = [sum(int(mask[n].sum()) for n in g) for g in groups]
+    allocation = context.allocation
+    targets = allocation.counts(mask)
+    starts = {unit: sum(int(mask[n].sum()) for n in unit) for unit in targets}
     scores = linear.scores(mask)
     if targets == starts:
-        return mask, scores  # nothing to prune (e.g. a control asking for scores): plain SynFlow
+        return scores
     current = mask
-    pruned_at = {n: torch.full(m.shape, -float(iterations + 2), dtype=torch.float64) for n, m in mask.items()}
     for t in range(1, iterations + 1):
         if t > 1:
             scores = linear.scores(current)
         rates: dict[str, float] = {}
-        for g, k, r in zip(groups, targets, starts):
+        for unit, k in targets.items():
+            r = starts[unit]
             keep = k if t == iterations or r == 0 else int(round(r * (k / r) ** (t / iterations)))
-            remaining = sum(int(current[n].sum()) for n in g)
+            remaining = sum(int(current[n].sum()) for n in unit)
             keep = min(keep, remaining)
-            rates.update({n: (remaining - keep) / remaining if remaining else 0.0 for n in g})
-        new = prune_by_scores(scores, current, rates, "global" if pooled else "layer", pooled)
-        dropped = {n: current[n] & ~new[n] for n in mask}
-        top = max([float(scores[n][d].max()) for n, d in dropped.items() if d.any()] + [1e-300])
-        for n, d in dropped.items():
-            # earlier steps lower; within a step, ordered by the score that pruned them
-            pruned_at[n][d] = (t - iterations - 1) + 0.5 * (scores[n][d] / top).clamp(0.0, 0.999)
-        current = new
-    final = linear.scores(current)
-    return current, {n: torch.where(current[n], final[n], pruned_at[n]) for n in mask}
+            rates.update({n: (remaining - keep) / remaining if remaining else 0.0 for n in unit})
+        current = prune_by_scores(scores, current, Allocation(rates, allocation.scope, allocation.pooled))
+    return current
 
 
-def synflow_scores(model: nn.Module, mask: Mask, context: PruneContext) -> dict[str, Tensor]:
-    """SynFlow, data free and iterative; the core's top-k of these scores is the iterative mask."""
+def synflow_scores(model: nn.Module, mask: Mask, context: PruneContext) -> Mask | dict[str, Tensor]:
+    """SynFlow, data free and iterative: the mask its iterations reach (see :func:`synflow_iterative`)."""
     options = _options("synflow", context)
     iterations = _positive_int(options, "iterations", DEFAULT_ITERATIONS)
-    return synflow_iterative(model, mask, context, iterations)[1]
+    return synflow_iterative(model, mask, context, iterations)
 
 
 @hookimpl

@@ -10,9 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lth_core import hookimpl
-from lth_core.plugin_api.contexts import PruneContext
-from lth_core.tickets.masks import Mask
+from lth_core import Mask, PruneContext, hookimpl
 
 
 def random_scores(model: nn.Module, mask: Mask, context: PruneContext) -> dict[str, Tensor]:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from lth_core import hookimpl
-from lth_core.plugin_api.contexts import RewindContext
-from lth_core.tickets.masks import Mask
+from lth_core import Mask, RewindContext, hookimpl
 
 
 def rewind_to_init(model: nn.Module, mask: Mask, context: RewindContext) -> dict[str, Tensor]:

@@ -13,10 +13,12 @@ Two methods, one callback (``callbacks: [{name: supermask, method: ...}]``):
   dynamic weight rescaling: each layer is multiplied by numel(mask) / sum(mask).
 
 How it stays out of the weights: the callback freezes every parameter of the model
-(``requires_grad`` off for biases and batch norm; the masked layers read ``weight.detach()``
-so no gradient reaches a weight, and torch's optimisers skip parameters without one), adds
-a ``supermask_scores`` parameter to each masked layer for the optimiser to train, and swaps
-the layer's ``forward`` for a masked one. The recipe's optimiser trains the scores.
+(``requires_grad`` off for biases and batch norm) and puts a parametrization
+(``torch.nn.utils.parametrize``) on each masked layer's ``weight``: the layer computes
+with ``weight.detach()`` times the mask its scores choose, so no gradient reaches a weight
+(torch's optimisers skip parameters without one) and the scores, which the parametrization
+holds as a parameter, are what the recipe's optimiser trains. The core masks a
+parametrized weight through its original tensor, so pruned weights stay zero as always.
 
 When training ends the scores become the run's ticket: the mask is the top-k (edge-popup)
 or the most likely mask sigmoid(s) > 0.5 (Bernoulli), the weights are the untouched random
@@ -35,19 +37,14 @@ from __future__ import annotations
 
 import math
 import statistics
-import types
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
-from lth_core import hookimpl
-from lth_core.plugin_api.contexts import RoundContext
-from lth_core.errors import LthError
-from lth_core.tickets.masks import Mask, prunable_parameters
+from lth_core import LthError, Mask, RoundContext, atomic_write_tensors, hookimpl, keep_top, prunable_parameters
 
 METHODS = ("edge_popup", "bernoulli")
 SCORES = "supermask_scores"
@@ -58,19 +55,11 @@ class _TopK(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, scores: Tensor, allowed: Tensor, k: int) -> Tensor:
-        return topk_mask(scores, allowed, k)
+        return keep_top(scores.detach().abs(), allowed, k).to(scores.dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         return grad, None, None
-
-
-def topk_mask(scores: Tensor, allowed: Tensor, k: int) -> Tensor:
-    """Exactly ``k`` ones where |scores| is largest, never outside ``allowed`` (float 0/1)."""
-    flat = scores.detach().abs().flatten().masked_fill(~allowed.flatten(), -1.0)
-    out = torch.zeros_like(flat)
-    out[torch.topk(flat, k, sorted=False).indices] = 1.0
-    return out.view_as(scores)
 
 
 def sample_bernoulli(scores: Tensor, allowed: Tensor) -> Tensor:
@@ -80,15 +69,30 @@ def sample_bernoulli(scores: Tensor, allowed: Tensor) -> Tensor:
     return (m + p - p.detach()) * allowed
 
 
+class _MaskedWeight(nn.Module):
+    """The parametrization of a masked layer's ``weight`` (``torch.nn.utils.parametrize``):
+    the frozen weight times the mask its scores choose now. It holds the scores, so the
+    optimiser finds them among the model's parameters."""
+
+    def __init__(self, scores: Tensor, mask_of: Any):
+        super().__init__()
+        self.scores = nn.Parameter(scores)
+        self.mask_of = mask_of
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return weight.detach() * self.mask_of()
+
+
 class _Layer:
-    """One masked layer: its module, scores, allowed weights and top-k count."""
+    """One masked layer: its module, its parametrization (with the scores), allowed weights and top-k count."""
 
     def __init__(self, name: str, module: nn.Module, allowed: Tensor, k: int):
         self.name, self.module, self.allowed, self.k = name, module, allowed, k
+        self.masked: _MaskedWeight | None = None
 
     @property
     def scores(self) -> Tensor:
-        return getattr(self.module, SCORES)
+        return self.masked.scores
 
 
 class Supermask(pl.Callback):
@@ -125,18 +129,10 @@ class Supermask(pl.Callback):
             return m
         return m * (allowed.sum() / m.detach().sum().clamp_min(1.0))
 
-    def _wrap(self, layer: _Layer) -> None:
-        module = layer.module
-        callback = self
-
-        def forward(self_, x: Tensor) -> Tensor:
-            w = self_.weight.detach() * callback.layer_mask(layer)
-            bias = self_.bias.detach() if self_.bias is not None else None
-            if isinstance(self_, nn.Linear):
-                return F.linear(x, w, bias)
-            return self_._conv_forward(x, w, bias)
-
-        module.forward = types.MethodType(forward, module)
+    def _wrap(self, layer: _Layer, scores: Tensor) -> None:
+        """Mask the layer's weight through a parametrization that owns its scores."""
+        layer.masked = _MaskedWeight(scores, lambda: self.layer_mask(layer))
+        parametrize.register_parametrization(layer.module, "weight", layer.masked, unsafe=True)
 
     # -- Lightning hooks ---------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -161,9 +157,8 @@ class Supermask(pl.Callback):
                     nn.init.kaiming_uniform_(scores, a=math.sqrt(5))  # as Ramanujan et al.'s code
                 else:
                     scores.fill_(self.score_init)
-            module.register_parameter(SCORES, nn.Parameter(scores))
             layer = _Layer(name, module, allowed, k)
-            self._wrap(layer)
+            self._wrap(layer, scores)
             self.layers.append(layer)
         pl_module.density_fn = self.current_density
 
@@ -189,7 +184,7 @@ class Supermask(pl.Callback):
     def _final_layer_mask(self, layer: _Layer) -> Tensor:
         s, allowed = layer.scores.detach(), layer.allowed.to(layer.scores.device)
         if self.method == "edge_popup":
-            return topk_mask(s, allowed, layer.k).bool()
+            return keep_top(s.abs(), allowed, layer.k)
         return (s > 0) & allowed
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -223,8 +218,7 @@ class Supermask(pl.Callback):
     def _restore(self, pl_module: pl.LightningModule) -> None:
         """Put the model back as it was: plain forwards, no scores, gradients as before."""
         for layer in self.layers:
-            layer.module.__dict__.pop("forward", None)
-            layer.module._parameters.pop(SCORES, None)
+            parametrize.remove_parametrizations(layer.module, "weight", leave_parametrized=False)
         for n, p in self.context.model.named_parameters():
             p.requires_grad_(self._requires_grad.get(n, True))
         pl_module.density_fn = None
@@ -232,11 +226,8 @@ class Supermask(pl.Callback):
     def _save_scores(self) -> None:
         if self.context.out_dir is None:
             return
-        tensors = {layer.name: layer.scores.detach().cpu().contiguous() for layer in self.layers}
         self.context.out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.context.out_dir / f".{SCORES}.safetensors.tmp"
-        save_file(tensors, str(tmp))
-        tmp.replace(self.context.out_dir / f"{SCORES}.safetensors")
+        atomic_write_tensors(self.context.out_dir / f"{SCORES}.safetensors", {layer.name: layer.scores for layer in self.layers})
 
     @torch.no_grad()
     def _bernoulli_metrics(self, pl_module: pl.LightningModule) -> dict[str, float]:
@@ -300,7 +291,7 @@ def supermask(context: RoundContext, method: str = "edge_popup", density: float 
 
 # -- initialisations ------------------------------------------------------------------
 def _fan_in_std(weight: Tensor, density: float = 1.0) -> float:
-    fan_in, _ = nn.init._calculate_fan_in_and_fan_out(weight)
+    fan_in = weight.shape[1] * math.prod(weight.shape[2:])  # inputs per output unit, as torch.nn.init counts them
     return nn.init.calculate_gain("relu") / math.sqrt(density * fan_in)
 
 

@@ -1,0 +1,63 @@
+"""The paper's measurements of a training run, and the lottery's table of them."""
+
+from __future__ import annotations
+
+import math
+
+from lth_core.errors import LthError
+from lth_core.tickets.mask import Mask
+
+
+def summarise(history: list[dict], round_: int, mask: Mask, steps: int) -> dict:
+    """The paper's measurements from a run's evaluation history.
+
+    Early stopping only looks at evaluations made under the run's final mask: when a
+    callback pruned during training, an earlier, denser network is not this ticket.
+    """
+    if not history:
+        raise LthError("a round finished with no evaluation: set trainer.max_steps >= 1")
+    density = mask.density()
+    finite = [h for h in history if math.isfinite(h["val_loss"]) and h.get("weights_remaining", density) == density]
+    best = min(finite, key=lambda h: h["val_loss"]) if finite else history[-1]
+    last = history[-1]
+    return {
+        "round": round_,
+        "weights_remaining": mask.density(),
+        "early_stop_step": int(best["step"]),
+        "val_loss_min": float(best["val_loss"]),
+        "val_acc": float(best["val_acc"]),
+        "test_acc": float(best["test_acc"]),
+        "test_acc_final": float(last["test_acc"]),
+        "steps": int(steps),
+    }
+
+
+def progress_line(row: dict, name: str, total: int) -> str:
+    """One finished run, as the lottery reports it while it goes."""
+    return (
+        f"round {row['round']}/{total} [{name}] weights remaining {row['weights_remaining']:.2%}  "
+        f"test acc {row['test_acc']:.4f} (early stop @ step {row['early_stop_step']}), "
+        f"final {row['test_acc_final']:.4f}"
+    )
+
+
+def format_table(summary: dict) -> str:
+    """All rounds, the ticket and every control side by side, as plain text."""
+    names = ["ticket"] + list(summary["controls"])
+    by_round: dict[int, dict[str, dict]] = {}
+    for r in summary["rounds"]:
+        by_round.setdefault(r["round"], {})["ticket"] = r
+    for name, rows in summary["controls"].items():
+        for r in rows:
+            by_round.setdefault(r["round"], {})[name] = r
+    header = f"{'round':>5} {'remaining':>9} " + " ".join(f"{n + ' acc':>22} {'stop':>6}" for n in names)
+    lines = [header, "-" * len(header)]
+    for k in sorted(by_round):
+        cells = by_round[k]
+        wr = cells["ticket"]["weights_remaining"]
+        parts = []
+        for n in names:
+            r = cells.get(n)
+            parts.append(f"{r['test_acc']:>22.4f} {r['early_stop_step']:>6d}" if r else f"{'-':>22} {'-':>6}")
+        lines.append(f"{k:>5} {wr:>9.2%} " + " ".join(parts))
+    return "\n".join(lines)
