@@ -33,7 +33,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lth_core.config.recipes import load_recipe
 
     if args.resume is not None:
-        from lth_core.commands.resume import resume_args
+        from lth_core.commands.run import resume_args
 
         resume_args(args)  # the run folder's own recipe.yaml, into that folder
     elif args.recipe is None:
@@ -139,7 +139,7 @@ def _merge_options(pairs: list[str]) -> dict:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from lth_core.commands.merge import merge_tickets
+    from lth_core.commands.merging import merge_tickets
 
     _quiet_lightning()
     merge_tickets(args.tickets, args.strategy, args.out, recipe=args.recipe, overrides=args.set,
@@ -150,7 +150,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from lth_core.commands.export import export_ticket, format_export
+    from lth_core.commands.exporting import export_ticket, format_export
 
     _quiet_lightning()
     record = export_ticket(args.ticket, args.out, recipe=args.recipe, sparse_below=args.sparse_below)

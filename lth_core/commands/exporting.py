@@ -230,7 +230,7 @@ def export_ticket(ticket_dir: str | Path, out: str | Path, recipe: str | None = 
     if not 0.0 <= sparse_below <= 1.0:
         raise LthError(f"--sparse-below must be in [0, 1] (a layer density), got {sparse_below}")
     from lth_core.lottery.rounds import build_model, load_data
-    from lth_core.commands.merge import find_recipe
+    from lth_core.commands.merging import find_recipe
     from lth_core.plugin_api.registry import get_registry
     from lth_core.config.recipes import check_against_plugins, load_recipe
     from lth_core.tickets.ticket import load_ticket, require_ticket
