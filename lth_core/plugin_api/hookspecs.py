@@ -188,8 +188,9 @@ def register_report_sections(register):
     folder given to ``lth report`` is of this section's kind, from the files in it (an
     ``lth extend`` folder holds ``extend.json``); keep it cheap. ``render(folders:
     list[Path], out: Path) -> list[str]`` gets every folder the section claimed, in the
-    user's order, writes its figures into the report folder ``out`` (it may not exist yet)
-    and returns the section's ``report.md`` lines (Markdown; link figures by file name).
+    user's order, writes its figures into the report folder ``out`` (it exists) and
+    returns the section's ``report.md`` lines (Markdown; link figures by file name). The
+    core checks that ``claims`` returns ``True`` or ``False`` and ``render`` a list of str.
 
     ``lth report`` reads finished run folders (``summary.json``) itself and asks lth's own
     sections (``merge``) next, without loading plugins. Only a folder none of them claims
