@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Callable
 
 from lth_core import hookimpl
 
 
 @hookimpl
-def register_commands(register) -> None:
+def register_commands(register: Callable[..., None]) -> None:
     register("export", run, help="a ticket as a compact torch.export model that runs without lth; writes FILE and FILE.json",
              configure=configure)
 

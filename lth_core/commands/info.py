@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Callable
 
 from lth_core import hookimpl
 
 
 @hookimpl
-def register_commands(register) -> None:
+def register_commands(register: Callable[..., None]) -> None:
     register("plugins", plugins, help="list installed plugins and what they register",
              configure=lambda p: p.add_argument("--json", action="store_true", help="print JSON"))
     register("recipes", recipes, help="list bundled recipes",

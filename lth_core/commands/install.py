@@ -8,12 +8,13 @@ from __future__ import annotations
 import argparse
 import runpy
 import sys
+from typing import Callable
 
 from lth_core import hookimpl
 
 
 @hookimpl
-def register_commands(register) -> None:
+def register_commands(register: Callable[..., None]) -> None:
     register("install", install, help="pip install plugins into lth's environment", configure=configure_install)
     register("uninstall", uninstall, help="pip uninstall plugins from lth's environment", configure=configure_uninstall)
 

@@ -10,18 +10,19 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Callable
 
 from lth_core import hookimpl
 from lth_core.errors import LthError
 
 
 @hookimpl
-def register_commands(register) -> None:
+def register_commands(register: Callable[..., None]) -> None:
     register("merge", run, help="combine two or more tickets with a merge strategy; writes DIR/merge.json", configure=configure)
 
 
 @hookimpl
-def register_report_sections(register) -> None:
+def register_report_sections(register: Callable[..., None]) -> None:
     from lth_core.reporting.merge_report import is_merge_dir, merge_sections
 
     register("merge", is_merge_dir, merge_sections)

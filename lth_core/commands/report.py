@@ -8,13 +8,14 @@ a run nor one of lth's own kinds.
 from __future__ import annotations
 
 import argparse
+from typing import Callable
 
 from lth_core import hookimpl
 from lth_core.errors import LthError
 
 
 @hookimpl
-def register_commands(register) -> None:
+def register_commands(register: Callable[..., None]) -> None:
     register("report", run, help="figures and report.md from run folders", configure=configure)
 
 

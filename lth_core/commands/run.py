@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Callable
 
 from lth_core import hookimpl
 from lth_core.errors import LthError
@@ -19,7 +20,7 @@ from lth_core.files import read_json
 
 
 @hookimpl
-def register_commands(register) -> None:
+def register_commands(register: Callable[..., None]) -> None:
     register("run", run, help="run a recipe (a YAML file or a bundled recipe name)", configure=configure)
 
 
