@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from lth_core import quiet_lightning
-from lth_core.commands.export import export_ticket
+from lth_core.commands.exporting import export_ticket
 
 
 def main() -> None:

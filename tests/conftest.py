@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import copy
+import importlib.metadata
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -56,3 +60,19 @@ def pm():
     plugins._PM = plugins.make_plugin_manager()
     yield plugins._PM
     plugins._PM = saved
+
+
+#: What ``lth report`` on runs and merges must not import: torch, Lightning, and every
+#: entry-point plugin (plugins import torch).
+HEAVY_MODULES = ("torch", "pytorch_lightning", "lightning",
+                 *sorted({ep.value.split(":")[0] for ep in importlib.metadata.entry_points(group="lth")}))
+
+
+def lth_in_fresh_process(*argv: str) -> tuple[int, list[str]]:
+    """Run ``lth ARGV`` (``lth_core.commands.cli.main``) in a new interpreter: its exit status
+    and which of :data:`HEAVY_MODULES` it imported."""
+    code = ("import json, sys\nfrom lth_core.commands.cli import main\nstatus = main(sys.argv[1:])\n"
+            f"print(json.dumps(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules)))\nsys.exit(status)\n")
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "WANDB_MODE": "offline"})
+    return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])

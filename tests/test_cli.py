@@ -25,6 +25,7 @@ from lth_core.commands import cli
 from lth_core.errors import LthError
 from lth_core.lottery.rounds import run_lottery
 from lth_core.config.recipes import bundled_recipes, validate
+from lth_core.plugin_api.registry import CORE_PLUGINS, core_plugin_manager, get_registry, make_plugin_manager
 
 _SCRIPT = Path(sys.executable).with_name("lth")
 LTH = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "lth_core.commands.cli"]
@@ -260,6 +261,54 @@ def test_a_plugin_command_with_a_bug_is_one_line_naming_it(broken_controls, caps
     captured = capsys.readouterr()
     line = assert_user_error(subprocess.CompletedProcess(["buggy"], status, captured.out, captured.err))
     assert line == "lth: error: command 'buggy' (plugin 'broken-controls') raised KeyError: 'missing'"
+
+
+# --- lth's own commands are plugins -----------------------------------------------------------
+
+
+def test_lths_commands_register_through_the_hook_as_core_plugins() -> None:
+    """Every core command comes from a CORE_PLUGINS module's ``register_commands``, as a
+    plugin's would; those modules sit in every plugin manager, before the entry points."""
+    core = core_plugin_manager()
+    assert [name for name, _ in core.list_name_plugin()] == list(CORE_PLUGINS)
+    commands = {name: entry.plugin for name, entry in get_registry(core).kinds["commands"].items()}
+    assert commands == {"run": "lth_core.commands.run", "report": "lth_core.commands.report",
+                        "plugins": "lth_core.commands.info", "recipes": "lth_core.commands.info",
+                        "install": "lth_core.commands.install", "uninstall": "lth_core.commands.install",
+                        "merge": "lth_core.commands.merge", "export": "lth_core.commands.export"}
+    assert get_registry(core).get("report_sections", "merge").plugin == "lth_core.commands.merge"
+    full = make_plugin_manager()
+    assert [name for name, _ in full.list_name_plugin()][:len(CORE_PLUGINS)] == list(CORE_PLUGINS)
+    sub = next(a for a in cli.build_parser(get_registry(full))._actions if a.dest == "command")
+    assert list(sub.choices)[:len(commands)] == list(commands) and "extend" in sub.choices
+
+
+class TakesCoreNames:
+    """A throwaway plugin that registers a command and a report section named like lth's own."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    @hookimpl
+    def register_commands(self, register):
+        if self.kind == "command":
+            register("export", lambda args: 0)
+
+    @hookimpl
+    def register_report_sections(self, register):
+        if self.kind == "report section":
+            register("merge", lambda folder: False, lambda folders, out: [])
+
+
+@pytest.mark.parametrize("kind, name", [("command", "export"), ("report section", "merge")])
+def test_a_plugin_may_not_take_a_core_name(pm, capsys, kind: str, name: str) -> None:
+    """Taking a name of lth's own is refused in one line naming the plugin and the name,
+    whichever command is run (here ``lth plugins``)."""
+    pm.register(TakesCoreNames(kind), name="takes-names")
+    status = cli.main(["plugins"])
+    captured = capsys.readouterr()
+    line = assert_user_error(subprocess.CompletedProcess(["plugins"], status, captured.out, captured.err))
+    assert line == f"lth: error: plugin 'takes-names' registers the {kind} '{name}', which is built into lth; rename it"
 
 
 # --- never overwrite another recipe's run -----------------------------------------------------

@@ -59,6 +59,7 @@ def test_contributing_examples_register_and_run(pm, tiny_raw, tmp_path):
         assert registry.get("initializers", "uniform_pm")
         assert registry.get("commands", "hello").extra["help"] == "say hello"
         assert registry.get("merge_strategies", "lerp")
+        assert registry.get("report_sections", "notes").args[0].__name__ == "notes_section"
         tiny_raw["init"] = {"name": "uniform_pm", "scale": 0.1}
         tiny_raw["lottery"].update(criterion="relative_growth", rounds=1)
         tiny_raw["controls"] = ["keep_control"]

@@ -16,7 +16,7 @@ from torch import nn
 from lth_core.commands import cli
 from lth_core.errors import LthError
 from lth_core.files import json_digest, sha256_file
-from lth_core.commands.export import SparseLinear, compact, export_ticket, sparsify
+from lth_core.commands.exporting import SparseLinear, compact, export_ticket, sparsify
 from lth_core.lottery.run import build_model, load_data
 from lth_core.lottery.rounds import run_lottery
 from lth_core import Mask, apply_mask

@@ -22,7 +22,7 @@ from lth_core.commands import cli
 from lth_core.errors import LthError
 from lth_core.lottery.run import load_data
 from lth_core.lottery.rounds import run_lottery
-from lth_core.plugin_api.registry import get_registry
+from lth_core.plugin_api.registry import core_plugin_manager, get_registry
 from lth_core.config.recipes import load_recipe, validate
 from lth_core.tickets.ticket import load_ticket
 from lth_frankenmodel.extend import extend, make_model, training_data
@@ -264,6 +264,12 @@ def test_a_plugin_command_may_not_shadow_a_builtin(pm, capsys):
 
 def test_extend_is_a_registered_command():
     assert get_registry().get("commands", "extend").plugin == "frankenmodel"
+
+
+def test_the_extension_report_is_the_plugins_section():
+    """lth itself knows nothing of extend.json: the plugin registers the report section."""
+    assert get_registry().get("report_sections", "extension").plugin == "frankenmodel"
+    assert "extension" not in get_registry(core_plugin_manager()).kinds["report_sections"]
 
 
 @pytest.mark.skipif(not FASHION.is_file(), reason="needs Debian's dataset-fashion-mnist")

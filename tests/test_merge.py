@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY
+from conftest import TINY, lth_in_fresh_process
 from lth_core import hookimpl
 from lth_core.commands import cli
 from lth_core.plugin_api.contexts import MergeContext, MergeResult
 from lth_core.errors import LthError, PluginError
 from lth_core.lottery.run import build_model, load_data
 from lth_core import Mask
-from lth_core.commands.merge import merge_tickets
+from lth_core.commands.merging import merge_tickets
 from lth_core.plugin_api.registry import get_registry
 from lth_core.config.recipes import Recipe, validate
 from lth_core.tickets.ticket import Ticket, load_ticket, save_ticket
@@ -241,3 +241,6 @@ def test_cli_merge_end_to_end_and_report(runs, tmp_path):
     report = (tmp_path / "report" / "report.md").read_text()
     assert (tmp_path / "report" / "merge_path.png").stat().st_size > 10_000
     assert "weight_matching" in report and f"{100 * record['merged']['test_acc']:.2f}" in report
+    # lth's own merge section reads the folder: no plugin (nor torch) is loaded for it.
+    assert lth_in_fresh_process("report", str(out), "--out", str(tmp_path / "report2")) == (0, [])
+    assert (tmp_path / "report2" / "report.md").read_text() == report

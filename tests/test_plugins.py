@@ -34,7 +34,7 @@ from lth_core.commands import cli
 from lth_core.plugin_api import registry as plugins
 from lth_core.errors import PluginError
 from lth_core.lottery.rounds import run_lottery
-from lth_core.plugin_api.registry import AUTOLOAD_ENV, describe_plugins, get_registry, make_plugin_manager
+from lth_core.plugin_api.registry import AUTOLOAD_ENV, CORE_PLUGINS, describe_plugins, get_registry, make_plugin_manager
 from lth_core.config.recipes import validate
 
 HERE = Path(__file__).resolve().parent
@@ -42,6 +42,8 @@ EXAMPLE_SRC = HERE / "third_party_plugin"
 # What the lth distribution itself registers in the `lth` entry-point group (pyproject.toml).
 BUNDLED_PLUGINS = {ep.name for ep in importlib.metadata.entry_points(group="lth") if ep.dist.metadata["Name"] == "lth"}
 assert {"magnitude", "random", "rewind", "models", "datasets"} <= BUNDLED_PLUGINS
+# Every plugin manager holds lth's own command modules (core plugins) beside them.
+LTH_PLUGINS = BUNDLED_PLUGINS | set(CORE_PLUGINS)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -603,12 +605,12 @@ def test_disable_autoload_keeps_bundled_plugins_only(
     monkeypatch.setattr(plugins, "_PM", None)  # let the CLI load plugins as a fresh process would
     try:
         loaded = make_plugin_manager()
-        assert {n for n, _ in loaded.list_name_plugin()} == BUNDLED_PLUGINS | {"example"}
+        assert {n for n, _ in loaded.list_name_plugin()} == LTH_PLUGINS | {"example"}
         assert "layer_mean_distance" in get_registry(loaded).names("criteria")
 
         monkeypatch.setenv(AUTOLOAD_ENV, "1")
         bundled_only = make_plugin_manager()
-        assert {n for n, _ in bundled_only.list_name_plugin()} == BUNDLED_PLUGINS
+        assert {n for n, _ in bundled_only.list_name_plugin()} == LTH_PLUGINS
         registry = get_registry(bundled_only)
         assert {"magnitude", "random"} <= set(registry.names("criteria"))
         assert "layer_mean_distance" not in registry.names("criteria")
@@ -731,6 +733,6 @@ def test_disable_autoload_skips_a_broken_plugin(broken_target: Path, monkeypatch
         with pytest.raises(PluginError, match="plugin 'broken'"):
             make_plugin_manager()
         monkeypatch.setenv(AUTOLOAD_ENV, "1")
-        assert {n for n, _ in make_plugin_manager().list_name_plugin()} == BUNDLED_PLUGINS
+        assert {n for n, _ in make_plugin_manager().list_name_plugin()} == LTH_PLUGINS
     finally:
         sys.modules.pop("lth_broken_plugin", None)

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import lth_in_fresh_process
+from lth_core import hookimpl
 from lth_core.commands import cli
 from lth_core.errors import LthError
 from lth_core.lottery.rounds import run_lottery
@@ -123,3 +125,103 @@ def test_series_reads_single_and_trial_runs(trial_run):
     s = Series.from_dir(trial_run)
     assert len(s.trial_dirs) == 2 and s.mode == "iterative"
     assert set(s.runs()) == {"ticket", "random_reinit", "random_pruning"}
+
+
+# --- report sections ------------------------------------------------------------------------
+
+
+def test_report_on_a_run_folder_imports_neither_plugins_nor_torch(trial_run, tmp_path):
+    """``lth report`` on run folders stays torch-free: lth's own command modules (all
+    imported to build the parser) are cheap and no entry-point plugin is loaded. A folder
+    that does not exist fails just as lightly."""
+    status, heavy = lth_in_fresh_process("report", str(trial_run), "--out", str(tmp_path / "rep"))
+    assert (status, heavy) == (0, [])
+    assert (tmp_path / "rep" / "report.md").is_file()
+    status, heavy = lth_in_fresh_process("report", str(tmp_path / "typo"), "--out", str(tmp_path / "rep2"))
+    assert (status, heavy) == (2, [])
+    assert not (tmp_path / "rep2").exists()
+
+
+class NotesSection:
+    """A throwaway plugin: folders holding notes.txt get one section listing their notes."""
+
+    def __init__(self) -> None:
+        self.rendered: list[list[Path]] = []
+
+    @hookimpl
+    def register_report_sections(self, register):
+        register("notes", lambda folder: (folder / "notes.txt").is_file(), self.render)
+
+    def render(self, folders: list[Path], out: Path) -> list[str]:
+        self.rendered.append(folders)
+        (out / "notes_figure.txt").write_text("a figure would go here")
+        return ["## Notes", "", *(f"- `{f.name}`: {(f / 'notes.txt').read_text()}" for f in folders), ""]
+
+
+def _notes(folder: Path, text: str) -> Path:
+    folder.mkdir()
+    (folder / "notes.txt").write_text(text)
+    return folder
+
+
+def test_a_plugins_report_section_renders_the_folders_it_claims(pm, trial_run, tmp_path):
+    """A plugin's section gets every folder it claims, in the user's order, in one call,
+    and its lines follow the runs' in report.md; its figures land in the report folder."""
+    plugin = NotesSection()
+    pm.register(plugin, name="notes-plugin")
+    a, b = _notes(tmp_path / "a", "first"), _notes(tmp_path / "b", "second")
+    assert cli.main(["report", str(b), str(trial_run), str(a), "--out", str(tmp_path / "rep")]) == 0
+    assert plugin.rendered == [[b, a]]
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert text.index("## Results:") < text.index("## Notes") < text.index("- `b`: second") < text.index("- `a`: first")
+    assert (tmp_path / "rep" / "notes_figure.txt").is_file()
+
+
+def test_a_folder_no_section_claims_is_one_line_naming_it(tmp_path, capsys):
+    """An existing folder that is neither a run nor any section's kind: one line naming the
+    folder, what lth report reads (summary.json and the installed sections), and nothing written."""
+    (tmp_path / "stray").mkdir()
+    assert cli.main(["report", str(tmp_path / "stray"), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"lth: error: {tmp_path / 'stray'} is not a finished run: no summary.json (run `lth run RECIPE "
+                   f"--out {tmp_path / 'stray'}` first), and no report section (extension, merge) claims it"]
+    assert not (tmp_path / "rep").exists()
+
+
+class BrokenSections:
+    """Report sections that break their contract, one per way."""
+
+    @hookimpl
+    def register_report_sections(self, register):
+        register("maybe", lambda folder: None if (folder / "maybe").exists() else False, lambda folders, out: [])
+        register("crashes", lambda folder: (folder / "crashes").exists(), lambda folders, out: {}["figure"])
+        register("tuple", lambda folder: (folder / "tuple").exists(), lambda folders, out: ("## Tuple",))
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("maybe", "report section 'maybe' (plugin 'broken-sections'): claims returned NoneType, not True or False"),
+    ("crashes", "report section 'crashes' (plugin 'broken-sections') raised KeyError: 'figure'"),
+    ("tuple", "report section 'tuple' (plugin 'broken-sections'): render returned tuple, not a list of report.md lines (str)"),
+])
+def test_a_broken_report_section_is_one_line_naming_it(pm, tmp_path, capsys, kind, message):
+    pm.register(BrokenSections(), name="broken-sections")
+    folder = tmp_path / kind
+    folder.mkdir()
+    (folder / kind).write_text("")
+    assert cli.main(["report", str(folder), "--out", str(tmp_path / "rep")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"lth: error: {message}"]
+    assert not (tmp_path / "rep" / "report.md").exists()
+
+
+def test_a_section_registered_without_render_is_named(pm, tmp_path, capsys):
+    """``register(name, claims)`` alone cannot render: refused as soon as a folder is asked."""
+    class Half:
+        @hookimpl
+        def register_report_sections(self, register):
+            register("half", lambda folder: True)
+
+    pm.register(Half(), name="half-plugin")
+    (tmp_path / "x").mkdir()
+    assert cli.main(["report", str(tmp_path / "x"), "--out", str(tmp_path / "rep")]) == 2
+    assert capsys.readouterr().err.strip() == ("lth: error: plugin 'half-plugin' registered the report section 'half' "
+                                               "without its two functions: register(name, claims, render)")

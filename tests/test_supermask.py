@@ -249,7 +249,7 @@ def test_callback_metrics_are_averaged_over_trials(tiny_raw, tmp_path, pm):
 
 def test_a_supermask_ticket_is_read_by_report_and_export(tiny_raw, tmp_path, pm):
     """The ticket is ordinary: `lth report` tabulates it and `lth export` reproduces its predictions."""
-    from lth_core.commands.export import export_ticket
+    from lth_core.commands.exporting import export_ticket
     from lth_core.reporting.report import write_report
 
     raw = supermask_recipe(tiny_raw, density=0.2)

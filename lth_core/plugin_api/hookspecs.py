@@ -196,9 +196,30 @@ def register_commands(register):
     ``register(name, run, help="", configure=None)``. ``configure(parser)`` adds the
     command's arguments to its ``argparse`` subparser; ``run(args) -> int`` does the work
     and returns the exit status. An :class:`lth_core.LthError` raised inside becomes
-    the usual one-line ``lth: error: ...`` with exit status 2. A name may not shadow a
-    built-in command (``run``, ``report``, ...). Plugins are loaded for a command only when
-    it is not built in, so ``lth report`` stays fast.
+    the usual one-line ``lth: error: ...`` with exit status 2. lth's own commands (``run``,
+    ``report``, ``merge``, ...) register through this hook too, from the modules in
+    :data:`lth_core.plugin_api.registry.CORE_PLUGINS`; a plugin may not take their names.
+    Plugins are loaded for a command only when it is not lth's own, so ``lth report`` stays
+    fast.
+    """
+
+
+@hookspec
+def register_report_sections(register):
+    """Register ``lth report`` sections: how the folders a plugin's command writes are shown.
+
+    ``register(name, claims, render)``. ``claims(folder: Path) -> bool`` says whether one
+    folder given to ``lth report`` is of this section's kind, from the files in it (an
+    ``lth extend`` folder holds ``extend.json``); keep it cheap. ``render(folders:
+    list[Path], out: Path) -> list[str]`` gets every folder the section claimed, in the
+    user's order, writes its figures into the report folder ``out`` (it exists) and
+    returns the section's ``report.md`` lines (Markdown; link figures by file name). The
+    core checks that ``claims`` returns ``True`` or ``False`` and ``render`` a list of str.
+
+    ``lth report`` reads finished run folders (``summary.json``) itself and asks lth's own
+    sections (``merge``) next, without loading plugins. Only a folder none of them claims
+    loads the plugins; it goes to the first section that claims it. Sections follow the
+    runs in the report, in registration order. A folder nobody claims is a one-line error.
     """
 
 

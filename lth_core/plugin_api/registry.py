@@ -2,11 +2,13 @@
 
 Bundled and third-party plugins load the same way: from the ``lth`` entry-point group.
 ``LTH_DISABLE_PLUGIN_AUTOLOAD=1`` loads only the entry points of the ``lth`` distribution
-itself (the bundled plugins), like pytest's PYTEST_DISABLE_PLUGIN_AUTOLOAD.
+itself (the bundled plugins), like pytest's PYTEST_DISABLE_PLUGIN_AUTOLOAD. lth's own
+commands are plugins too (:data:`CORE_PLUGINS`), registered before any entry point.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata as md
 import os
 from dataclasses import dataclass, field
@@ -20,6 +22,18 @@ from lth_core.errors import LthError, PluginError, choices, one_line
 BUNDLED_DISTRIBUTION = "lth"
 AUTOLOAD_ENV = "LTH_DISABLE_PLUGIN_AUTOLOAD"
 
+#: lth's own features as plugins (pytest's ``default_plugins``): registered by module name
+#: into every plugin manager before the entry points, so this layer never imports the
+#: command layer. Each module is cheap to import: torch loads inside its commands.
+CORE_PLUGINS = (
+    "lth_core.commands.run",
+    "lth_core.commands.report",
+    "lth_core.commands.info",
+    "lth_core.commands.install",
+    "lth_core.commands.merge",
+    "lth_core.commands.export",
+)
+
 #: registration hook -> (kind shown to users, singular noun for messages)
 KINDS = {
     "register_criteria": ("criteria", "criterion"),
@@ -31,6 +45,7 @@ KINDS = {
     "register_callbacks": ("callbacks", "callback"),
     "register_commands": ("commands", "command"),
     "register_initializers": ("initializers", "initializer"),
+    "register_report_sections": ("report_sections", "report section"),
 }
 
 
@@ -42,6 +57,7 @@ class Entry:
     obj: Any
     plugin: str
     extra: dict = field(default_factory=dict)
+    args: tuple = ()  # positional values after ``obj`` (a report section's ``render``)
 
 
 class Registry:
@@ -62,15 +78,12 @@ class Registry:
     def _registrar(self, kind: str, noun: str, plugin: str) -> Callable:
         table = self.kinds[kind]
 
-        def register(name: str, obj: Any = None, **extra: Any) -> None:
+        def register(name: str, obj: Any = None, *args: Any, **extra: Any) -> None:
             if not isinstance(name, str) or not name:
                 raise PluginError(f"plugin {plugin!r} registered a {noun} with an invalid name {name!r}")
             if name in table:
-                raise PluginError(
-                    f"{noun} {name!r} is registered by two plugins: {table[name].plugin!r} and {plugin!r}; "
-                    "uninstall one of them"
-                )
-            table[name] = Entry(name, obj, plugin, extra)
+                raise PluginError(_clash(noun, name, table[name].plugin, plugin))
+            table[name] = Entry(name, obj, plugin, extra, args)
 
         return register
 
@@ -85,6 +98,19 @@ class Registry:
     def names(self, kind: str) -> list[str]:
         """The registered names of ``kind`` (``criteria``, ``models``, ...), sorted."""
         return sorted(self.kinds[kind])
+
+
+def is_core(plugin: str) -> bool:
+    """A plugin name of lth itself (:data:`CORE_PLUGINS`): its code's bugs keep their traceback."""
+    return plugin in CORE_PLUGINS
+
+
+def _clash(noun: str, name: str, first: str, second: str) -> str:
+    """Why a name cannot be registered twice: the plugin to rename, or the two to choose from."""
+    if is_core(first) or is_core(second):
+        other = second if is_core(first) else first
+        return f"plugin {other!r} registers the {noun} {name!r}, which is built into lth; rename it"
+    return f"{noun} {name!r} is registered by two plugins: {first!r} and {second!r}; uninstall one of them"
 
 
 def _named(exc: LthError, source: str) -> LthError:
@@ -154,16 +180,29 @@ def _dist_name(ep: md.EntryPoint) -> str:
     return dist.metadata["Name"] if dist is not None else "?"
 
 
-def make_plugin_manager(autoload: bool | None = None) -> pluggy.PluginManager:
-    """Create the plugin manager and load every plugin from the ``lth`` entry points.
+def make_plugin_manager(autoload: bool | None = None, entry_points: bool = True) -> pluggy.PluginManager:
+    """Create the plugin manager: lth's own plugins, then every plugin of the ``lth`` entry points.
 
     A plugin that fails to import, or two distributions claiming the same plugin name,
-    raise :class:`PluginError` naming them.
+    raise :class:`PluginError` naming them. ``entry_points=False`` loads lth's own alone.
     """
-    if autoload is None:
-        autoload = os.environ.get(AUTOLOAD_ENV, "") in ("", "0")
     pm = pluggy.PluginManager("lth")
     pm.add_hookspecs(hookspecs)
+    for module in CORE_PLUGINS:
+        pm.register(importlib.import_module(module), name=module)
+    if entry_points:
+        _load_entry_points(pm, autoload)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin {exc.plugin!r} implements an unknown hook: {exc}") from exc
+    return pm
+
+
+def _load_entry_points(pm: pluggy.PluginManager, autoload: bool | None) -> None:
+    """Register the ``lth`` entry points' plugins (only the bundled ones without autoload)."""
+    if autoload is None:
+        autoload = os.environ.get(AUTOLOAD_ENV, "") in ("", "0")
     seen: dict[str, md.EntryPoint] = {}
     for ep in _entry_points():
         if not autoload and not _is_bundled(ep):
@@ -183,14 +222,10 @@ def make_plugin_manager(autoload: bool | None = None) -> pluggy.PluginManager:
                 f"plugin {ep.name!r} ({ep.value}, from {_dist_name(ep)}) failed to load: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin {exc.plugin!r} implements an unknown hook: {exc}") from exc
-    return pm
 
 
 _PM: pluggy.PluginManager | None = None
+_CORE_PM: pluggy.PluginManager | None = None
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -201,13 +236,23 @@ def get_plugin_manager() -> pluggy.PluginManager:
     return _PM
 
 
+def core_plugin_manager() -> pluggy.PluginManager:
+    """lth's own plugins alone: enough for its commands and the merge report, without
+    importing any entry-point plugin (they import torch; ``lth report`` does not)."""
+    global _CORE_PM
+    if _CORE_PM is None:
+        _CORE_PM = make_plugin_manager(entry_points=False)
+    return _CORE_PM
+
+
 def get_registry(pm: pluggy.PluginManager | None = None) -> Registry:
     """A fresh view of what the plugins register (cheap; re-read so tests can add plugins)."""
     return Registry(pm or get_plugin_manager())
 
 
 def describe_plugins(pm: pluggy.PluginManager | None = None) -> list[dict]:
-    """Every loaded plugin with its version and the names it registers per kind."""
+    """Every loaded plugin with its version and the names it registers per kind (lth's own
+    plugins are lth itself, not installed plugins: ``lth --help`` lists their commands)."""
     pm = pm or get_plugin_manager()
     registry = get_registry(pm)
     versions = {
@@ -216,6 +261,8 @@ def describe_plugins(pm: pluggy.PluginManager | None = None) -> list[dict]:
     dists = {pm.get_name(plugin): dist.metadata["Name"] for plugin, dist in pm.list_plugin_distinfo()}
     out = []
     for name, plugin in sorted(pm.list_name_plugin(), key=lambda np: np[0]):
+        if is_core(name):
+            continue
         registers = {
             kind: sorted(e.name for e in table.values() if e.plugin == name)
             for kind, table in registry.kinds.items()

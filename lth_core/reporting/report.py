@@ -10,9 +10,9 @@ A *series* is one run folder (one lottery, or several trials of one). Figures:
 - ``oneshot_vs_iterative.png`` when both modes are among the series.
 
 ``report.md`` holds the figures, a results table per series, and the per-layer sparsity.
-A folder written by ``lth merge`` gets its linear-path figure and merge table instead
-(:mod:`lth_core.reporting.merge_report`); one written by ``lth extend`` its accuracy table and bars
-(:mod:`lth_core.reporting.extension_report`).
+Any other folder goes to the report section that claims it (:mod:`lth_core.reporting.sections`):
+an ``lth merge`` folder to lth's own (the linear-path figure and merge table), an ``lth
+extend`` folder to the frankenmodel plugin's.
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from pathlib import Path
 
 from lth_core.errors import LthError
 from lth_core.files import read_json
-from lth_core.reporting.merge_report import is_merge_dir, merge_sections
-from lth_core.reporting.extension_report import extension_sections, is_extension
+from lth_core.reporting.sections import claimed_sections, render_section
 
 #: The paper's highlighted levels of weights remaining (Frankle & Carbin, Figure 3).
 PAPER_LEVELS = (1.0, 0.513, 0.211, 0.07, 0.036)
@@ -247,29 +246,44 @@ def _ticket_steps(s: Series) -> int:
     return int(round(sum(r.get("steps", 0) for r in s.summary["rounds"])))
 
 
-def write_report(dirs: list[str | Path], out: str | Path, rounds: list[int] | None = None) -> Path:
-    """Build figures and ``report.md`` for the given run folders; returns report.md's path."""
-    if not dirs:
-        raise LthError("lth report needs at least one run folder")
-    out = Path(out)
-    merges = [Path(d) for d in dirs if is_merge_dir(d)]  # `lth merge` folders: path figure and table
-    extensions = [Path(d) for d in dirs if is_extension(d)]  # `lth extend` folders: accuracy table and bars
-    series = [Series.from_dir(d) for d in dirs if not is_merge_dir(d) and not is_extension(d)]
+def is_run_folder(path: Path) -> bool:
+    """A finished lottery run: the one kind of folder ``lth report`` reads itself."""
+    return (path / "summary.json").is_file()
+
+
+def _run_parts(series: list[Series], out: Path, rounds: list[int] | None) -> list[str]:
+    """The figures and tables of the run folders, as ``report.md`` lines."""
     labels = [s.label for s in series]
     for s in series:  # two runs of one recipe: tell them apart by folder
         if labels.count(s.label) > 1:
             s.label = f"{s.label} [{s.path.name}]"
     figures = make_figures(series, out, rounds) if series else {}
-    parts = ["# Lottery ticket report", ""]
-    parts += [] if not series else ["Runs: " + ", ".join(f"`{s.path}` ({s.label}, {len(s.trial_dirs)} trial(s), {_ticket_steps(s)} training steps over its ticket runs)" for s in series), ""]
+    parts = [] if not series else ["Runs: " + ", ".join(f"`{s.path}` ({s.label}, {len(s.trial_dirs)} trial(s), {_ticket_steps(s)} training steps over its ticket runs)" for s in series), ""]
     for name, path in figures.items():
         parts += [f"## {name.replace('_', ' ')}", "", f"![{name}]({path.name})", ""]
     for s in series:
         parts += [f"## At the paper's levels: {s.label}", "", "Test accuracy at the early-stopping step and the early-stopping step; mean [min, max] over trials.", "", levels_table(s), ""]
         parts += [f"## Results: {s.label}", "", "Test accuracy at the early-stopping step; mean [min, max] over trials.", "", results_table(s), ""]
         parts += [f"### Per-layer weights remaining (%): {s.label}", "", sparsity_table(s), ""]
-    parts += merge_sections(merges, out)
-    parts += extension_sections(extensions, out)
+    return parts
+
+
+def write_report(dirs: list[str | Path], out: str | Path, rounds: list[int] | None = None) -> Path:
+    """Build figures and ``report.md`` for the given folders; returns report.md's path.
+
+    Run folders first, then each report section's folders. Every folder is read (and
+    claimed) before anything is written, so a wrong one costs nothing.
+    """
+    if not dirs:
+        raise LthError("lth report needs at least one run folder")
+    out = Path(out)
+    folders = [Path(d) for d in dirs]
+    series = [Series.from_dir(d) for d in folders if is_run_folder(d)]
+    sections = claimed_sections([d for d in folders if not is_run_folder(d)])
+    parts = ["# Lottery ticket report", "", *_run_parts(series, out, rounds)]
+    out.mkdir(parents=True, exist_ok=True)
+    for entry, claimed in sections:
+        parts += render_section(entry, claimed, out)
     report = out / "report.md"
     report.write_text("\n".join(parts))
     return report

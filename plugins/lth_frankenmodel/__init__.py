@@ -18,7 +18,8 @@ The recipe is an ordinary recipe (same model and data set as the ticket; its opt
 and trainer train each variant) with an ``extend:`` mapping: ``classes`` (required, new
 labels), ``rehearsal`` (old-class examples per class mixed in, default 0), ``prune``
 (default 0) and ``baselines`` (default true). ``DIR/extend.json`` holds every number:
-see :mod:`lth_frankenmodel.extend`.
+see :mod:`lth_frankenmodel.extend`; ``lth report DIR`` shows it through this plugin's
+report section ``extension`` (:mod:`lth_frankenmodel.report`).
 """
 
 from __future__ import annotations
@@ -54,3 +55,9 @@ def run(args: argparse.Namespace) -> int:
 def register_commands(register):
     register("extend", run, help="teach a ticket new classes with the weights its pruning freed (PackNet)", configure=configure)
 
+
+@hookimpl
+def register_report_sections(register):
+    from lth_frankenmodel.report import extension_sections, is_extension
+
+    register("extension", is_extension, extension_sections)

@@ -1,18 +1,64 @@
-"""``lth run --resume DIR``: continue a run folder with the recipe it recorded.
+"""``lth run``: train a recipe's lottery into a run folder; ``--resume DIR`` continues one.
 
 A run folder holds ``recipe.yaml`` (the validated recipe) and ``run.json`` (its hash),
 written by :func:`lth_core.lottery.rounds.prepare_out_dir` before the first round. Resuming is
 then exactly rerunning that recipe into that folder: finished tickets are reused and a
 killed round continues from its last checkpoint (:mod:`lth_core.engines.checkpoints`).
+Registered through ``register_commands`` like a plugin's command; torch loads inside :func:`run`.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import Callable
 
+from lth_core import hookimpl
 from lth_core.errors import LthError
 from lth_core.files import read_json
+
+
+@hookimpl
+def register_commands(register: Callable[..., None]) -> None:
+    register("run", run, help="run a recipe (a YAML file or a bundled recipe name)", configure=configure)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", nargs="?")
+    parser.add_argument("--out", help="run folder (default: runs/NAME-HASH); rerunning into it resumes")
+    parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR (a killed run resumes at its last checkpoint) with DIR/recipe.yaml")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key, e.g. lottery.rate=0.1")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load and check the recipe (mistakes fail before torch loads), then run its lottery."""
+    from lth_core.config.recipes import load_recipe
+
+    if args.resume is not None:
+        resume_args(args)  # the run folder's own recipe.yaml, into that folder
+    elif args.recipe is None:
+        raise LthError("lth run needs a RECIPE (a YAML file or a bundled recipe name), or --resume DIR")
+    recipe = load_recipe(args.recipe, args.set)  # recipe mistakes fail before torch loads
+    if recipe["extend"]:
+        raise LthError(f"{recipe.source} extends a ticket (it has an extend: section): use `lth extend TICKET --recipe {args.recipe} --out DIR`")
+    from lth_core.quiet import quiet_lightning
+    from lth_core.config.recipes import check_against_plugins
+    from lth_core.engines import data_parallel
+    from lth_core.engines.collectives import is_writer
+    from lth_core.lottery.trials import run_experiment
+    from lth_core.plugin_api.registry import get_registry
+
+    check_against_plugins(recipe, get_registry())
+    quiet_lightning()
+    out = Path(args.out) if args.out else Path("runs") / f"{recipe.name}-{recipe.hash()}"
+    if is_writer():  # data parallel: the other processes run the same command quietly
+        print(f"lth: recipe {recipe.source} (hash {recipe.hash()}) -> {out}", file=sys.stderr)
+    run_experiment(recipe, out, say=lambda s: print(s, file=sys.stderr, flush=True))
+    data_parallel.disconnect()  # data parallel: wait for every process; rank 0 answers
+    if is_writer():
+        print(out / ("sweep.json" if recipe["sweep"] else "summary.json"))
+    return 0
 
 
 def run_folder_recipe(folder: Path) -> Path:

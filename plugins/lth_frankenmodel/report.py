@@ -1,23 +1,22 @@
-"""``lth report DIR`` for folders written by ``lth extend`` (they hold ``extend.json``).
+"""The ``lth report`` section for folders written by ``lth extend`` (they hold ``extend.json``).
 
 One section per folder: the accuracy of every variant on every task (task-incremental:
 the task's own output units) and over all classes with one head (class-incremental),
 the proofs that old tasks are untouched, the weights each task owns, and a bar figure.
-Torch-free, like the rest of ``lth report``.
+Registered by the plugin through ``register_report_sections`` as ``extension``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from lth_core.files import read_json
+from lth_core import read_json
 
-EXTEND_JSON = "extend.json"
+from lth_frankenmodel.packed import EXTEND_JSON
 
 
-def is_extension(folder: str | Path) -> bool:
+def is_extension(folder: Path) -> bool:
     """An ``lth extend`` output folder (a lottery run folder has ``summary.json`` instead)."""
-    folder = Path(folder)
     return (folder / EXTEND_JSON).is_file() and not (folder / "summary.json").is_file()
 
 

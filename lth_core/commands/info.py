@@ -1,0 +1,48 @@
+"""``lth plugins`` and ``lth recipes``: what is installed and what is bundled.
+
+Registered through ``register_commands`` like a plugin's commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Callable
+
+from lth_core import hookimpl
+
+
+@hookimpl
+def register_commands(register: Callable[..., None]) -> None:
+    register("plugins", plugins, help="list installed plugins and what they register",
+             configure=lambda p: p.add_argument("--json", action="store_true", help="print JSON"))
+    register("recipes", recipes, help="list bundled recipes",
+             configure=lambda p: p.add_argument("--paths", action="store_true", help="show where each file is"))
+
+
+def plugins(args: argparse.Namespace) -> int:
+    """Every installed plugin (bundled or not) with the names it registers per kind."""
+    from lth_core.plugin_api.registry import describe_plugins
+
+    described = describe_plugins()
+    if args.json:
+        print(json.dumps(described, indent=2))
+        return 0
+    for p in described:
+        print(f"{p['name']} ({p['distribution']} {p['version']})")
+        for kind, names in p["registers"].items():
+            print(f"  {kind}: {', '.join(names)}")
+    return 0
+
+
+def recipes(args: argparse.Namespace) -> int:
+    """Each bundled recipe with its description's first line."""
+    from lth_core.config.recipes import bundled_recipes, read_yaml
+
+    for name, path in sorted(bundled_recipes().items()):
+        raw = read_yaml(path) or {}
+        desc = raw.get("description", "") if isinstance(raw, dict) else ""
+        print(f"{name:<28} {desc.strip().splitlines()[0] if desc else ''}")
+        if args.paths:
+            print(f"{'':<28} {path}")
+    return 0
