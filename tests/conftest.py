@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import importlib.metadata
 import json
 import os
@@ -76,3 +77,32 @@ def lth_in_fresh_process(*argv: str) -> tuple[int, list[str]]:
     proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "WANDB_MODE": "offline"})
     return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def assert_same_data(got, want, where: str = "", **tolerance) -> None:
+    """``got`` equals ``want`` (nested dicts and lists of JSON data): floats within
+    ``tolerance`` (``math.isclose``'s ``rel_tol``/``abs_tol``), everything else exactly."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and set(got) == set(want), where
+        for k in want:
+            assert_same_data(got[k], want[k], f"{where}.{k}", **tolerance)
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_same_data(g, w, f"{where}[{i}]", **tolerance)
+    elif isinstance(want, float):
+        assert math.isclose(got, want, **tolerance), f"{where}: {got} != {want}"
+    else:
+        assert got == want, f"{where}: {got!r} != {want!r}"
+
+
+def with_changes(raw: dict, **changes) -> dict:
+    """``raw`` with ``section__key=value`` (or ``section=value``) changes, as a new dict."""
+    raw = copy.deepcopy(raw)
+    for dotted, value in changes.items():
+        section, _, key = dotted.partition("__")
+        if key:
+            raw[section][key] = value
+        else:
+            raw[section] = value
+    return raw

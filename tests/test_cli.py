@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import TINY
+from conftest import TINY, with_changes
 from lth_core import hookimpl
 from lth_core.commands import cli
 from lth_core.errors import LthError
@@ -45,13 +45,7 @@ def lth(*args: str, cwd: Path | None = None, **env: str) -> subprocess.Completed
 
 
 def tiny_yaml(folder: Path, name: str = "tiny.yaml", **changes) -> Path:
-    raw = copy.deepcopy(TINY)
-    for dotted, value in changes.items():
-        section, _, key = dotted.partition("__")
-        if key:
-            raw[section][key] = value
-        else:
-            raw[section] = value
+    raw = with_changes(TINY, **changes)
     path = folder / name
     path.write_text(yaml.safe_dump(raw))
     return path

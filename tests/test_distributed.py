@@ -239,6 +239,21 @@ def test_other_commands_refuse_to_train_on_several_processes(runs, tmp_path, cap
     assert not (tmp_path / "m" / "ticket").exists()
 
 
+def _on_two_processes(target, tmp_path: Path) -> list:
+    """Run ``target(rank, rendezvous, folder, results)`` on two forked gloo processes; what
+    each put in ``results``, once both exited cleanly."""
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(r, str(tmp_path / "rendezvous"), str(tmp_path), results)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    got = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    return got
+
+
 def _two_processes(rank: int, rendezvous: str, out: str, results) -> None:
     """One of two gloo processes: rank 0's values reach rank 1; masks that differ stop both."""
     import torch.distributed as dist
@@ -265,15 +280,7 @@ def _two_processes(rank: int, rendezvous: str, out: str, results) -> None:
 
 
 def test_rank_zeros_values_reach_every_process_and_a_split_ticket_stops_the_run(tmp_path):
-    ctx = multiprocessing.get_context("fork")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_two_processes, args=(r, str(tmp_path / "rendezvous"), str(tmp_path), results)) for r in (0, 1)]
-    for p in procs:
-        p.start()
-    got = sorted(results.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-    assert [p.exitcode for p in procs] == [0, 0]
+    got = sorted(_on_two_processes(_two_processes, tmp_path))
     for rank, head, mask, is_bool, weight_sum, error in got:
         assert head == {"from": 0, "step": 7} and mask == [True, False, False] and is_bool and weight_sum == 0.0
         assert error == (f"round 1 [ticket]: process 1 ended with another mask than rank 0 (see {tmp_path / RANKS_FILE}); "
@@ -337,15 +344,7 @@ def _checkpoint_processes(rank: int, rendezvous: str, folder: str, results) -> N
 
 
 def test_a_checkpoint_keeps_every_processs_generators_and_refuses_state_that_differs(tmp_path):
-    ctx = multiprocessing.get_context("fork")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_checkpoint_processes, args=(r, str(tmp_path / "rendezvous"), str(tmp_path), results)) for r in (0, 1)]
-    for p in procs:
-        p.start()
-    got = dict((rank, (out, said)) for rank, out, said in (results.get(timeout=120) for _ in procs))
-    for p in procs:
-        p.join(timeout=60)
-    assert [p.exitcode for p in procs] == [0, 0]
+    got = {rank: (out, said) for rank, out, said in _on_two_processes(_checkpoint_processes, tmp_path)}
     (same0, differs0), said0 = got[0]
     (same1, differs1), said1 = got[1]
     for same in (same0, same1):

@@ -17,6 +17,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from conftest import with_changes
 from lth_core import hookimpl
 from lth_core.commands import cli
 from lth_core.errors import LthError
@@ -211,13 +212,7 @@ def _errors(chain: Path, tmp_path: Path) -> dict:
     base = yaml.safe_load((chain / "b.yaml").read_text())
 
     def recipe(**changes) -> str:
-        raw = json.loads(json.dumps(base))
-        for key, value in changes.items():
-            section, _, sub = key.partition("__")
-            if sub:
-                raw[section][sub] = value
-            else:
-                raw[section] = value
+        raw = with_changes(base, **changes)
         path = tmp_path / f"r{len(list(tmp_path.glob('r*.yaml')))}.yaml"
         path.write_text(yaml.safe_dump(raw))
         return str(path)

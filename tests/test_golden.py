@@ -5,7 +5,6 @@ and a round killed after a checkpoint continues from it to the finished run's ti
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import assert_same_data
 from lth_core.commands import cli
 from lth_core.config.recipes import bundled_recipes, load_recipe
 
@@ -42,22 +42,6 @@ def _rows(summary: dict) -> dict:
     return {"ticket": summary["rounds"], **summary["controls"]}
 
 
-def _close(got, want, where: str = "") -> None:
-    """Equal, floats to 1e-6 relative: the same arithmetic, on whatever CPU runs the test."""
-    if isinstance(want, dict):
-        assert got.keys() == want.keys(), where
-        for k in want:
-            _close(got[k], want[k], f"{where}.{k}")
-    elif isinstance(want, list):
-        assert len(got) == len(want), where
-        for i, (g, w) in enumerate(zip(got, want)):
-            _close(g, w, f"{where}[{i}]")
-    elif isinstance(want, float):
-        assert math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9), f"{where}: {got} != {want}"
-    else:
-        assert got == want, where
-
-
 def test_a_finished_golden_run_resumes_without_training(tmp_path, capsys):
     folder = tmp_path / "finished"
     shutil.copytree(GOLDEN / "finished", folder)
@@ -79,7 +63,7 @@ def test_a_killed_golden_run_resumes_at_its_checkpoint(tmp_path, capsys):
     assert any(line.startswith("round 2 [ticket]: resumed at step 20") for line in err), err
     got, want = (json.loads((d / "summary.json").read_text()) for d in (folder, GOLDEN / "finished"))
     assert got["recipe_hash"] == want["recipe_hash"]
-    _close(_rows(got), _rows(want))
+    assert_same_data(_rows(got), _rows(want), rel_tol=1e-6, abs_tol=1e-9)  # the same arithmetic, on whatever CPU runs it
     for ticket in sorted((GOLDEN / "finished").rglob("ticket.json")):
         mine = folder / ticket.parent.relative_to(GOLDEN / "finished")
         mask, want_mask = load_file(str(mine / "mask.safetensors")), load_file(str(ticket.parent / "mask.safetensors"))

@@ -402,6 +402,15 @@ class RegistersFunction:
             register("bad", self.fn)
 
 
+def _stops_naming(raw: dict, out: Path, source: str, expected: str) -> None:
+    """The run stops after round 0 with one line naming ``source`` and saying ``expected``."""
+    with pytest.raises(PluginError) as exc:
+        run_lottery(validate(raw), out, say=silent)
+    message = str(exc.value)
+    assert source in message and expected in message and "\n" not in message
+    assert (out / "round_0" / "ticket.json").is_file()
+
+
 @pytest.mark.parametrize(
     "fn, expected",
     [
@@ -423,13 +432,8 @@ def test_bad_criterion_is_a_plugin_error_naming_the_plugin(
     raw = small(tiny_raw, steps=4, rounds=1)
     raw["lottery"]["criterion"] = "bad"
     out = tmp_path / "run"
-    with pytest.raises(PluginError) as exc:
-        run_lottery(validate(raw), out, say=silent)
-    message = str(exc.value)
-    assert "criterion 'bad' (plugin 'sloppy_plugin')" in message
-    assert expected in message
-    assert "\n" not in message
-    assert (out / "round_0" / "ticket.json").is_file() and not (out / "round_1").exists()
+    _stops_naming(raw, out, "criterion 'bad' (plugin 'sloppy_plugin')", expected)
+    assert not (out / "round_1").exists()
 
 
 def test_nan_scores_on_already_pruned_weights_are_accepted(add_plugin, tiny_raw: dict, tmp_path: Path) -> None:
@@ -455,6 +459,15 @@ def test_nan_scores_on_already_pruned_weights_are_accepted(add_plugin, tiny_raw:
     assert summary["rounds"][2]["weights_remaining"] == pytest.approx(0.25, abs=1e-3)
 
 
+def _one_round_with_bad(tiny_raw: dict, tmp_path: Path, key: str) -> Path:
+    """A one-round lottery whose ``lottery.<key>`` is the test plugin's ``bad``; its folder."""
+    raw = small(tiny_raw, steps=4, rounds=1)
+    raw["lottery"][key] = "bad"
+    out = tmp_path / "run"
+    run_lottery(validate(raw), out, say=silent)
+    return out
+
+
 def test_integer_scores_rank_like_any_others(add_plugin, tiny_raw: dict, tmp_path: Path) -> None:
     """Integer scores are real numbers: accepted, and the lowest are pruned as with floats."""
     def rank_by_magnitude(model: nn.Module, mask, context) -> dict:
@@ -462,10 +475,7 @@ def test_integer_scores_rank_like_any_others(add_plugin, tiny_raw: dict, tmp_pat
         return {n: (params[n].detach().abs() * 1e6).long() for n in mask}
 
     add_plugin(RegistersFunction(rank_by_magnitude), "int_plugin")
-    raw = small(tiny_raw, steps=4, rounds=1)
-    raw["lottery"]["criterion"] = "bad"
-    out = tmp_path / "run"
-    run_lottery(validate(raw), out, say=silent)
+    out = _one_round_with_bad(tiny_raw, tmp_path, "criterion")
     mask1 = load_file(str(out / "round_1" / "mask.safetensors"))
     final0 = load_file(str(out / "round_0" / "final.safetensors"))
     for n, m in mask1.items():
@@ -520,13 +530,8 @@ def test_bad_rewind_policy_is_a_plugin_error(fn: Callable, expected: str, add_pl
     raw = small(tiny_raw, steps=4, rounds=1)
     raw["lottery"]["rewind"] = "bad"
     out = tmp_path / "run"
-    with pytest.raises(PluginError) as exc:
-        run_lottery(validate(raw), out, say=silent)
-    message = str(exc.value)
-    assert "rewind policy 'bad' (plugin 'sloppy_rewind_plugin')" in message
-    assert expected in message
-    assert "\n" not in message
-    assert (out / "round_0" / "ticket.json").is_file() and not (out / "round_1" / "ticket.json").exists()
+    _stops_naming(raw, out, "rewind policy 'bad' (plugin 'sloppy_rewind_plugin')", expected)
+    assert not (out / "round_1" / "ticket.json").exists()
 
 
 def test_a_rewind_in_double_precision_is_cast_to_the_model(add_plugin, tiny_raw: dict, tmp_path: Path) -> None:
@@ -534,10 +539,7 @@ def test_a_rewind_in_double_precision_is_cast_to_the_model(add_plugin, tiny_raw:
     add_plugin(RegistersFunction(lambda model, mask, context: {n: t.double() if t.is_floating_point() else t
                                                                for n, t in context.initial.items()},
                                  kind="rewind_policies"), "double_plugin")
-    raw = small(tiny_raw, steps=4, rounds=1)
-    raw["lottery"]["rewind"] = "bad"
-    out = tmp_path / "run"
-    run_lottery(validate(raw), out, say=silent)
+    out = _one_round_with_bad(tiny_raw, tmp_path, "rewind")
     init0 = load_file(str(out / "round_0" / "init.safetensors"))
     init1 = load_file(str(out / "round_1" / "init.safetensors"))
     for n, t in init0.items():

@@ -269,16 +269,26 @@ def schedule_recipe(rewind: str, **options) -> dict:
     return raw
 
 
-@pytest.fixture(scope="module")
-def lr_rewind_run(tmp_path_factory) -> tuple[dict, Watch, Path]:
-    out = tmp_path_factory.mktemp("lr_rewind")
-    summary, watch = run(schedule_recipe("lr_rewind"), out)
+def _schedule_run(tmp_path_factory, rewind: str) -> tuple[dict, Watch, Path]:
+    out = tmp_path_factory.mktemp(rewind)
+    summary, watch = run(schedule_recipe(rewind), out)
     return summary, watch, out
 
 
-def test_lr_rewinding_keeps_the_trained_weights(lr_rewind_run) -> None:
+@pytest.fixture(scope="module")
+def lr_rewind_run(tmp_path_factory) -> tuple[dict, Watch, Path]:
+    return _schedule_run(tmp_path_factory, "lr_rewind")
+
+
+@pytest.fixture(scope="module")
+def finetune_run(tmp_path_factory) -> tuple[dict, Watch, Path]:
+    return _schedule_run(tmp_path_factory, "finetune")
+
+
+@pytest.mark.parametrize("which", ["lr_rewind_run", "finetune_run"])
+def test_lr_rewinding_and_finetuning_keep_the_trained_weights(which: str, request) -> None:
     """Round 1 starts from round 0's trained weights under the new mask, not from θ0."""
-    _, watch, out = lr_rewind_run
+    _, watch, out = request.getfixturevalue(which)
     trained = tensors(out / "round_0", "final")
     assert same(trained, watch.weights[(0, "ticket")][40])
     assert same(tensors(out / "round_1", "init"), trained)
@@ -298,19 +308,6 @@ def test_lr_rewinding_replays_the_schedule_from_step_0(lr_rewind_run) -> None:
     assert json.loads((out / "round_1" / "ticket.json").read_text())["start_step"] == 0
 
 
-@pytest.fixture(scope="module")
-def finetune_run(tmp_path_factory) -> tuple[dict, Watch, Path]:
-    out = tmp_path_factory.mktemp("finetune")
-    summary, watch = run(schedule_recipe("finetune"), out)
-    return summary, watch, out
-
-
-def test_finetuning_keeps_the_trained_weights(finetune_run) -> None:
-    """Fine-tuning also starts from the trained weights under the new mask."""
-    _, watch, out = finetune_run
-    trained = tensors(out / "round_0", "final")
-    assert same(tensors(out / "round_1", "init"), trained)
-    assert same(watch.start[(1, "ticket")], masked(trained, tensors(out / "round_1", "mask")))
 
 
 def test_finetuning_trains_at_one_small_fixed_rate(finetune_run) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import shutil
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY
+from conftest import TINY, assert_same_data
 from lth_core.engines import checkpoints
 from lth_core.engines import stacked as stacking
 from lth_core.errors import LthError, NonFiniteLoss
@@ -59,22 +58,6 @@ def _run(raw: dict, out: Path, monkeypatch=None, groups: list | None = None) -> 
     return run_experiment(validate(raw, name="tiny"), out, say=lambda _: None)
 
 
-def _close(a, b, where: str) -> None:
-    """Numbers equal within ATOL, everything else (ints, names, structure) equal."""
-    if isinstance(a, dict):
-        assert set(a) == set(b), where
-        for k in a:
-            _close(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _close(x, y, f"{where}[{i}]")
-    elif isinstance(a, float):
-        assert math.isclose(a, b, abs_tol=ATOL), f"{where}: {a} != {b}"
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
-
-
 def _compare_runs(seq: Path, vec: Path, weight_atol: float | None = None) -> int:
     """Every ticket folder of ``seq`` has its twin in ``vec``; returns how many were compared.
 
@@ -90,9 +73,9 @@ def _compare_runs(seq: Path, vec: Path, weight_atol: float | None = None) -> int
         for k in fa:
             same = torch.equal(fa[k], fb[k]) if weight_atol is None else torch.allclose(fa[k], fb[k], atol=weight_atol, rtol=0)
             assert same, f"{rel}: trained {k} differs by {(fa[k] - fb[k]).abs().max()}"
-        _close(json.loads((a / "curves.json").read_text()), json.loads((b / "curves.json").read_text()), f"{rel}/curves")
+        assert_same_data(json.loads((a / "curves.json").read_text()), json.loads((b / "curves.json").read_text()), f"{rel}/curves", abs_tol=ATOL)
         ma, mb = json.loads((a / "ticket.json").read_text()), json.loads((b / "ticket.json").read_text())
-        _close(ma["metrics"], mb["metrics"], f"{rel}/metrics")
+        assert_same_data(ma["metrics"], mb["metrics"], f"{rel}/metrics", abs_tol=ATOL)
         assert ma["recipe_hash"] == mb["recipe_hash"] and ma["seed"] == mb["seed"]
     return len(tickets)
 
@@ -115,8 +98,8 @@ def test_every_stacked_replicate_equals_its_sequential_trial(pair) -> None:
     root, _, _, _ = pair
     assert _compare_runs(root / "seq", root / "vec") == 3 * (3 + 2 * 2)  # trials x (rounds + controls of rounds 1, 2)
     for i in range(3):
-        _close(json.loads((root / "seq" / f"trial_{i}" / "summary.json").read_text())["rounds"],
-               json.loads((root / "vec" / f"trial_{i}" / "summary.json").read_text())["rounds"], f"trial_{i}")
+        assert_same_data(json.loads((root / "seq" / f"trial_{i}" / "summary.json").read_text())["rounds"],
+               json.loads((root / "vec" / f"trial_{i}" / "summary.json").read_text())["rounds"], f"trial_{i}", abs_tol=ATOL)
 
 
 def test_batched_mode_equals_sequential_within_rounding(pair, tmp_path, monkeypatch) -> None:
@@ -134,8 +117,8 @@ def test_batched_mode_equals_sequential_within_rounding(pair, tmp_path, monkeypa
     assert len(groups) == 7 and all(g["batched"] for g in groups)
     lr = TINY["optimizer"]["lr"]
     assert _compare_runs(root / "seq", tmp_path / "batched", weight_atol=lr) == 3 * (3 + 2 * 2)
-    _close(seq["rounds"], batched["rounds"], "rounds")
-    _close(seq["controls"], batched["controls"], "controls")
+    assert_same_data(seq["rounds"], batched["rounds"], "rounds", abs_tol=ATOL)
+    assert_same_data(seq["controls"], batched["controls"], "controls", abs_tol=ATOL)
 
 
 def test_parallel_mode_equals_sequential_bit_for_bit(pair, tmp_path, monkeypatch) -> None:
@@ -154,7 +137,7 @@ def test_parallel_mode_equals_sequential_bit_for_bit(pair, tmp_path, monkeypatch
         torch.set_num_threads(threads)
     assert len(groups) == 7 and all(g["workers"] == 2 and not g["batched"] for g in groups)
     assert _compare_runs(root / "seq", tmp_path / "parallel") == 3 * (3 + 2 * 2)
-    _close(seq["rounds"], parallel["rounds"], "rounds")
+    assert_same_data(seq["rounds"], parallel["rounds"], "rounds", abs_tol=ATOL)
 
 
 def test_parallel_mode_follows_the_learning_rate_schedule(tmp_path, monkeypatch) -> None:
@@ -179,8 +162,8 @@ def test_the_aggregated_summary_is_the_same(pair) -> None:
     """The multi-trial summary (means, min/max/values per round) agrees; the recipe differs
     only by the key, which is not hashed: both runs are the same run folder's recipe."""
     _, seq, vec, _ = pair
-    _close(seq["rounds"], vec["rounds"], "rounds")
-    _close(seq["controls"], vec["controls"], "controls")
+    assert_same_data(seq["rounds"], vec["rounds"], "rounds", abs_tol=ATOL)
+    assert_same_data(seq["controls"], vec["controls"], "controls", abs_tol=ATOL)
     assert seq["trials"] == vec["trials"] == ["trial_0", "trial_1", "trial_2"]
     assert seq["recipe_hash"] == vec["recipe_hash"]
     assert {k: v for k, v in vec["recipe"].items() if k != "vectorize_trials"} == \
@@ -225,7 +208,7 @@ def test_a_rerun_reuses_the_sequential_runs_tickets(pair, tmp_path) -> None:
     raw = {**_raw(trials=3, controls=list(CONTROLS)), "vectorize_trials": True}
     again = run_experiment(validate(raw, name="tiny"), out, say=said.append)
     assert sum("reusing finished ticket" in s for s in said) == 3 * (2 + 2)
-    _close(seq["rounds"], again["rounds"], "rounds")
+    assert_same_data(seq["rounds"], again["rounds"], "rounds", abs_tol=ATOL)
 
 
 def _digits_mlps(k: int, hidden: list[int]):
