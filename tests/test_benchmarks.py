@@ -45,3 +45,10 @@ def test_vectorised_trials_reports_every_ratio(monkeypatch, capsys) -> None:
                 "paired_parallel_vs_best_sequential", "cpu_stacked_vs_sequential"):
         _ratio(out[key])
     assert out["k"] == 2 and set(out["ms_per_network_step"]) == {"sequential", "sequential_per_step", "stacked", "batched", "parallel"}
+
+
+def test_torch_func_comparison_reports_speed_and_distance(monkeypatch, capsys) -> None:
+    out = _last_json("torch_func.py", ["--k", "2", "--steps", "3", "--repeats", "1", "--threads", "1"], monkeypatch, capsys)
+    _ratio(out["batched_vs_sequential"])
+    _ratio(out["func_vs_sequential"])
+    assert set(out["max_weight_diff"]) == {"batched", "func"} and all(math.isfinite(v) for v in out["max_weight_diff"].values())

@@ -14,6 +14,17 @@ k trains beside the other trials' ``random_reinit`` of round k.
 The global RNG (torch, numpy, Python) is saved when a trial hands over and restored when
 it resumes, so a trial never sees another's draws. An error in one trial stops all of
 them, with that trial's own message; a finished ticket is reused on a rerun as always.
+
+Why not ``torch.func``: ``vmap(functional_call)`` over the replicates' stacked parameters
+would replace the stacked model, not these threads, which exist because each trial's
+lottery (pruning, rewinding, checkpoints, its files) is ordinary sequential code that
+must run exactly as alone. And it cannot keep the stacked model's promises: it computes
+each layer as one batched product, as ``batched`` does, so ``true`` and ``parallel`` would
+no longer be bit for bit the sequential run (LeNet-300-100, K=4, 60 Adam steps: its weights
+ended 1.3e-3 from the sequential run's, ``batched``'s 5e-6); dropout under ``vmap`` draws
+one mask for all replicates or a stream that is no sequential run's; and it was slower
+(0.68x the sequential run on one thread, ``batched`` 1.13x; ``python
+benchmarks/torch_func.py --threads 1``).
 """
 
 from __future__ import annotations
