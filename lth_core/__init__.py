@@ -45,6 +45,7 @@ _export("Data", "lth_core.data.bundle", "DataBundle")
 _export("Data", "lth_core.data.loaders", "DataModule")
 _export("Recipes", "lth_core.config.recipes", "Recipe", "load_recipe", "read_yaml", "check_against_plugins")
 _export("Files", "lth_core.files", "atomic_path", "atomic_write_text", "atomic_write_tensors", "read_json", "sha256_file")
+_export("Files", "lth_core.engines.collectives", "is_writer")
 _export("Seeds", "lth_core.seeds", "derive_seed", "seeded_generator")
 _export("Training runs (for commands that train, and callbacks that watch them)", "lth_core.engines.module", "LotteryModule")
 _export("Training runs (for commands that train, and callbacks that watch them)", "lth_core.lottery.run",
@@ -73,6 +74,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load
     from lth_core.config.recipes import Recipe, check_against_plugins, load_recipe, read_yaml  # noqa: F401
     from lth_core.data.bundle import DataBundle  # noqa: F401
     from lth_core.data.loaders import DataModule  # noqa: F401
+    from lth_core.engines.collectives import is_writer  # noqa: F401
     from lth_core.engines.module import LotteryModule  # noqa: F401
     from lth_core.errors import LthError, NonFiniteLoss, PluginError, choices, one_line  # noqa: F401
     from lth_core.files import atomic_path, atomic_write_tensors, atomic_write_text, read_json, sha256_file  # noqa: F401

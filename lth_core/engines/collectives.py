@@ -49,7 +49,8 @@ def rank() -> int:
 
 
 def is_writer() -> bool:
-    """Only global rank 0 writes run folders, tickets, reports and W&B."""
+    """Does this process write results? Only global rank 0 of a data-parallel run writes
+    run folders, tickets, reports and W&B (one process: always)."""
     return rank() == 0
 
 
