@@ -14,11 +14,11 @@ A recipe asks for it in its ``trainer:`` section (``strategy: ddp``, ``devices: 
   shared out the same way; torchmetrics sums the counts of every process, so each one
   records the whole validation and test sets' numbers.
 * **One ticket.** Before each training run rank 0's mask and start weights go to every
-  process (:func:`agree`); a finished ticket found when resuming is read by rank 0 and
-  sent to the others (:func:`ticket_from_rank_zero`), which need not see the run folder.
+  process (:meth:`DataParallel.agree`); a finished ticket found when resuming is read by rank 0 and
+  sent to the others (:meth:`DataParallel.reuse`), which need not see the run folder.
   A checkpoint inside a round is written by rank 0 once every process's state is shown
   equal (:mod:`lth_core.engines.checkpoints`); on resume rank 0 reads it and sends the decision
-  and its content to every process (:func:`checkpoint_from_rank_zero`).
+  and its content to every process (:func:`lth_core.engines.checkpoints.load_from_rank_zero`).
   After each run every process reports digests of its mask and weights (:class:`Witness`);
   rank 0 keeps them in ``RUN/ranks.json``, and a mask or trained weights that differ
   between processes stop the lottery.

@@ -93,10 +93,10 @@ class ReplicaDiverged(NonFiniteLoss):
 
 @dataclass
 class Job:
-    """One trial's request to train: what ``lottery.train`` built for its run."""
+    """One trial's request to train: what :func:`lth_core.lottery.train.train` built for its run."""
 
     trial: int
-    run: Any  # lth_core.lottery.rounds.Run
+    run: Any  # lth_core.lottery.run.Run
     module: LotteryModule
     trainer: pl.Trainer
     start_step: int  # where training starts: the run's start, or the checkpoint it resumes
@@ -549,12 +549,12 @@ def _fit_group(jobs: list[Job], mode: str = "stacked") -> None:
         raise LthError("vectorize_trials: batched runs MLPs only (every parameter in an nn.Linear, no dropout, a forward "
                        f"that treats samples independently), not model {first.run.recipe['model']['name']!r}; "
                        "use vectorize_trials: true")
-    chunk = first.module.steps_per_call  # lottery.train chose it for this run; every job's trainer counts calls so
+    chunk = first.module.steps_per_call  # train chose it for this run; every job's trainer counts calls so
     stacked.train_in_chunks(chunk, first.run.data.batch_size)
     max_steps = first.run.recipe["trainer"]["max_steps"]
     train = StackedLoader([train_loader(j.run.data, j.start_step, max_steps, chunk) for j in jobs])
     evals = [StackedLoader(list(split)) for split in zip(*(j.run.data.eval_loaders() for j in jobs))]
-    trainer = first.trainer  # configured by lottery._trainer from the recipe, as every job's is
+    trainer = first.trainer  # made by engines.trainer.make_trainer from the recipe, as every job's is
     keeper = ReplicaCheckpoints([j.keep for j in jobs]) if all(j.keep is not None for j in jobs) else None
     if keeper is not None:
         trainer.callbacks.insert(0, keeper)  # each replicate's checkpoints in its own run's folder
