@@ -43,6 +43,7 @@ _export("Masks and pruning", "lth_core.tickets.pruning", "Allocation", "prune_by
 _export("Tickets", "lth_core.tickets.ticket", "Ticket", "save_ticket", "load_ticket", "is_ticket")
 _export("Data", "lth_core.data.bundle", "DataBundle")
 _export("Data", "lth_core.data.loaders", "DataModule")
+_export("Running lth from Python", "lth_core.lottery.api", "run", "Summary")
 _export("Recipes", "lth_core.config.recipes", "Recipe", "load_recipe", "read_yaml", "check_against_plugins")
 _export("Files", "lth_core.files", "atomic_path", "atomic_write_text", "atomic_write_tensors", "read_json", "sha256_file")
 _export("Files", "lth_core.engines.collectives", "is_writer")
@@ -78,6 +79,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load
     from lth_core.engines.module import LotteryModule  # noqa: F401
     from lth_core.errors import LthError, NonFiniteLoss, PluginError, choices, one_line  # noqa: F401
     from lth_core.files import atomic_path, atomic_write_tensors, atomic_write_text, read_json, sha256_file  # noqa: F401
+    from lth_core.lottery.api import Summary, run  # noqa: F401
     from lth_core.lottery.run import Run, Start, build_model, load_data  # noqa: F401
     from lth_core.lottery.train import train as train_run  # noqa: F401
     from lth_core.plugin_api.contexts import MergeContext, MergeResult, PruneContext, RewindContext, RoundContext  # noqa: F401

@@ -1,0 +1,108 @@
+"""lth from Python: ``lth_core.run(recipe, ...)`` does what ``lth run`` does, in a notebook
+or a script, with plugins defined right there.
+
+The recipe is a YAML path, a bundled recipe's name or a dict; ``overrides`` set keys by
+dotted path with Python values (``{"lottery.rate": 0.1}``); ``plugins`` are modules or
+objects with hook implementations (a criterion or a model factory defined in a notebook
+cell), registered for this call only on top of the installed ones. Mistakes raise one-line
+:class:`lth_core.LthError` s, as the CLI prints them. The result is the run's summary (the
+content of ``summary.json``) that also loads any round's ticket.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from lth_core.config.recipes import Recipe, load_recipe, set_path, validate
+from lth_core.errors import LthError
+from lth_core.plugin_api.registry import get_plugin_manager, make_plugin_manager
+from lth_core.tickets.ticket import Ticket, load_ticket
+
+
+class Summary(dict):
+    """A finished run's summary (``summary.json``, or ``sweep.json`` for a sweep) and its folder.
+
+    It is the plain dict the run wrote, plus ``out_dir`` and :meth:`ticket` to load a
+    round's ticket without knowing the folder layout.
+    """
+
+    def __init__(self, record: Mapping[str, Any], out_dir: Path):
+        super().__init__(record)
+        self.out_dir = Path(out_dir)
+
+    def ticket_dir(self, round: int, run: str = "ticket", trial: int | None = None, point: str | None = None) -> Path:
+        """The folder of round ``round``'s ``run`` (``ticket`` or a control's name), of trial
+        ``trial`` when the recipe has trials, and of sweep point ``point`` (its folder name)."""
+        folder = self.out_dir / point if point is not None else self.out_dir
+        if (folder / "trial_0").is_dir():
+            folder = folder / f"trial_{0 if trial is None else trial}"
+        elif trial not in (None, 0):
+            raise LthError(f"{self.out_dir} holds one trial; trial={trial} does not exist")
+        folder = folder / f"round_{round}"
+        return folder if run == "ticket" else folder / f"control_{run}"
+
+    def ticket(self, round: int, run: str = "ticket", trial: int | None = None, point: str | None = None) -> Ticket:
+        """Round ``round``'s ticket (mask, start and trained weights, metadata), checked."""
+        return load_ticket(self.ticket_dir(round, run, trial, point))
+
+
+def as_recipe(recipe: str | Path | Mapping | Recipe, overrides: Mapping[str, Any] | None = None) -> Recipe:
+    """A checked recipe from a YAML path, a bundled name, a dict or a :class:`Recipe`, with
+    ``overrides`` (dotted paths to Python values) applied before it is checked."""
+    changes = dict(overrides or {})
+    if isinstance(recipe, (str, Path)):
+        base = load_recipe(recipe)
+        raw, source, name = base.to_dict(), base.source, base.name
+    elif isinstance(recipe, Recipe):
+        raw, source, name = recipe.to_dict(), recipe.source, recipe.name
+    elif isinstance(recipe, Mapping):
+        raw, source, name = copy.deepcopy(dict(recipe)), "<dict>", None
+    else:
+        raise LthError(f"a recipe is a YAML path, a bundled recipe's name or a dict, got {type(recipe).__name__}")
+    if not changes and not isinstance(recipe, Mapping):
+        return base if isinstance(recipe, (str, Path)) else recipe
+    for key, value in changes.items():
+        if not isinstance(key, str) or not key:
+            raise LthError(f"overrides keys are dotted recipe paths such as lottery.rate, got {key!r}")
+        set_path(raw, key.split("."), copy.deepcopy(value), f"overrides[{key!r}]")
+    return validate(raw, source=source, name=name)
+
+
+def plugin_manager(plugins: Iterable[Any]):
+    """The installed plugins, plus ``plugins`` (modules or objects) for this call only."""
+    plugins = list(plugins)
+    if not plugins:
+        return get_plugin_manager()
+    pm = make_plugin_manager()
+    for i, plugin in enumerate(plugins):
+        name = getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{i}"
+        if pm.is_registered(plugin) or pm.get_plugin(name) is not None:
+            raise LthError(f"plugins: {name!r} is given twice or is already installed; pass each plugin once")
+        pm.register(plugin, name=name)
+    return pm
+
+
+def run(recipe: str | Path | Mapping | Recipe, out: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
+        plugins: Iterable[Any] = (), say: Callable[[str], None] | None = None) -> Summary:
+    """Run a recipe's lottery (every trial, or every point of its sweep) into ``out``
+    (default ``runs/NAME-HASH``) and return its :class:`Summary`.
+
+    Rerunning into the same ``out`` reuses finished rounds and resumes a killed one at its
+    last checkpoint, as ``lth run`` does. ``say`` receives the progress lines (default:
+    printed to standard error, which terminals and notebooks both show).
+    """
+    from lth_core.config.recipes import check_against_plugins
+    from lth_core.lottery.trials import run_experiment
+    from lth_core.plugin_api.registry import get_registry
+    from lth_core.quiet import quiet_lightning
+
+    recipe = as_recipe(recipe, overrides)
+    pm = plugin_manager(plugins)
+    check_against_plugins(recipe, get_registry(pm))
+    quiet_lightning()
+    out = Path(out) if out is not None else Path("runs") / f"{recipe.name}-{recipe.hash()}"
+    say = say or (lambda text: print(text, file=sys.stderr, flush=True))
+    return Summary(run_experiment(recipe, out, say=say, pm=pm), out)
