@@ -27,7 +27,7 @@ from lth_core.lottery.rounds import build_model, load_data, run_lottery
 from lth_core.tickets.masks import Mask, prune_by_scores
 from lth_core.engines.module import LotteryModule
 from lth_core.plugin_api.registry import get_registry, make_plugin_manager
-from lth_core.config.recipes import Recipe, validate
+from lth_core.config import Recipe, validate
 from lth_core.tickets.ticket import load_ticket
 
 STEPS = 40

@@ -11,7 +11,7 @@ import torch
 
 from lth_core.lottery.rounds import run_lottery
 from lth_core.plugin_api.registry import get_registry
-from lth_core.config.recipes import validate
+from lth_core.config import validate
 from lth_core.tickets.ticket import load_ticket
 
 ROOT = Path(__file__).resolve().parents[1]

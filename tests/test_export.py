@@ -20,7 +20,7 @@ from lth_core.commands.export import SparseLinear, compact, export_ticket, spars
 from lth_core.lottery.rounds import build_model, load_data, run_lottery
 from lth_core.tickets.masks import Mask, apply_mask
 from lth_core.plugin_api.registry import get_registry
-from lth_core.config.recipes import validate
+from lth_core.config import validate
 from lth_core.tickets.ticket import SELF, load_ticket
 
 

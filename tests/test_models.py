@@ -26,7 +26,8 @@ from lth_core.errors import LthError
 from lth_core.lottery.rounds import layer_rates, run_lottery
 from lth_core.tickets.masks import Mask, MaskEnforcer, apply_mask, prunable_parameters, prune_by_scores
 from lth_core.plugin_api.registry import get_registry
-from lth_core.config.recipes import check_against_plugins, validate
+from lth_core.config import validate
+from lth_core.plugin_api.options import check_against_plugins
 
 CIFAR = (3, 32, 32)
 FASHION = (1, 28, 28)

@@ -25,7 +25,7 @@ from lth_core.errors import LthError
 from lth_core.lottery.rounds import run_lottery
 from lth_core.tickets.masks import Mask, keep_counts, prune_by_scores
 from lth_core.plugin_api.registry import get_registry
-from lth_core.config.recipes import validate
+from lth_core.config import validate
 from lth_core.tickets.ticket import load_ticket
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")

@@ -30,7 +30,7 @@ def _quiet_lightning() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from lth_core.config.recipes import load_recipe
+    from lth_core.config import load_recipe
 
     if args.resume is not None:
         from lth_core.commands.resume import resume_args
@@ -39,13 +39,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     elif args.recipe is None:
         raise LthError("lth run needs a RECIPE (a YAML file or a bundled recipe name), or --resume DIR")
     recipe = load_recipe(args.recipe, args.set)  # recipe mistakes fail before torch loads
-    if recipe["extend"]:
-        raise LthError(f"{recipe.source} extends a ticket (it has an extend: section): use `lth extend TICKET --recipe {args.recipe} --out DIR`")
     from lth_core.plugin_api.registry import get_registry
-    from lth_core.config.recipes import check_against_plugins
+    from lth_core.plugin_api.options import check_against_plugins
     from lth_core.lottery.trials import run_experiment
 
-    check_against_plugins(recipe, get_registry())
+    check_against_plugins(recipe, get_registry(), command="run")  # a section of another command names it
     _quiet_lightning()
     out = Path(args.out) if args.out else Path("runs") / f"{recipe.name}-{recipe.hash()}"
     from lth_core.engines import data_parallel as distributed
@@ -92,7 +90,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    from lth_core.config.recipes import bundled_recipes, read_yaml
+    from lth_core.config import bundled_recipes, read_yaml
 
     for name, path in sorted(bundled_recipes().items()):
         raw = read_yaml(path) or {}
@@ -127,7 +125,7 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
 
 def _merge_options(pairs: list[str]) -> dict:
     """``--option max_iter=50`` -> {"max_iter": 50}; values are read as YAML."""
-    from lth_core.config.recipes import parse_override
+    from lth_core.config import parse_override
 
     options = {}
     for text in pairs:

@@ -232,7 +232,8 @@ def export_ticket(ticket_dir: str | Path, out: str | Path, recipe: str | None = 
     from lth_core.lottery.rounds import build_model, load_data
     from lth_core.commands.merge import find_recipe
     from lth_core.plugin_api.registry import get_registry
-    from lth_core.config.recipes import check_against_plugins, load_recipe
+    from lth_core.config import load_recipe
+    from lth_core.plugin_api.options import check_against_plugins
     from lth_core.tickets.ticket import load_ticket, require_ticket
 
     ticket_dir, out = Path(ticket_dir), Path(out)

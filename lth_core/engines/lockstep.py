@@ -29,7 +29,7 @@ import torch
 from lth_core.engines.data_parallel import declared_world
 from lth_core.errors import LthError
 from lth_core.lottery.rounds import run_lottery
-from lth_core.config.recipes import Recipe
+from lth_core.config import Recipe
 from lth_core.engines.stacked import OFF, Job, ReplicaDiverged, train_stacked
 
 

@@ -42,7 +42,8 @@ from lth_core.errors import LthError, NonFiniteLoss, PluginError, one_line
 from lth_core.tickets.masks import Mask, apply_mask, match_density, prune_by_scores, validate_scores
 from lth_core.engines.module import LotteryModule
 from lth_core.plugin_api.registry import Registry, call_hook, call_plugin, get_plugin_manager, get_registry
-from lth_core.config.recipes import Recipe, check_against_plugins
+from lth_core.config import Recipe
+from lth_core.plugin_api.options import check_against_plugins
 from lth_core.files import atomic_write_text, read_json
 from lth_core.tickets.ticket import Ticket, is_ticket, load_ticket, save_ticket
 
@@ -113,11 +114,11 @@ def initialise(model: nn.Module, spec: dict, registry: Registry, seed: int) -> N
 
 def load_data(recipe: Recipe, registry: Registry) -> DataModule:
     """The recipe's data set, checked (:meth:`DataBundle.check`) before anything trains on it."""
-    from lth_core.config.recipes import SCHEMA
+    from lth_core.config import options_of
 
     spec = recipe["data"]
     entry = registry.get("datasets", spec["name"])
-    options = {k: v for k, v in spec.items() if k not in SCHEMA["data"]}
+    options = options_of("data", spec)
     source = f"data set {spec['name']!r} (plugin {entry.plugin!r})"
     bundle = call_plugin(source, entry.obj, **options)
     if not isinstance(bundle, DataBundle):

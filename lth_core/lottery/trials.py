@@ -15,7 +15,7 @@ from typing import Callable
 from lth_core.engines import data_parallel as distributed
 from lth_core.engines.lockstep import run_trials as run_trials_stacked
 from lth_core.lottery.rounds import prepare_out_dir, run_lottery
-from lth_core.config.recipes import Recipe, point_name
+from lth_core.config import Recipe, point_name
 from lth_core.reporting.report import write_report
 from lth_core.lottery.tracking import log_report_run
 from lth_core.files import atomic_write_text

@@ -43,6 +43,12 @@ def register_criteria(register):
     Scores must be finite where the mask is still ``True``, and real numbers (floating or
     integer; ``bool`` and complex scores are refused), so the core can count exactly how
     many weights it keeps: a criterion cannot prune more than the recipe asks.
+
+    ``register(name, score_fn, options=["batch_size"])`` declares the keys it reads from
+    ``context.options`` (the recipe's ``lottery.criterion_options``), or ``options=Model``
+    a pydantic model that also checks their values; lth refuses any other key at load.
+    Without ``options=`` every key passes and the criterion checks them itself. Rewind
+    policies declare ``lottery.rewind_options`` the same way.
     """
 
 
@@ -87,7 +93,7 @@ def register_merge_strategies(register):
     ensemble ``members``; averaging strategies add ``endpoints`` so the core measures the
     loss barrier on the linear path. It must not modify the tickets. ``options`` come from
     ``lth merge --option key=value`` and are validated against ``merge_fn``'s keyword
-    parameters. A strategy that cannot handle the tickets (an unsupported architecture)
+    parameters (or the pydantic model given as ``options=``). A strategy that cannot handle the tickets (an unsupported architecture)
     raises :class:`lth_core.errors.LthError` saying what it supports. The core evaluates
     every ticket and the merge, saves the merged ticket and writes ``merge.json``.
     """
@@ -101,7 +107,10 @@ def register_models(register):
     freshly initialised ``nn.Module`` mapping a batch of inputs shaped
     ``(batch, *input_shape)`` to logits ``(batch, num_classes)``. Options come from the
     recipe's ``model:`` section; the factory's keyword parameters (with defaults and type
-    annotations) define which options exist, and recipes are validated against them.
+    annotations) define which options exist, and recipes are validated against them (every
+    annotation pydantic can check: ``int``, ``list[int]``, ``float | None``,
+    ``Literal[...]``); ``register(name, factory, options=Model)`` validates them against a
+    pydantic model instead. Options reach the factory as written, never converted.
     The caller seeds the global RNG before calling, so initialisation is repeatable. The
     core checks the result: an ``nn.Module`` with at least one prunable weight, finite
     weights, and finite ``(2, num_classes)`` logits for two real inputs (evaluated in eval
@@ -118,7 +127,7 @@ def register_datasets(register):
     train/test split. The core holds a validation split out of the training tensors and
     batches by indexing, so factories only load and normalise. Options come from the
     recipe's ``data:`` section (minus the core's own keys) and are validated against the
-    factory's keyword parameters. The core checks the bundle: no empty split, one label
+    factory's keyword parameters (or the pydantic model given as ``options=``). The core checks the bundle: no empty split, one label
     per input, finite float32 inputs of one shape, int64 labels in ``0..num_classes-1``.
     A factory that cannot find its files raises :class:`lth_core.errors.LthError` saying
     where it looked and what to do.
@@ -137,7 +146,7 @@ def register_initializers(register):
     applies it whenever it builds a model (θ0, and the fresh models of reinitialisation
     controls), so every network of a run shares the distribution. A recipe selects it with
     ``init: signed_kaiming_constant`` or ``init: {name: ..., option: value}``; options are
-    validated against ``init_fn``'s keyword parameters. Supermasks depend on it: edge-popup
+    validated against ``init_fn``'s keyword parameters (or ``options=``'s model). Supermasks depend on it: edge-popup
     works far better from signed constant weights than from Gaussian ones.
     """
 
@@ -150,7 +159,8 @@ def register_callbacks(register):
     :class:`lth_core.plugin_api.contexts.RoundContext` of each training run (every round and control)
     and returns a ``pytorch_lightning.Callback`` for it, or ``None`` to stay out of that
     run. A recipe lists them: ``callbacks: [{name: gradual_pruning, target: 0.1}]``; the
-    options are validated against the factory's keyword parameters. A callback that
+    options are validated against the factory's keyword parameters (or ``options=``'s
+    model). A callback that
     prunes during training calls ``context.module.set_mask(mask)`` (never assigns
     ``module.mask``); the ticket keeps the mask in force when training ends. The core
     checks that mask when training ends: the round's layers and shapes, ``torch.bool``,
@@ -175,6 +185,29 @@ def register_commands(register):
     the usual one-line ``lth: error: ...`` with exit status 2. A name may not shadow a
     built-in command (``run``, ``report``, ...). Plugins are loaded for a command only when
     it is not built in, so ``lth report`` stays fast.
+    """
+
+
+@hookspec
+def register_recipe_sections(register):
+    """Register top-level recipe sections that a plugin reads (as pytest's ``pytest_addoption``
+    or tox's ``add_config``: the plugin declares its settings, lth checks them).
+
+    ``register(name, model, command=None, usage=None)``. ``model`` is a pydantic model class
+    for the section's content: a recipe's ``name:`` mapping must validate against it
+    (declare ``extra="forbid"`` to refuse unknown keys, bounds as ``Field`` constraints,
+    choices as ``Literal``; ``lth_core.config.Expect`` words a mistake in the user's terms).
+    A mistake is one line naming the key, the value and what is valid, before anything
+    runs. The recipe keeps the section as written (no defaults filled in), and so does its
+    hash; a recipe without the section, or with an empty one (``name: {}``), hashes as if
+    the plugin were not installed. Read it through the model, defaults applied, with
+    :func:`lth_core.plugin_api.options.section` (``section(recipe, name)``: the model
+    instance, or ``None`` when the recipe has no such section). ``name`` may not be one of
+    lth's own top-level keys.
+
+    ``command`` (a command the plugin registers) says the section is that command's input:
+    ``lth run`` refuses a recipe holding it, naming the command, with ``usage`` (e.g.
+    ``"lth extend TICKET --recipe RECIPE --out DIR"``) as the way to use it.
     """
 
 

@@ -31,6 +31,7 @@ KINDS = {
     "register_callbacks": ("callbacks", "callback"),
     "register_commands": ("commands", "command"),
     "register_initializers": ("initializers", "initializer"),
+    "register_recipe_sections": ("recipe_sections", "recipe section"),
 }
 
 

@@ -30,52 +30,19 @@ from torch import Tensor, nn
 
 from lth_core import __version__
 from lth_core.data.loaders import DataModule
-from lth_core.errors import LthError, PluginError, choices
+from lth_core.errors import LthError, PluginError
 from lth_core.files import atomic_write_text, read_json
 from lth_core.lottery.rounds import Run, Start, build_model, load_data, train
 from lth_core.tickets.masks import Mask
 from lth_core.plugin_api.registry import Registry, call_plugin, get_plugin_manager, get_registry
-from lth_core.config.recipes import Recipe, check_against_plugins
+from lth_core.config import Recipe
+from lth_core.plugin_api.options import check_against_plugins
 
 from lth_frankenmodel.freeze import FreezeOwned
 from lth_frankenmodel.packed import EXTEND_JSON, Packed, claim, grow, load_source, save_packed
+from lth_frankenmodel.settings import settings
 
-#: extend: key -> (allowed types, default, what it is)
-SETTINGS = {
-    "classes": ((list,), None, "the new classes (data-set labels), required"),
-    "rehearsal": ((int,), 0, "training examples kept per old class and mixed in (0 = none)"),
-    "prune": ((float, int), 0.0, "fraction of the newly trained weights freed again afterwards, in [0, 1)"),
-    "baselines": ((bool,), True, "also train the finetune and dense_joint baselines"),
-}
 START_JSON = "extend_start.json"
-
-
-def settings(recipe: Recipe, old_classes: list[int], num_classes: int) -> dict:
-    """The recipe's ``extend:`` mapping, checked, with defaults; every mistake is one line."""
-    given = dict(recipe["extend"])
-    unknown = sorted(set(given) - set(SETTINGS), key=str)
-    if unknown:
-        raise LthError(f"{recipe.source}: unknown key extend.{unknown[0]}; valid: {choices(SETTINGS)}")
-    out = {}
-    for key, (types, default, _) in SETTINGS.items():
-        value = given.get(key, default)
-        if value is None or isinstance(value, bool) and bool not in types or not isinstance(value, types):
-            raise LthError(f"{recipe.source}: extend.{key} must be {SETTINGS[key][2]}, got {value!r}")
-        out[key] = value
-    classes = out["classes"]
-    if not classes or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes) or len(set(classes)) != len(classes):
-        raise LthError(f"{recipe.source}: extend.classes must be a list of distinct class labels (integers >= 0), got {classes!r}")
-    missing = [c for c in classes if c >= num_classes]
-    if missing:
-        raise LthError(f"{recipe.source}: extend.classes names {missing}; data set {recipe['data']['name']!r} has classes 0..{num_classes - 1}")
-    overlap = sorted(set(classes) & set(old_classes))
-    if overlap:
-        raise LthError(f"{recipe.source}: extend.classes {overlap} are already taught (the network has classes {old_classes}); name new ones")
-    if out["rehearsal"] < 0:
-        raise LthError(f"{recipe.source}: extend.rehearsal must be >= 0, got {out['rehearsal']}")
-    if not 0.0 <= out["prune"] < 1.0:
-        raise LthError(f"{recipe.source}: extend.prune must be in [0, 1), got {out['prune']}")
-    return out
 
 
 def check_recipe(recipe: Recipe, source: Packed) -> None:
@@ -238,7 +205,7 @@ def extend(source_dir: str | Path, recipe: Recipe, out: str | Path, say: Callabl
     full = load_data(_with_classes(recipe, None), registry)
     source, kind = load_source(source_dir, head_finder(registry, full.input_shape))
     check_recipe(recipe, source)
-    cfg = settings(recipe, source.classes, full.num_classes)
+    cfg = settings(recipe, source.classes, full.num_classes, registry)
     joint_recipe = _with_classes(recipe, source.classes + cfg["classes"], str(source_dir))
     data = load_data(joint_recipe, registry)
     model = build_model(joint_recipe, registry, data, recipe["seed"])

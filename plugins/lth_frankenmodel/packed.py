@@ -145,7 +145,7 @@ def _run_recipe(folder: Path) -> dict:
     for parent in (folder.parent, folder.parent.parent):
         path = parent / "recipe.yaml"
         if path.is_file():
-            from lth_core.config.recipes import read_yaml
+            from lth_core.config import read_yaml
 
             return read_yaml(path) or {}
     raise LthError(f"{folder} has no recipe.yaml in its run folder: cannot tell which classes the ticket was trained on")
