@@ -15,7 +15,7 @@ from typing import Literal
 
 import pytest
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from lth_core import hookimpl
@@ -167,6 +167,36 @@ def test_a_plugin_section_that_cannot_work_names_the_plugin(pm, tiny_raw, name, 
     finally:
         pm.unregister(plugin)
     assert str(exc.value) == message
+
+
+class Buggy(BaseModel):
+    owner: str
+
+    @field_validator("owner")
+    @classmethod
+    def _owner(cls, value):
+        return value / 2  # a bug: a TypeError, not a user's mistake
+
+
+def test_a_bug_in_a_section_model_is_one_line_naming_the_plugin(pm, tiny_raw):
+    plugin = BadSections("buggy", Buggy)
+    pm.register(plugin, name="bad-sections")
+    try:
+        with pytest.raises(PluginError) as exc:
+            check_against_plugins(validate({**tiny_raw, "buggy": {"owner": "ana"}}), get_registry(pm))
+    finally:
+        pm.unregister(plugin)
+    assert str(exc.value) == "the model of 'buggy' (plugin 'bad-sections') raised TypeError: unsupported operand type(s) for /: 'str' and 'int'"
+
+
+def test_a_misspelt_section_is_named_when_it_leaves_a_mistake(tiny_raw):
+    """Which top-level keys are sections is known only with the plugins, but a key one
+    letter from lth's own is named when the section it should have been is missing."""
+    tiny_raw["modle"] = tiny_raw.pop("model")
+    with pytest.raises(LthError) as exc:
+        validate(tiny_raw, source="r.yaml")
+    assert str(exc.value) == ("r.yaml: model.name is required (a registered model name; see `lth plugins`) "
+                              "(unknown key 'modle': model?)")
 
 
 def test_extend_is_frankenmodels_section():

@@ -11,6 +11,7 @@ know is kept for it). Every mistake is a :class:`LthError` naming the key and th
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -92,7 +93,10 @@ def validate(raw: Any, source: str = "<dict>", name: str | None = None) -> Recip
     check_size(raw, source)  # before anything copies or walks it
     raw = {k: shorthand(k, v) for k, v in copy.deepcopy(raw).items()}
     core = {k: v for k, v in raw.items() if k in TOP_LEVEL}
-    out = stored(parse(RecipeModel, core, source=source))
+    try:
+        out = stored(parse(RecipeModel, core, source=source))
+    except LthError as exc:
+        raise LthError(f"{exc}{_misspelt(raw)}") from None
     out["name"] = out["name"] or name or "recipe"
     out.update((k, v) for k, v in raw.items() if k not in TOP_LEVEL)
     _check_values(out, source)
@@ -100,6 +104,16 @@ def validate(raw: Any, source: str = "<dict>", name: str | None = None) -> Recip
     _check_controls(out["controls"], source)
     _check_sweep(out["sweep"], raw, source)
     return Recipe(out, source)
+
+
+def _misspelt(raw: dict) -> str:
+    """`` (unknown key 'modle': model?)`` when a key kept for the plugins' check is close to
+    one of lth's: the typo, not the section it left empty, is the mistake to fix."""
+    for key in raw:
+        close = difflib.get_close_matches(key, TOP_LEVEL, n=1, cutoff=0.8) if isinstance(key, str) and key not in TOP_LEVEL else []
+        if close:
+            return f" (unknown key {key!r}: {close[0]}?)"
+    return ""
 
 
 def load_recipe(spec: str | Path, overrides: list[str] | None = None) -> Recipe:

@@ -23,6 +23,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from lth_core.config import TOP_LEVEL, Recipe, brief, options_of, parse, point_name, show_key
 from lth_core.errors import LthError, PluginError, choices
+from lth_core.plugin_api.registry import get_registry, raised
 
 SECTIONS_KIND = "recipe_sections"
 
@@ -78,22 +79,19 @@ def check_sections(recipe: Recipe, registry, command: str | None = None) -> None
             usage = entry.extra.get("usage") or f"lth {owner} ..."
             raise LthError(f"{recipe.source} has a {key}: section, read by `lth {owner}` (plugin {entry.plugin!r}), "
                            f"not by `lth {command}`: use `{usage}`")
-        parse(entry.obj, value, where=show_key(key), source=recipe.source)
+        _validated(entry.obj, value, show_key(key), _owner(entry), recipe.source)
 
 
 def section(recipe: Recipe, name: str, registry=None) -> BaseModel | None:
     """The recipe's section ``name`` read through the model its plugin registered: the
     validated model instance, defaults applied; None when the recipe has no such section
     (or an empty one). The recipe itself keeps the section as written (its hash too)."""
-    if registry is None:
-        from lth_core.plugin_api.registry import get_registry
-
-        registry = get_registry()
+    registry = registry or get_registry()
     entry = _sections(registry).get(name)
     if entry is None:
         raise PluginError(f"no plugin registers the recipe section {name!r}; registered: {choices(_sections(registry))}")
     value = recipe.get(name)
-    return None if _empty(value) else parse(entry.obj, value, where=show_key(name), source=recipe.source)
+    return None if _empty(value) else _validated(entry.obj, value, show_key(name), _owner(entry), recipe.source)
 
 
 def _empty(value: Any) -> bool:
@@ -119,10 +117,11 @@ def _sections(registry) -> dict:
 def check_entry_options(entry, options: dict, where: str, skip: tuple = ()) -> None:
     """A factory's options (model, data set, initialiser, callback, merge strategy): against
     the model it registered with ``options=``, or else against its signature."""
-    check_options(entry.obj, options, where, skip, declared_model(entry))
+    check_options(entry.obj, options, where, skip, declared_model(entry), _owner(entry))
 
 
-def check_options(fn: Callable, options: dict, where: str, skip: tuple = (), model: type[BaseModel] | None = None) -> None:
+def check_options(fn: Callable, options: dict, where: str, skip: tuple = (), model: type[BaseModel] | None = None,
+                  owner: str = "a plugin's options model") -> None:
     """Check plugin options against ``model`` or ``fn``'s keyword parameters: names, required
     ones, and every annotated type (``list[int]``, ``float | None``, ``Literal[...]``)."""
     model = model or signature_model(fn, tuple(skip))
@@ -131,7 +130,22 @@ def check_options(fn: Callable, options: dict, where: str, skip: tuple = (), mod
         for key in options:
             if key not in names:
                 raise LthError(f"unknown option {where}.{show_key(key)}; valid: {choices(names) if names else 'none (it takes no options)'}")
-    parse(model, options, where=where)
+    _validated(model, options, where, owner)
+
+
+def _validated(model: type[BaseModel], data: Any, where: str, owner: str, source: str | None = None) -> BaseModel:
+    """:func:`lth_core.config.parse` of a plugin's model: a user's mistake is one line, and
+    so is a bug in the model (a validator that raises, an undefined annotation), named."""
+    try:
+        return parse(model, data, where=where, source=source)
+    except LthError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the plugin's model raised, say whose it was
+        raise raised(f"the model of {owner}", exc) from exc
+
+
+def _owner(entry) -> str:
+    return f"{entry.name!r} (plugin {entry.plugin!r})"
 
 
 def declared_model(entry) -> type[BaseModel] | None:
@@ -274,6 +288,6 @@ def _check_shared_options(options: dict, entries: list, key: str, nouns: tuple[s
             noun = nouns[0] if len(unique) == 1 else nouns[1]
             valid = choices(accepted) if accepted else f"none ({'it reads' if len(unique) == 1 else 'they read'} no options)"
             raise LthError(f"unknown option lottery.{key}.{show_key(option)} for {noun} {names}; valid: {valid}")
-    for model in models:
+    for entry, model in zip(unique, models):
         names = _option_names(model)
-        parse(model, {k: v for k, v in options.items() if k in names}, where=f"lottery.{key}")
+        _validated(model, {k: v for k, v in options.items() if k in names}, f"lottery.{key}", _owner(entry))
