@@ -129,7 +129,8 @@ def check_options(fn: Callable, options: dict, where: str, skip: tuple = (), mod
         names = _option_names(model)
         for key in options:
             if key not in names:
-                raise LthError(f"unknown option {where}.{show_key(key)}; valid: {choices(names) if names else 'none (it takes no options)'}")
+                valid = choices(names) if names else "none (it takes no options)"
+                raise LthError(f"unknown option {where}.{show_key(key)}; valid: {valid}")
     _validated(model, options, where, owner)
 
 
@@ -224,7 +225,8 @@ def _hints(fn: Callable) -> dict[str, Any]:
     out = {}
     for name, p in inspect.signature(fn).parameters.items():
         try:
-            out[name] = eval(p.annotation, getattr(fn, "__globals__", {})) if isinstance(p.annotation, str) else p.annotation  # noqa: S307 - the plugin's own annotation
+            text = p.annotation
+            out[name] = eval(text, getattr(fn, "__globals__", {})) if isinstance(text, str) else text  # noqa: S307 - the plugin's own annotation
         except Exception:  # noqa: BLE001 - see above
             continue
     return {n: a for n, a in out.items() if a is not inspect.Parameter.empty}
