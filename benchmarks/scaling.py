@@ -27,7 +27,7 @@ from lth_core import hookimpl
 from lth_core import quiet_lightning
 from lth_core.lottery.rounds import run_lottery
 from lth_core.plugin_api.registry import get_plugin_manager
-from lth_core.config.recipes import validate
+from lth_core.config import validate
 
 MODELS = {
     "mlp 150-50 (0.5x)": {"name": "mlp", "hidden": [150, 50]},

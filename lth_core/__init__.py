@@ -44,7 +44,11 @@ _export("Tickets", "lth_core.tickets.ticket", "Ticket", "save_ticket", "load_tic
 _export("Data", "lth_core.data.bundle", "DataBundle")
 _export("Data", "lth_core.data.loaders", "DataModule")
 _export("Running lth from Python", "lth_core.lottery.api", "run", "Summary")
-_export("Recipes", "lth_core.config.recipes", "Recipe", "load_recipe", "read_yaml", "check_against_plugins")
+_export("Recipes", "lth_core.config.recipe", "Recipe", "load_recipe")
+_export("Recipes", "lth_core.config.yaml_io", "read_yaml")
+_export("Recipes", "lth_core.plugin_api.options", "check_against_plugins", "section")
+_export("Recipes", "lth_core.config.markers", "Expect", "Number")
+_export("Recipes", "lth_core.config.explain", "option_error")
 _export("Files", "lth_core.files", "atomic_path", "atomic_write_text", "atomic_write_tensors", "read_json", "sha256_file")
 _export("Files", "lth_core.engines.collectives", "is_writer")
 _export("Seeds", "lth_core.seeds", "derive_seed", "seeded_generator")
@@ -72,7 +76,10 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load lazily
-    from lth_core.config.recipes import Recipe, check_against_plugins, load_recipe, read_yaml  # noqa: F401
+    from lth_core.config.recipe import Recipe, load_recipe  # noqa: F401
+    from lth_core.config.explain import option_error  # noqa: F401
+    from lth_core.config.markers import Expect, Number  # noqa: F401
+    from lth_core.config.yaml_io import read_yaml  # noqa: F401
     from lth_core.data.bundle import DataBundle  # noqa: F401
     from lth_core.data.loaders import DataModule  # noqa: F401
     from lth_core.engines.collectives import is_writer  # noqa: F401
@@ -84,6 +91,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load
     from lth_core.lottery.train import train as train_run  # noqa: F401
     from lth_core.plugin_api.contexts import MergeContext, MergeResult, PruneContext, RewindContext, RoundContext  # noqa: F401
     from lth_core.plugin_api.registry import Entry, Registry, call_plugin, get_plugin_manager, get_registry  # noqa: F401
+    from lth_core.plugin_api.options import check_against_plugins, section  # noqa: F401
     from lth_core.plugin_api.uses import recipe_uses  # noqa: F401
     from lth_core.quiet import quiet_lightning  # noqa: F401
     from lth_core.seeds import derive_seed, seeded_generator  # noqa: F401

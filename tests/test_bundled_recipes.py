@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 
 from lth_core.plugin_api.registry import get_registry
-from lth_core.config.recipes import bundled_recipes, check_against_plugins, load_recipe
+from lth_core.config import bundled_recipes, load_recipe
+from lth_core.plugin_api.options import check_against_plugins
 from lth_core.lottery.trials import run_experiment
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 RECIPES = sorted(bundled_recipes())
 #: Recipes for `lth extend` (an extend: section) extend a ticket; tests/test_extend.py runs them shortened.
-EXTENSION_RECIPES = {r for r in RECIPES if load_recipe(r)["extend"]}
+EXTENSION_RECIPES = {r for r in RECIPES if load_recipe(r).get("extend")}
 SHORT = [
     "trials=1", "lottery.rounds=1", "trainer.max_steps=4", "trainer.val_check_interval=2",
     "trainer.enable_progress_bar=false", "trainer.limit_val_batches=1", "tracking=none",

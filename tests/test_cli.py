@@ -24,7 +24,7 @@ from lth_core import hookimpl
 from lth_core.commands import cli
 from lth_core.errors import LthError
 from lth_core.lottery.rounds import run_lottery
-from lth_core.config.recipes import bundled_recipes, validate
+from lth_core.config import bundled_recipes, validate
 from lth_core.plugin_api.registry import CORE_PLUGINS, core_plugin_manager, get_registry, make_plugin_manager
 
 _SCRIPT = Path(sys.executable).with_name("lth")

@@ -16,7 +16,8 @@ from lth_core import hookimpl
 from lth_core.errors import LthError
 from lth_core.lottery.rounds import run_lottery
 from lth_core import Allocation, prune_by_scores
-from lth_core.config.recipes import check_against_plugins, validate
+from lth_core.config import validate
+from lth_core.plugin_api.options import check_against_plugins
 from lth_core.plugin_api.registry import get_registry
 from lth_core.tickets.ticket import load_ticket
 
@@ -159,13 +160,13 @@ def test_callback_options_are_validated(plugin, pm, tiny_raw):
     with pytest.raises(LthError, match=r"unknown callback 'no_such_callback'; installed: .*halve_once"):
         check_against_plugins(validate(tiny_raw), get_registry(pm))
     tiny_raw["callbacks"] = [3]
-    with pytest.raises(LthError, match="each callback must be"):
+    with pytest.raises(LthError, match=r"callbacks\.0 must be a registered callback name or \{name, \.\.\.options\}, got 3$"):
         validate(tiny_raw)
 
 
 def test_recipe_hash_ignores_later_keys_at_their_default(tiny_raw):
     """Run folders made before `callbacks` existed keep their hash (they resume)."""
-    from lth_core.config.recipes import Recipe
+    from lth_core.config import Recipe
 
     recipe = validate(tiny_raw)
     older = recipe.to_dict()

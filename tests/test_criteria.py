@@ -29,7 +29,7 @@ from lth_core import Allocation, Mask, prune_by_scores, recipe_uses
 from lth_core.lottery.callbacks import plugin_callbacks
 from lth_core.engines.module import LotteryModule
 from lth_core.plugin_api.registry import get_registry, make_plugin_manager
-from lth_core.config.recipes import Recipe, validate
+from lth_core.config import Recipe, validate
 from lth_core.tickets.ticket import load_ticket
 
 STEPS = 40

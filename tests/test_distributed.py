@@ -42,7 +42,7 @@ from lth_core.engines.data_parallel import RANKS_FILE, digest
 from lth_core.errors import LthError
 from lth_core.lottery.rounds import run_lottery
 from lth_core.plugin_api.registry import get_registry
-from lth_core.config.recipes import validate
+from lth_core.config import validate
 
 _SCRIPT = Path(sys.executable).with_name("lth")
 LTH = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "lth_core.commands.cli"]

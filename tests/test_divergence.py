@@ -9,7 +9,7 @@ import pytest
 from lth_core import hookimpl
 from lth_core.errors import LthError, NonFiniteLoss
 from lth_core.lottery.rounds import run_lottery
-from lth_core.config.recipes import validate
+from lth_core.config import validate
 from lth_core.tickets.ticket import is_ticket, load_ticket
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import types
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import torch
 
 from lth_core.lottery.rounds import run_lottery
 from lth_core.plugin_api.registry import get_registry
-from lth_core.config.recipes import validate
+from lth_core.config import validate
+from lth_core.plugin_api.options import check_against_plugins
 from lth_core.tickets.ticket import load_ticket
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,6 +25,7 @@ def python_blocks(path: Path) -> list[str]:
 
 def as_module(name: str, code: str) -> types.ModuleType:
     module = types.ModuleType(name)
+    sys.modules[name] = module  # as an imported plugin is: pydantic resolves a model's annotations through it
     exec(compile(code, name, "exec"), module.__dict__)  # noqa: S102 - our own documentation
     return module
 
@@ -60,6 +63,11 @@ def test_contributing_examples_register_and_run(pm, tiny_raw, tmp_path):
         assert registry.get("commands", "hello").extra["help"] == "say hello"
         assert registry.get("merge_strategies", "lerp")
         assert registry.get("report_sections", "notes").args[0].__name__ == "notes_section"
+        assert registry.get("recipe_sections", "sparsity_report").plugin == "contributing_examples"
+        with_section = validate({**tiny_raw, "sparsity_report": {"every": 2}})
+        check_against_plugins(with_section, registry)
+        assert plugin.sparsity_report(with_section) == plugin.SparsityReport(every=2, unit="percent")
+        assert plugin.sparsity_report(validate(tiny_raw)) is None
         tiny_raw["init"] = {"name": "uniform_pm", "scale": 0.1}
         tiny_raw["lottery"].update(criterion="relative_growth", rounds=1)
         tiny_raw["controls"] = ["keep_control"]

@@ -21,7 +21,7 @@ from lth_core.lottery.run import build_model, load_data
 from lth_core.lottery.rounds import run_lottery
 from lth_core import Mask, apply_mask
 from lth_core.plugin_api.registry import get_registry
-from lth_core.config.recipes import validate
+from lth_core.config import validate
 from lth_core.tickets.ticket import SELF, load_ticket
 
 

@@ -24,7 +24,7 @@ from lth_core.errors import LthError
 from lth_core.lottery.run import load_data
 from lth_core.lottery.rounds import run_lottery
 from lth_core.plugin_api.registry import core_plugin_manager, get_registry
-from lth_core.config.recipes import load_recipe, validate
+from lth_core.config import load_recipe, validate
 from lth_core.tickets.ticket import load_ticket
 from lth_frankenmodel.extend import extend, make_model, training_data
 from lth_frankenmodel.packed import OWNERSHIP_FILE, from_extension

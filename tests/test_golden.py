@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from conftest import assert_same_data
 from lth_core.commands import cli
-from lth_core.config.recipes import bundled_recipes, load_recipe
+from lth_core.config import bundled_recipes, load_recipe
 
 GOLDEN = Path(__file__).parent / "golden"
 HASHES = json.loads((GOLDEN / "recipe_hashes.json").read_text())

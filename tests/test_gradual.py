@@ -24,7 +24,7 @@ from lth_core.commands import cli
 from lth_core.errors import LthError
 from lth_core.lottery.rounds import run_lottery
 from lth_core.plugin_api.registry import get_registry, make_plugin_manager
-from lth_core.config.recipes import load_recipe, read_yaml, resolve_recipe_path, validate
+from lth_core.config import load_recipe, read_yaml, resolve_recipe_path, validate
 from lth_core.tickets.ticket import load_ticket
 
 from conftest import TINY

@@ -20,7 +20,8 @@ from lth_core.files import json_digest, sha256_file
 from lth_core.lottery.rounds import run_lottery
 from lth_core import Mask
 from lth_core.plugin_api.registry import get_registry
-from lth_core.config.recipes import check_against_plugins, validate
+from lth_core.config import validate
+from lth_core.plugin_api.options import check_against_plugins
 from lth_core.tickets.ticket import FILES, SELF, is_ticket, load_ticket
 
 MARKER = "lth-payload-ran"

@@ -27,7 +27,7 @@ from conftest import TINY
 from lth_core import hookimpl
 from lth_core.lottery.rounds import run_lottery
 from lth_core.plugin_api.registry import make_plugin_manager
-from lth_core.config.recipes import validate
+from lth_core.config import validate
 
 _SCRIPT = Path(sys.executable).with_name("lth")
 LTH = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "lth_core.commands.cli"]

@@ -24,7 +24,7 @@ from lth_core.lottery.rounds import run_lottery
 from lth_core import Allocation, Mask, match_density, prunable_parameters, prune_by_scores
 from lth_core.engines.enforcer import MaskEnforcer
 from lth_core.engines.module import LotteryModule
-from lth_core.config.recipes import validate
+from lth_core.config import validate
 from lth_core.tickets.ticket import load_ticket
 from lth_datasets import digits
 from lth_models import mlp

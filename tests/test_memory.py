@@ -11,7 +11,7 @@ import torch
 
 from lth_core import hookimpl
 from lth_core.lottery.rounds import run_lottery
-from lth_core.config.recipes import validate
+from lth_core.config import validate
 
 
 class Census(pl.Callback):

@@ -25,7 +25,7 @@ from lth_core.lottery.run import build_model, load_data
 from lth_core import Mask
 from lth_core.commands.merging import merge_tickets
 from lth_core.plugin_api.registry import get_registry
-from lth_core.config.recipes import Recipe, validate
+from lth_core.config import Recipe, validate
 from lth_core.tickets.ticket import Ticket, load_ticket, save_ticket
 from lth_core.lottery.trials import run_experiment
 from lth_merge.matching import layer_chain, match, permute

@@ -27,7 +27,8 @@ from lth_core.lottery.rounds import run_lottery
 from lth_core import Allocation, Mask, apply_mask, prunable_parameters, prune_by_scores
 from lth_core.engines.enforcer import MaskEnforcer
 from lth_core.plugin_api.registry import get_registry
-from lth_core.config.recipes import check_against_plugins, validate
+from lth_core.config import validate
+from lth_core.plugin_api.options import check_against_plugins
 
 CIFAR = (3, 32, 32)
 FASHION = (1, 28, 28)

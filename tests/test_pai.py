@@ -26,7 +26,7 @@ from lth_core.lottery.rounds import run_lottery
 from lth_core import Allocation, Mask, prune_by_scores
 from lth_core.tickets.pruning import select
 from lth_core.plugin_api.registry import get_registry
-from lth_core.config.recipes import validate
+from lth_core.config import validate
 from lth_core.tickets.ticket import load_ticket
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")

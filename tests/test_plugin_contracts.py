@@ -33,7 +33,7 @@ from lth_core.lottery.run import load_data
 from lth_core.lottery.rounds import run_lottery
 from lth_core import Mask
 from lth_core.plugin_api.registry import get_registry
-from lth_core.config.recipes import validate
+from lth_core.config import validate
 from lth_core.tickets.ticket import is_ticket
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")

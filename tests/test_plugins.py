@@ -35,7 +35,7 @@ from lth_core.plugin_api import registry as plugins
 from lth_core.errors import PluginError
 from lth_core.lottery.rounds import run_lottery
 from lth_core.plugin_api.registry import AUTOLOAD_ENV, CORE_PLUGINS, describe_plugins, get_registry, make_plugin_manager
-from lth_core.config.recipes import validate
+from lth_core.config import validate
 
 HERE = Path(__file__).resolve().parent
 EXAMPLE_SRC = HERE / "third_party_plugin"

@@ -23,21 +23,23 @@ from conftest import TINY
 from lth_core import hookimpl
 from lth_core.errors import LthError
 from lth_core.plugin_api.registry import get_registry
-from lth_core.config.recipes import (
+from lth_core.config import (
     MAX_DEPTH,
     MAX_NODES,
     RESERVED_TRAINER_KEYS,
-    SCHEMA,
+    SECTIONS,
     TOP_LEVEL,
     Recipe,
     apply_overrides,
     bundled_recipes,
-    check_against_plugins,
     load_recipe,
     parse_override,
-    plugin_options,
     validate,
 )
+from lth_core.plugin_api.options import check_against_plugins, plugin_options
+
+#: Each core section's keys, from its model.
+FIELDS = {name: list(model.model_fields) for name, model in SECTIONS.items()}
 
 
 def _write(tmp_path: Path, raw: dict | str, name: str = "r.yaml") -> Path:
@@ -72,7 +74,7 @@ def test_tiny_recipe_fills_defaults(tiny_raw: dict) -> None:
     """Omitted keys get the schema's defaults, so a recipe file can stay short."""
     del tiny_raw["optimizer"]
     recipe = validate(tiny_raw)
-    assert recipe["optimizer"]["name"] == SCHEMA["optimizer"]["name"][1]
+    assert recipe["optimizer"]["name"] == SECTIONS["optimizer"].model_fields["name"].default
     assert recipe["lottery"]["scope"] == "layer" and recipe["lottery"]["mode"] == "iterative"
     assert recipe["tracking"]["backend"] == "none"
 
@@ -80,12 +82,17 @@ def test_tiny_recipe_fills_defaults(tiny_raw: dict) -> None:
 # --- keys, types and values -------------------------------------------------------------
 
 
-def test_unknown_top_level_key_names_key_and_choices(tiny_raw: dict) -> None:
-    """A misspelt section must not be silently ignored."""
+def test_unknown_top_level_key_names_key_and_choices(pm, tiny_raw: dict) -> None:
+    """A misspelt section must not be silently ignored. A top-level key lth does not know
+    may be a plugin's section, so it is refused with the plugins, before anything runs,
+    naming lth's keys and the installed sections."""
     tiny_raw["lotery"] = {"rate": 0.5}
-    msg = _error(tiny_raw)
-    assert "'lotery'" in msg
-    for key in TOP_LEVEL:
+    recipe = validate(tiny_raw, source="r.yaml")
+    with pytest.raises(LthError) as exc:
+        check_against_plugins(recipe, get_registry(pm))
+    msg = str(exc.value)
+    assert msg.startswith("r.yaml: ") and "'lotery'" in msg
+    for key in [*TOP_LEVEL, "extend"]:
         assert key in msg
 
 
@@ -94,7 +101,7 @@ def test_unknown_key_in_section_names_key_and_choices(tiny_raw: dict) -> None:
     tiny_raw["lottery"]["ratez"] = 0.3
     msg = _error(tiny_raw)
     assert "lottery.ratez" in msg
-    for key in SCHEMA["lottery"]:
+    for key in FIELDS["lottery"]:
         assert key in msg
 
 
@@ -673,10 +680,12 @@ def test_apply_overrides_nested_and_creates_sections(tiny_raw: dict) -> None:
     assert "optimizer" not in tiny_raw and tiny_raw["lottery"]["rate"] == before["lottery"]["rate"]
 
 
-def test_apply_overrides_unknown_top_level_key(tiny_raw: dict) -> None:
-    """``--set lotery.rate=...`` is refused with the valid top-level keys."""
+def test_apply_overrides_unknown_top_level_key(pm, tiny_raw: dict) -> None:
+    """``--set lotery.rate=...`` is refused with the valid top-level keys (with the plugins,
+    which may register a section of that name: ``--set extend.rehearsal=20``)."""
+    raw = apply_overrides(tiny_raw, ["lotery.rate=0.3"])
     with pytest.raises(LthError) as exc:
-        apply_overrides(tiny_raw, ["lotery.rate=0.3"])
+        check_against_plugins(validate(raw), get_registry(pm))
     msg = str(exc.value)
     assert "'lotery'" in msg and "lottery" in msg and "trainer" in msg
 
@@ -771,7 +780,7 @@ _trainer_keys = sorted(set(inspect.signature(pl.Trainer.__init__).parameters) - 
 
 
 def _section(section: str) -> st.SearchStrategy:
-    known = list(SCHEMA.get(section, {})) + (_trainer_keys if section == "trainer" else [])
+    known = list(FIELDS.get(section, {})) + (_trainer_keys if section == "trainer" else [])
     keys = st.one_of(st.sampled_from(known), _keys) if known else _keys
     return st.one_of(_values, st.dictionaries(keys, _values, max_size=6))
 
@@ -785,7 +794,7 @@ _recipes = st.one_of(
     st.fixed_dictionaries(
         {},
         optional={
-            **{s: _section(s) for s in SCHEMA},
+            **{s: _section(s) for s in FIELDS},
             "name": _values,
             "seed": _values,
             "description": _values,
@@ -797,15 +806,15 @@ _recipes = st.one_of(
     # mostly-valid recipes with one section scrambled reach the deeper checks
     st.builds(
         lambda section, content: {"model": {"name": "mlp"}, "data": {"name": "digits"}, section: content},
-        st.sampled_from(sorted(SCHEMA)),
-        st.dictionaries(st.one_of(st.sampled_from(sorted({k for f in SCHEMA.values() for k in f} | set(_trainer_keys))), _keys), _values, max_size=5),
+        st.sampled_from(sorted(FIELDS)),
+        st.dictionaries(st.one_of(st.sampled_from(sorted({k for f in FIELDS.values() for k in f} | set(_trainer_keys))), _keys), _values, max_size=5),
     ),
     # valid sections plus random extra keys (plugin options are open-ended)
     st.builds(
         lambda model, data, lottery: {"model": {"name": "mlp", **model}, "data": {"name": "digits", **data}, "lottery": lottery},
         st.dictionaries(_keys, _values, max_size=3),
         st.dictionaries(_keys, _values, max_size=3),
-        st.dictionaries(st.sampled_from(sorted(SCHEMA["lottery"])), _values, max_size=3),
+        st.dictionaries(st.sampled_from(sorted(FIELDS["lottery"])), _values, max_size=3),
     ),
 )
 
@@ -894,10 +903,10 @@ def _mutated_recipe_text(draw) -> str:
     return text
 
 
-_SEGMENTS = st.sampled_from(sorted(set(TOP_LEVEL) | {k for f in SCHEMA.values() for k in f} | set(_trainer_keys)
+_SEGMENTS = st.sampled_from(sorted(set(TOP_LEVEL) | {k for f in FIELDS.values() for k in f} | set(_trainer_keys)
                                    | {"0", "1", "name", "criterion", "rewind", "x"}))
 _PLAUSIBLE_KEYS = st.sampled_from(
-    [f"{s}.{k}" for s, fields in SCHEMA.items() for k in fields] + [f"trainer.{k}" for k in _trainer_keys]
+    [f"{s}.{k}" for s, fields in FIELDS.items() for k in fields] + [f"trainer.{k}" for k in _trainer_keys]
     + ["seed", "trials", "name", "controls", "callbacks", "sweep", "init", "controls.0", "controls.1.criterion",
        "controls.1.rewind", "controls.1.name", "sweep.lottery.rate", "sweep.trainer.max_steps", "model", "data",
        "lottery.criterion_options.batch_size", "lottery.rewind_options.to", "model.hidden", "lottery.layer_rates.fc*"]

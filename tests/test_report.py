@@ -13,7 +13,7 @@ from lth_core import hookimpl
 from lth_core.commands import cli
 from lth_core.errors import LthError
 from lth_core.lottery.rounds import run_lottery
-from lth_core.config.recipes import validate
+from lth_core.config import validate
 from lth_core.reporting.report import Series, choose_rounds, write_report
 from lth_core.tickets.ticket import load_ticket
 from lth_core.lottery.trials import run_experiment

@@ -31,7 +31,7 @@ from lth_core.commands import cli
 from lth_core.errors import LthError, PluginError
 from lth_core.files import sha256_file
 from lth_core.lottery.rounds import run_lottery
-from lth_core.config.recipes import LATER_KEYS, validate
+from lth_core.config import RecipeModel, Unhashed, validate
 
 _SCRIPT = Path(sys.executable).with_name("lth")
 LTH = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "lth_core.commands.cli"]
@@ -500,7 +500,8 @@ def test_a_callback_without_state_dict_turns_checkpoints_off_and_says_so(tmp_pat
 
 def test_checkpoint_key_defaults_validates_and_never_changes_the_hash() -> None:
     base = validate(tiny())
-    assert LATER_KEYS["checkpoint_every_n_steps"] is None
+    key = RecipeModel.model_fields["checkpoint_every_n_steps"]
+    assert key.default is None and Unhashed in key.metadata  # says how to compute: never hashed
     assert validate({k: v for k, v in tiny().items() if k != "checkpoint_every_n_steps"})["checkpoint_every_n_steps"] is None
     for value in (None, 0, 7):
         assert validate({**tiny(), "checkpoint_every_n_steps": value}).hash() == base.hash()

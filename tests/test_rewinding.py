@@ -27,7 +27,7 @@ from lth_core.lottery.rounds import run_lottery
 from lth_core import Mask
 from lth_core.engines.module import lr_factor
 from lth_core.plugin_api.registry import get_registry, make_plugin_manager
-from lth_core.config.recipes import load_recipe, validate
+from lth_core.config import load_recipe, validate
 from lth_late_rewind import late_rewind, rewind_step
 from lth_lr_rewind import finetune_lr
 

@@ -19,7 +19,7 @@ from lth_core.data.loaders import StepChunks, TensorLoader
 from lth_core.errors import LthError
 from lth_core.lottery.rounds import run_lottery
 from lth_core.engines.trainer import steps_per_call
-from lth_core.config.recipes import validate
+from lth_core.config import validate
 from lth_core.tickets.ticket import load_ticket
 
 OPTIMISERS = {

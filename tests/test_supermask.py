@@ -19,7 +19,8 @@ from lth_core.lottery.run import build_model, load_data
 from lth_core.lottery.rounds import run_lottery
 from lth_core import prunable_parameters
 from lth_core.plugin_api.registry import get_registry
-from lth_core.config.recipes import check_against_plugins, validate
+from lth_core.config import validate
+from lth_core.plugin_api.options import check_against_plugins
 from lth_core.tickets.ticket import load_ticket
 from lth_core.lottery.trials import run_experiment
 
@@ -227,8 +228,8 @@ def test_sweep_mistakes_fail_at_load_naming_the_point(tiny_raw):
         validate(raw)
     with pytest.raises(LthError, match="sweep.lottery.rate must be a non-empty list"):
         validate(dict(tiny_raw, sweep={"lottery.rate": 0.2}))
-    with pytest.raises(LthError, match="unknown key 'lotery'"):
-        validate(dict(tiny_raw, sweep={"lotery.rate": [0.2]}))
+    with pytest.raises(LthError, match=r"sweep point lotery.rate=0.2\): unknown key 'lotery'"):  # lth's keys and plugins' sections
+        check_against_plugins(validate(dict(tiny_raw, sweep={"lotery.rate": [0.2]})), get_registry())
     with pytest.raises(LthError, match="'5' is not an index of that list"):
         validate(dict(tiny_raw, callbacks=[{"name": "x"}], sweep={"callbacks.5.at": [1]}))
 

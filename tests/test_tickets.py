@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from lth_core.errors import LthError
 from lth_core.lottery.rounds import run_lottery
 from lth_core import Mask
-from lth_core.config.recipes import validate
+from lth_core.config import validate
 from lth_core.files import json_digest, sha256_file
 from lth_core.tickets.ticket import FILES, SELF, Ticket, is_ticket, load_ticket, save_ticket
 from lth_models import mlp

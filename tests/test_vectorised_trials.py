@@ -23,7 +23,7 @@ from conftest import TINY, assert_same_data
 from lth_core.engines import checkpoints
 from lth_core.engines import stacked as stacking
 from lth_core.errors import LthError, NonFiniteLoss
-from lth_core.config.recipes import validate
+from lth_core.config import validate
 from lth_core.lottery.trials import run_experiment
 
 ATOL = 1e-4

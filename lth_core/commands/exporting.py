@@ -251,7 +251,8 @@ def _ticket_model(ticket_dir: Path, recipe: str | None, pm: Any) -> tuple:
     """The ticket's recipe, registry, data and its trained, masked model in eval mode;
     a ticket of another architecture or one without trained weights is refused."""
     from lth_core.commands.merging import find_recipe
-    from lth_core.config.recipes import check_against_plugins, load_recipe
+    from lth_core.config import load_recipe
+    from lth_core.plugin_api.options import check_against_plugins
     from lth_core.lottery.run import build_model, load_data
     from lth_core.plugin_api.registry import get_registry
     from lth_core.tickets.ticket import load_ticket, require_ticket

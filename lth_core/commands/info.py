@@ -37,7 +37,7 @@ def plugins(args: argparse.Namespace) -> int:
 
 def recipes(args: argparse.Namespace) -> int:
     """Each bundled recipe with its description's first line."""
-    from lth_core.config.recipes import bundled_recipes, read_yaml
+    from lth_core.config import bundled_recipes, read_yaml
 
     for name, path in sorted(bundled_recipes().items()):
         raw = read_yaml(path) or {}

@@ -40,7 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _options(pairs: list[str]) -> dict:
     """``--option max_iter=50`` -> {"max_iter": 50}; values are read as YAML."""
-    from lth_core.config.recipes import parse_override
+    from lth_core.config import parse_override
 
     options = {}
     for text in pairs:

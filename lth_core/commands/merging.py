@@ -32,7 +32,8 @@ from lth_core.errors import LthError, PluginError
 from lth_core.files import atomic_write_text
 from lth_core.tickets.mask import Mask, prunable_parameters
 from lth_core.plugin_api.registry import call_plugin, get_plugin_manager, get_registry
-from lth_core.config.recipes import Recipe, check_against_plugins, check_options, load_recipe
+from lth_core.config import Recipe, load_recipe
+from lth_core.plugin_api.options import check_against_plugins, check_entry_options
 from lth_core.tickets.ticket import Ticket, load_ticket, require_ticket, save_ticket
 
 MERGE_FILE = "merge.json"
@@ -285,7 +286,7 @@ def merge_tickets(paths: list[str | Path], strategy: str, out: str | Path, recip
     pm = pm or get_plugin_manager()
     entry = get_registry(pm).get("merge_strategies", strategy)
     source = f"merge strategy {strategy!r} (plugin {entry.plugin!r})"
-    check_options(entry.obj, options, strategy, skip=("tickets", "context"))
+    check_entry_options(entry, options, strategy, skip=("tickets", "context"))
     check_out_dir(out)
     s = _setting(paths, recipe, overrides or [], pm)
     retrain, retrained = _retrainer(s, strategy, out, say)

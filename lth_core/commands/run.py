@@ -33,23 +33,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load and check the recipe (mistakes fail before torch loads), then run its lottery."""
-    from lth_core.config.recipes import load_recipe
+    from lth_core.config import load_recipe
 
     if args.resume is not None:
         resume_args(args)  # the run folder's own recipe.yaml, into that folder
     elif args.recipe is None:
         raise LthError("lth run needs a RECIPE (a YAML file or a bundled recipe name), or --resume DIR")
     recipe = load_recipe(args.recipe, args.set)  # recipe mistakes fail before torch loads
-    if recipe["extend"]:
-        raise LthError(f"{recipe.source} extends a ticket (it has an extend: section): use `lth extend TICKET --recipe {args.recipe} --out DIR`")
     from lth_core.quiet import quiet_lightning
-    from lth_core.config.recipes import check_against_plugins
+    from lth_core.plugin_api.options import check_against_plugins
     from lth_core.engines import data_parallel
     from lth_core.engines.collectives import is_writer
     from lth_core.lottery.trials import run_experiment
     from lth_core.plugin_api.registry import get_registry
 
-    check_against_plugins(recipe, get_registry())
+    check_against_plugins(recipe, get_registry(), command="run")  # a section of another command names it
     quiet_lightning()
     out = Path(args.out) if args.out else Path("runs") / f"{recipe.name}-{recipe.hash()}"
     if is_writer():  # data parallel: the other processes run the same command quietly

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from lth_core.config.recipes import Recipe, load_recipe, set_path, validate
+from lth_core.config import Recipe, load_recipe, set_path, validate
 from lth_core.errors import LthError
 from lth_core.plugin_api.registry import get_plugin_manager, make_plugin_manager
 from lth_core.tickets.ticket import Ticket, load_ticket
@@ -94,7 +94,7 @@ def run(recipe: str | Path | Mapping | Recipe, out: str | Path | None = None, ov
     last checkpoint, as ``lth run`` does. ``say`` receives the progress lines (default:
     printed to standard error, which terminals and notebooks both show).
     """
-    from lth_core.config.recipes import check_against_plugins
+    from lth_core.plugin_api.options import check_against_plugins
     from lth_core.lottery.trials import run_experiment
     from lth_core.plugin_api.registry import get_registry
     from lth_core.quiet import quiet_lightning

@@ -24,7 +24,8 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from lth_core.config.recipes import Recipe, check_against_plugins
+from lth_core.config import Recipe
+from lth_core.plugin_api.options import check_against_plugins
 from lth_core.engines import data_parallel
 from lth_core.engines.base import Engine
 from lth_core.engines.collectives import is_writer, speaker

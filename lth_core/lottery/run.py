@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from lth_core.config.recipes import SCHEMA, Recipe
+from lth_core.config import Recipe, options_of
 from lth_core.data.bundle import DataBundle, select_classes
 from lth_core.data.loaders import DataModule
 from lth_core.engines.base import Engine
@@ -96,7 +96,7 @@ def load_data(recipe: Recipe, registry: Registry) -> DataModule:
     """The recipe's data set, checked (:meth:`DataBundle.check`) before anything trains on it."""
     spec = recipe["data"]
     entry = registry.get("datasets", spec["name"])
-    options = {k: v for k, v in spec.items() if k not in SCHEMA["data"]}
+    options = options_of("data", spec)
     source = f"data set {spec['name']!r} (plugin {entry.plugin!r})"
     bundle = call_plugin(source, entry.obj, **options)
     if not isinstance(bundle, DataBundle):

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lth_core.config.recipes import Recipe
+from lth_core.config import Recipe
 
 
 def has_wandb_credentials() -> bool:

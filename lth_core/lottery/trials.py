@@ -12,7 +12,7 @@ import statistics
 from pathlib import Path
 from typing import Callable
 
-from lth_core.config.recipes import Recipe, point_name
+from lth_core.config import Recipe, point_name
 from lth_core.config.parallel import declared_world
 from lth_core.engines.collectives import is_writer
 from lth_core.engines.lockstep import Lockstep

@@ -53,8 +53,10 @@ def register_criteria(register):
     control ranks all weights afresh to match a ticket's density, so there a criterion
     must return scores (its allocation then prunes nothing).
 
-    ``options`` lists the ``lottery.criterion_options`` keys the criterion reads (a typo
-    is then refused at load; ``None``: it checks them itself). ``collects(context)``
+    ``options`` declares the keys it reads from ``context.options`` (the recipe's
+    ``lottery.criterion_options``): a list of names, or a pydantic model that also checks
+    their values; lth refuses any other key at load. Without ``options=`` every key passes
+    and the criterion checks them itself. ``collects(context)``
     declares what the criterion needs gathered while a run trains: the core calls it with
     the :class:`lth_core.RoundContext` of every training run of a recipe that uses the
     criterion anywhere (:func:`lth_core.recipe_uses`) and adds the Lightning callback it
@@ -106,7 +108,7 @@ def register_merge_strategies(register):
     ensemble ``members``; averaging strategies add ``endpoints`` so the core measures the
     loss barrier on the linear path. It must not modify the tickets. ``options`` come from
     ``lth merge --option key=value`` and are validated against ``merge_fn``'s keyword
-    parameters. A strategy that cannot handle the tickets (an unsupported architecture)
+    parameters (or the pydantic model given as ``options=``). A strategy that cannot handle the tickets (an unsupported architecture)
     raises :class:`lth_core.LthError` saying what it supports. The core evaluates
     every ticket and the merge, saves the merged ticket and writes ``merge.json``.
     """
@@ -120,7 +122,10 @@ def register_models(register):
     freshly initialised ``nn.Module`` mapping a batch of inputs shaped
     ``(batch, *input_shape)`` to logits ``(batch, num_classes)``. Options come from the
     recipe's ``model:`` section; the factory's keyword parameters (with defaults and type
-    annotations) define which options exist, and recipes are validated against them.
+    annotations) define which options exist, and recipes are validated against them (every
+    annotation pydantic can check: ``int``, ``list[int]``, ``float | None``,
+    ``Literal[...]``); ``register(name, factory, options=Model)`` validates them against a
+    pydantic model instead. Options reach the factory as written, never converted.
     The caller seeds the global RNG before calling, so initialisation is repeatable. The
     core checks the result: an ``nn.Module`` with at least one prunable weight, finite
     weights, and finite ``(2, num_classes)`` logits for two real inputs (evaluated in eval
@@ -137,7 +142,7 @@ def register_datasets(register):
     train/test split. The core holds a validation split out of the training tensors and
     batches by indexing, so factories only load and normalise. Options come from the
     recipe's ``data:`` section (minus the core's own keys) and are validated against the
-    factory's keyword parameters. The core checks the bundle: no empty split, one label
+    factory's keyword parameters (or the pydantic model given as ``options=``). The core checks the bundle: no empty split, one label
     per input, finite float32 inputs of one shape, int64 labels in ``0..num_classes-1``.
     A factory that cannot find its files raises :class:`lth_core.LthError` saying
     where it looked and what to do.
@@ -156,7 +161,7 @@ def register_initializers(register):
     applies it whenever it builds a model (θ0, and the fresh models of reinitialisation
     controls), so every network of a run shares the distribution. A recipe selects it with
     ``init: signed_kaiming_constant`` or ``init: {name: ..., option: value}``; options are
-    validated against ``init_fn``'s keyword parameters. Supermasks depend on it: edge-popup
+    validated against ``init_fn``'s keyword parameters (or ``options=``'s model). Supermasks depend on it: edge-popup
     works far better from signed constant weights than from Gaussian ones.
     """
 
@@ -165,11 +170,12 @@ def register_initializers(register):
 def register_callbacks(register):
     """Register named Lightning callbacks that a recipe switches on.
 
-    ``register(name, factory, refers=None)``. ``factory(context, **options)`` receives the
+    ``register(name, factory, options=None, refers=None)``. ``factory(context, **options)`` receives the
     :class:`lth_core.RoundContext` of each training run (every round and control)
     and returns a ``pytorch_lightning.Callback`` for it, or ``None`` to stay out of that
     run. A recipe lists them: ``callbacks: [{name: gradual_pruning, target: 0.1}]``; the
-    options are validated against the factory's keyword parameters. ``refers`` maps
+    options are validated against the factory's keyword parameters (or ``options=``'s
+    model). ``refers`` maps
     options that name other registered things to their kind (``{"criterion":
     "criteria"}``), so :func:`lth_core.recipe_uses` sees them (and a criterion's
     ``collects`` is switched on when a callback prunes with it). A callback that prunes
@@ -220,6 +226,29 @@ def register_report_sections(register):
     sections (``merge``) next, without loading plugins. Only a folder none of them claims
     loads the plugins; it goes to the first section that claims it. Sections follow the
     runs in the report, in registration order. A folder nobody claims is a one-line error.
+    """
+
+
+@hookspec
+def register_recipe_sections(register):
+    """Register top-level recipe sections that a plugin reads (as pytest's ``pytest_addoption``
+    or tox's ``add_config``: the plugin declares its settings, lth checks them).
+
+    ``register(name, model, command=None, usage=None)``. ``model`` is a pydantic model class
+    for the section's content: a recipe's ``name:`` mapping must validate against it
+    (declare ``extra="forbid"`` to refuse unknown keys, bounds as ``Field`` constraints,
+    choices as ``Literal``; ``lth_core.config.Expect`` words a mistake in the user's terms).
+    A mistake is one line naming the key, the value and what is valid, before anything
+    runs. The recipe keeps the section as written (no defaults filled in), and so does its
+    hash; a recipe without the section, or with an empty one (``name: {}``), hashes as if
+    the plugin were not installed. Read it through the model, defaults applied, with
+    :func:`lth_core.plugin_api.options.section` (``section(recipe, name)``: the model
+    instance, or ``None`` when the recipe has no such section). ``name`` may not be one of
+    lth's own top-level keys.
+
+    ``command`` (a command the plugin registers) says the section is that command's input:
+    ``lth run`` refuses a recipe holding it, naming the command, with ``usage`` (e.g.
+    ``"lth extend TICKET --recipe RECIPE --out DIR"``) as the way to use it.
     """
 
 

@@ -46,6 +46,7 @@ KINDS = {
     "register_commands": ("commands", "command"),
     "register_initializers": ("initializers", "initializer"),
     "register_report_sections": ("report_sections", "report section"),
+    "register_recipe_sections": ("recipe_sections", "recipe section"),
 }
 
 

@@ -15,11 +15,13 @@ ticket, 2 the first extension, ...); task ``t`` is evaluated with only the weigh
     lth report runs/ab --out report/ab
 
 The recipe is an ordinary recipe (same model and data set as the ticket; its optimizer
-and trainer train each variant) with an ``extend:`` mapping: ``classes`` (required, new
+and trainer train each variant) with an ``extend:`` mapping, a recipe section this plugin
+registers (:class:`lth_frankenmodel.settings.ExtendSettings`): ``classes`` (required, new
 labels), ``rehearsal`` (old-class examples per class mixed in, default 0), ``prune``
-(default 0) and ``baselines`` (default true). ``DIR/extend.json`` holds every number:
-see :mod:`lth_frankenmodel.extend`; ``lth report DIR`` shows it through this plugin's
-report section ``extension`` (:mod:`lth_frankenmodel.report`).
+(default 0) and ``baselines`` (default true). ``lth run`` refuses such a recipe, naming
+``lth extend``. ``DIR/extend.json`` holds every number: see :mod:`lth_frankenmodel.extend`;
+``lth report DIR`` shows it through this plugin's report section ``extension``
+(:mod:`lth_frankenmodel.report`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lth_core import LthError, hookimpl, load_recipe, quiet_lightning
+from lth_core import hookimpl, load_recipe, quiet_lightning
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -39,16 +41,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lth_frankenmodel.settings import read_settings
 
     recipe = load_recipe(args.recipe, args.set)
-    if not recipe["extend"]:
-        raise LthError(f"{recipe.source} has no extend: section (extend: {{classes: [...]}}); see `lth recipes` for frankenmodel_* recipes")
+    read_settings(recipe)  # one line before torch loads if the recipe has no (valid) extend: section
     quiet_lightning()
     from lth_frankenmodel.extend import extend
 
     extend(Path(args.ticket), recipe, Path(args.out), say=lambda s: print(s, file=sys.stderr, flush=True))
     print(Path(args.out) / "extend.json")
     return 0
+
+
+@hookimpl
+def register_recipe_sections(register):
+    from lth_frankenmodel.settings import ExtendSettings
+
+    register("extend", ExtendSettings, command="extend", usage="lth extend TICKET --recipe RECIPE --out DIR")
 
 
 @hookimpl

@@ -21,54 +21,20 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-from lth_core import DataModule, LthError, Mask, PluginError, Recipe, Registry, Run, Start, __version__, atomic_write_text, build_model, call_plugin, check_against_plugins, choices, get_plugin_manager, get_registry, load_data, read_json, train_run
+from lth_core import DataModule, LthError, Mask, PluginError, Recipe, Registry, Run, Start, __version__, atomic_write_text, build_model, call_plugin, check_against_plugins, get_plugin_manager, get_registry, load_data, read_json, train_run
 
 from lth_frankenmodel.freeze import FreezeOwned
 from lth_frankenmodel.packed import EXTEND_JSON, Packed, claim, grow, load_source, save_packed
+from lth_frankenmodel.settings import settings
 
-#: extend: key -> (allowed types, default, what it is)
-SETTINGS = {
-    "classes": ((list,), None, "the new classes (data-set labels), required"),
-    "rehearsal": ((int,), 0, "training examples kept per old class and mixed in (0 = none)"),
-    "prune": ((float, int), 0.0, "fraction of the newly trained weights freed again afterwards, in [0, 1)"),
-    "baselines": ((bool,), True, "also train the finetune and dense_joint baselines"),
-}
 START_JSON = "extend_start.json"
-
-
-def settings(recipe: Recipe, old_classes: list[int], num_classes: int) -> dict:
-    """The recipe's ``extend:`` mapping, checked, with defaults; every mistake is one line."""
-    given = dict(recipe["extend"])
-    unknown = sorted(set(given) - set(SETTINGS), key=str)
-    if unknown:
-        raise LthError(f"{recipe.source}: unknown key extend.{unknown[0]}; valid: {choices(SETTINGS)}")
-    out = {}
-    for key, (types, default, _) in SETTINGS.items():
-        value = given.get(key, default)
-        if value is None or isinstance(value, bool) and bool not in types or not isinstance(value, types):
-            raise LthError(f"{recipe.source}: extend.{key} must be {SETTINGS[key][2]}, got {value!r}")
-        out[key] = value
-    classes = out["classes"]
-    if not classes or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes) or len(set(classes)) != len(classes):
-        raise LthError(f"{recipe.source}: extend.classes must be a list of distinct class labels (integers >= 0), got {classes!r}")
-    missing = [c for c in classes if c >= num_classes]
-    if missing:
-        raise LthError(f"{recipe.source}: extend.classes names {missing}; data set {recipe['data']['name']!r} has classes 0..{num_classes - 1}")
-    overlap = sorted(set(classes) & set(old_classes))
-    if overlap:
-        raise LthError(f"{recipe.source}: extend.classes {overlap} are already taught (the network has classes {old_classes}); name new ones")
-    if out["rehearsal"] < 0:
-        raise LthError(f"{recipe.source}: extend.rehearsal must be >= 0, got {out['rehearsal']}")
-    if not 0.0 <= out["prune"] < 1.0:
-        raise LthError(f"{recipe.source}: extend.prune must be in [0, 1), got {out['prune']}")
-    return out
 
 
 def check_recipe(recipe: Recipe, source: Packed) -> None:
@@ -231,7 +197,7 @@ def extend(source_dir: str | Path, recipe: Recipe, out: str | Path, say: Callabl
     full = load_data(_with_classes(recipe, None), registry)
     source, kind = load_source(source_dir, head_finder(registry, full.input_shape))
     check_recipe(recipe, source)
-    cfg = settings(recipe, source.classes, full.num_classes)
+    cfg = settings(recipe, source.classes, full.num_classes, registry)
     joint_recipe = _with_classes(recipe, source.classes + cfg["classes"], str(source_dir))
     data = load_data(joint_recipe, registry)
     model = build_model(joint_recipe, registry, data, recipe["seed"])
@@ -239,47 +205,17 @@ def extend(source_dir: str | Path, recipe: Recipe, out: str | Path, say: Callabl
                             {n for n, _ in model.named_parameters()})
     _guard_out(out, source_dir, {"source": str(source_dir.resolve()), "source_sha256": _source_sha(source_dir), "recipe_hash": joint_recipe.hash()})
     evaluator = Evaluator(registry, data, recipe["data"]["eval_batch_size"])
+    runs = Variants(Run(joint_recipe, out, registry, pm, data, model, start.state, say=say), recipe, start, out)
     before, before_logits = evaluator.packed(source)
-    run = Run(joint_recipe, out, registry, pm, data, model, start.state, say=say)
-    dense_mask = Mask.ones_like(model)
-    task_id = len(start.tasks)
-    steps = recipe["trainer"].get("max_steps", -1)
-    timings: dict[str, float] = {}
-
-    def fit(name: str, train_data: DataModule, weights: dict, callbacks: tuple = ()) -> dict[str, Tensor]:
-        t0 = time.time()
-        run.data = train_data
-        say(f"extend [{name}]: {train_data.train_x.shape[0]} training examples, {steps} steps")
-        ticket, _, _ = train_run(run, task_id, name, dense_mask, Start(weights, 0, recipe["optimizer"]), out / "runs" / name, callbacks)
-        timings[name] = round(time.time() - t0, 2)
-        return ticket.final
-
-    variants: dict[str, dict] = {}
-    rehearsals = [cfg["rehearsal"], 0] if cfg["rehearsal"] else [0]
-    extended = None
-    for rehearsal in rehearsals:
-        name = "packnet" if rehearsal == cfg["rehearsal"] else "packnet_no_rehearsal"
-        trained = fit(name, training_data(data, start.tasks, rehearsal, recipe["seed"]), start.state, (FreezeOwned(trainable),))
-        metrics, packed = measure_packnet(evaluator, start, trained, trainable, cfg["prune"], before_logits)
-        variants[name] = {**metrics, "rehearsal_per_class": rehearsal}
-        extended = extended or packed
+    variants, extended = runs.packnet(evaluator, trainable, cfg, before_logits)
     if cfg["baselines"]:
-        variants["finetune"] = evaluator.dense(source.model, fit("finetune", training_data(data, start.tasks, 0, recipe["seed"]), start.state), start.tasks)
         fresh = build_model(joint_recipe, registry, data, recipe["seed"]).state_dict()
-        variants["dense_joint"] = evaluator.dense(source.model, fit("dense_joint", data, fresh), start.tasks)
+        variants.update(runs.baselines(evaluator, source.model, fresh))
     record = {
-        "source": str(source_dir),
-        "source_kind": kind,
-        "task": task_id,
-        "classes": cfg["classes"],
-        "settings": cfg,
-        "recipe_hash": joint_recipe.hash(),
-        "steps_per_variant": steps,
-        "before": before,
-        "variants": variants,
+        "source": str(source_dir), "source_kind": kind, "task": len(start.tasks), "classes": cfg["classes"], "settings": cfg,
+        "recipe_hash": joint_recipe.hash(), "steps_per_variant": runs.steps, "before": before, "variants": variants,
         "parameters": {"before": source.counts(), "after": extended.counts()},
-        "wall_time_s": {**timings, "total": round(time.time() - started, 2)},
-        "lth_version": __version__,
+        "wall_time_s": {**runs.timings, "total": round(time.time() - started, 2)}, "lth_version": __version__,
     }
     meta = {"run": "extend", "recipe_hash": joint_recipe.hash(), "seed": recipe["seed"], "model": source.model,
             "data": source.data, "metrics": variants["packnet"], "lth_version": __version__}
@@ -287,6 +223,57 @@ def extend(source_dir: str | Path, recipe: Recipe, out: str | Path, say: Callabl
     save_packed(extended, out, meta, record)
     say(format_summary(record))
     return read_json(out / EXTEND_JSON)
+
+
+@dataclass
+class Variants:
+    """The extension's training runs, one per variant, each an ordinary training run of
+    the lottery (a ticket folder under ``OUT/runs/<variant>``, so a killed command resumes)."""
+
+    run: Run
+    recipe: Recipe
+    start: Packed
+    out: Path
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def steps(self) -> int:
+        return self.recipe["trainer"].get("max_steps", -1)
+
+    def fit(self, name: str, train_data: DataModule, weights: dict, callbacks: tuple = ()) -> dict[str, Tensor]:
+        """Train variant ``name`` on ``train_data`` from ``weights``; its trained weights."""
+        t0 = time.time()
+        self.run.data = train_data
+        self.run.say(f"extend [{name}]: {train_data.train_x.shape[0]} training examples, {self.steps} steps")
+        mask, start = Mask.ones_like(self.run.model), Start(weights, 0, self.recipe["optimizer"])
+        ticket, _, _ = train_run(self.run, len(self.start.tasks), name, mask, start, self.out / "runs" / name, callbacks)
+        self.timings[name] = round(time.time() - t0, 2)
+        return ticket.final
+
+    def packnet(self, evaluator: Evaluator, trainable: dict[str, Tensor], cfg: dict,
+                before_logits: dict[int, Tensor]) -> tuple[dict[str, dict], Packed]:
+        """PackNet with the recipe's rehearsal (and without, when it rehearses): metrics and
+        the extended network (the first variant's)."""
+        variants: dict[str, dict] = {}
+        extended = None
+        data, seed = self.run.data, self.recipe["seed"]
+        for rehearsal in [cfg["rehearsal"], 0] if cfg["rehearsal"] else [0]:
+            name = "packnet" if rehearsal == cfg["rehearsal"] else "packnet_no_rehearsal"
+            trained = self.fit(name, training_data(data, self.start.tasks, rehearsal, seed), self.start.state, (FreezeOwned(trainable),))
+            metrics, packed = measure_packnet(evaluator, self.start, trained, trainable, cfg["prune"], before_logits)
+            variants[name] = {**metrics, "rehearsal_per_class": rehearsal}
+            extended = extended or packed
+        self.run.data = data
+        return variants, extended
+
+    def baselines(self, evaluator: Evaluator, model: dict, fresh: dict[str, Tensor]) -> dict[str, dict]:
+        """Fine-tuning the whole network on the new classes (forgetting), and a dense network
+        trained on every class from fresh weights."""
+        data, tasks = self.run.data, self.start.tasks
+        finetune = self.fit("finetune", training_data(data, tasks, 0, self.recipe["seed"]), self.start.state)
+        out = {"finetune": evaluator.dense(model, finetune, tasks)}
+        out["dense_joint"] = evaluator.dense(model, self.fit("dense_joint", data, fresh), tasks)
+        return out
 
 
 def _with_classes(recipe: Recipe, classes: list[int] | None, ticket: str | None = None) -> Recipe:
