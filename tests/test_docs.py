@@ -32,7 +32,7 @@ def as_module(name: str, code: str) -> types.ModuleType:
 
 def test_readme_plugin_runs_in_a_lottery(pm, tiny_raw, tmp_path):
     """The ten-line plugin in the README registers a criterion that a recipe can use."""
-    block = next(b for b in python_blocks(ROOT / "README.md") if "register_criteria" in b)
+    block = next(b for b in python_blocks(ROOT / "README.md") if "noisy_magnitude" in b)
     plugin = as_module("readme_plugin", block)
     pm.register(plugin, name="readme_plugin")
     try:
@@ -92,3 +92,18 @@ def test_contributing_examples_register_and_run(pm, tiny_raw, tmp_path):
         assert torch.equal(control.init[name], round0.final[name])
         assert torch.equal(ticket.init[name], round0.init[name])
         assert not torch.equal(control.init[name], ticket.init[name])
+
+
+def test_readme_python_api_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    """The README's "From Python" block, run as written (in a scratch folder): a criterion
+    defined in the block prunes two rounds of the quickstart through ``plugins=``."""
+    block = next(b for b in python_blocks(ROOT / "README.md") if "lth_core.run(" in b)
+    monkeypatch.chdir(tmp_path)
+    module = as_module("readme_python_api", block)
+    summary = module.summary
+    assert summary.out_dir.resolve() == (tmp_path / "runs" / "quick").resolve() and (summary.out_dir / "summary.json").is_file()
+    assert [r["round"] for r in summary["rounds"]] == [0, 1, 2]
+    assert summary["recipe"]["lottery"]["criterion"] == "far_from_init"
+    assert module.ticket.mask.density() == summary["rounds"][2]["weights_remaining"]
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 2 and printed[1].startswith(f"{module.ticket.mask.density()}")

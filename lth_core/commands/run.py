@@ -32,7 +32,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load and check the recipe (mistakes fail before torch loads), then run its lottery."""
+    """Load and check the recipe (mistakes fail before torch loads), then run its lottery
+    through the Python API (:func:`lth_core.run` is this command)."""
     from lth_core.config import load_recipe
 
     if args.resume is not None:
@@ -40,20 +41,14 @@ def run(args: argparse.Namespace) -> int:
     elif args.recipe is None:
         raise LthError("lth run needs a RECIPE (a YAML file or a bundled recipe name), or --resume DIR")
     recipe = load_recipe(args.recipe, args.set)  # recipe mistakes fail before torch loads
-    from lth_core.quiet import quiet_lightning
-    from lth_core.plugin_api.options import check_against_plugins
-    from lth_core.engines import data_parallel
     from lth_core.engines.collectives import is_writer
-    from lth_core.lottery.trials import run_experiment
-    from lth_core.plugin_api.registry import get_registry
+    from lth_core.lottery.api import default_out, execute, prepared
 
-    check_against_plugins(recipe, get_registry(), command="run")  # a section of another command names it
-    quiet_lightning()
-    out = Path(args.out) if args.out else Path("runs") / f"{recipe.name}-{recipe.hash()}"
+    recipe, pm = prepared(recipe, command="run")  # a section of another command names it
+    out = Path(args.out) if args.out else default_out(recipe)
     if is_writer():  # data parallel: the other processes run the same command quietly
         print(f"lth: recipe {recipe.source} (hash {recipe.hash()}) -> {out}", file=sys.stderr)
-    run_experiment(recipe, out, say=lambda s: print(s, file=sys.stderr, flush=True))
-    data_parallel.disconnect()  # data parallel: wait for every process; rank 0 answers
+    execute(recipe, pm, out, say=lambda s: print(s, file=sys.stderr, flush=True))
     if is_writer():
         print(out / ("sweep.json" if recipe["sweep"] else "summary.json"))
     return 0

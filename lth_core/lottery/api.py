@@ -85,24 +85,48 @@ def plugin_manager(plugins: Iterable[Any]):
     return pm
 
 
-def run(recipe: str | Path | Mapping | Recipe, out: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
-        plugins: Iterable[Any] = (), say: Callable[[str], None] | None = None) -> Summary:
-    """Run a recipe's lottery (every trial, or every point of its sweep) into ``out``
-    (default ``runs/NAME-HASH``) and return its :class:`Summary`.
-
-    Rerunning into the same ``out`` reuses finished rounds and resumes a killed one at its
-    last checkpoint, as ``lth run`` does. ``say`` receives the progress lines (default:
-    printed to standard error, which terminals and notebooks both show).
-    """
+def prepared(recipe: str | Path | Mapping | Recipe, overrides: Mapping[str, Any] | None = None, plugins: Iterable[Any] = (),
+             command: str | None = "run") -> tuple[Recipe, Any]:
+    """The checked recipe and the plugin manager that runs it: every mistake a recipe can
+    hold (a key, a value, a plugin name or option, a section of another ``command``) is one
+    ``LthError`` here, before anything trains or writes."""
     from lth_core.plugin_api.options import check_against_plugins
-    from lth_core.lottery.trials import run_experiment
     from lth_core.plugin_api.registry import get_registry
-    from lth_core.quiet import quiet_lightning
 
     recipe = as_recipe(recipe, overrides)
     pm = plugin_manager(plugins)
-    check_against_plugins(recipe, get_registry(pm))
+    check_against_plugins(recipe, get_registry(pm), command=command)
+    return recipe, pm
+
+
+def default_out(recipe: Recipe) -> Path:
+    """Where a recipe runs when no folder is given: ``runs/NAME-HASH``."""
+    return Path("runs") / f"{recipe.name}-{recipe.hash()}"
+
+
+def execute(recipe: Recipe, pm: Any, out: str | Path | None = None, say: Callable[[str], None] | None = None) -> Summary:
+    """Run a :func:`prepared` recipe into ``out``; every process of a data-parallel run
+    arrives at the end before it returns."""
+    from lth_core.engines import data_parallel
+    from lth_core.lottery.trials import run_experiment
+    from lth_core.quiet import quiet_lightning
+
     quiet_lightning()
-    out = Path(out) if out is not None else Path("runs") / f"{recipe.name}-{recipe.hash()}"
+    out = Path(out) if out is not None else default_out(recipe)
     say = say or (lambda text: print(text, file=sys.stderr, flush=True))
-    return Summary(run_experiment(recipe, out, say=say, pm=pm), out)
+    summary = Summary(run_experiment(recipe, out, say=say, pm=pm), out)
+    data_parallel.disconnect()  # data parallel: wait for every process
+    return summary
+
+
+def run(recipe: str | Path | Mapping | Recipe, out: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
+        plugins: Iterable[Any] = (), say: Callable[[str], None] | None = None) -> Summary:
+    """Run a recipe's lottery (every trial, or every point of its sweep) into ``out``
+    (default ``runs/NAME-HASH``) and return its :class:`Summary`. ``lth run`` is this call.
+
+    Rerunning into the same ``out`` reuses finished rounds and resumes a killed one at its
+    last checkpoint. ``say`` receives the progress lines (default: printed to standard
+    error, which terminals and notebooks both show).
+    """
+    recipe, pm = prepared(recipe, overrides, plugins)
+    return execute(recipe, pm, out, say)
