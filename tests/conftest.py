@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 import math
 import importlib.metadata
 import json
@@ -106,3 +107,13 @@ def with_changes(raw: dict, **changes) -> dict:
         else:
             raw[section] = value
     return raw
+
+
+@contextmanager
+def registered(pm, plugin, name: str):
+    """``plugin`` registered in ``pm`` as ``name`` for the block (a throwaway test plugin)."""
+    pm.register(plugin, name=name)
+    try:
+        yield plugin
+    finally:
+        pm.unregister(plugin)

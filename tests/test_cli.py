@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import TINY, with_changes
+from conftest import TINY, registered, with_changes
 from lth_core import hookimpl
 from lth_core.commands import cli
 from lth_core.errors import LthError
@@ -220,12 +220,8 @@ class BrokenControls:
 
 @pytest.fixture
 def broken_controls(pm):
-    plugin = BrokenControls()
-    pm.register(plugin, name="broken-controls")
-    try:
+    with registered(pm, BrokenControls(), "broken-controls") as plugin:
         yield plugin
-    finally:
-        pm.unregister(plugin)
 
 
 def test_a_control_with_a_missing_criterion_fails_before_round_0(broken_controls, tmp_path: Path, capsys) -> None:

@@ -19,7 +19,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import TINY
+from conftest import TINY, registered
 from lth_core import hookimpl
 from lth_core.errors import LthError
 from lth_core.plugin_api.registry import get_registry
@@ -435,12 +435,8 @@ class OptionPlugins:
 
 @pytest.fixture
 def option_plugins(pm):
-    plugin = OptionPlugins()
-    pm.register(plugin, name="option-plugins")
-    try:
+    with registered(pm, OptionPlugins(), "option-plugins"):
         yield pm
-    finally:
-        pm.unregister(plugin)
 
 
 def test_declared_criterion_options_are_checked(option_plugins, tiny_raw: dict) -> None:

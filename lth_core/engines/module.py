@@ -70,8 +70,18 @@ def lr_factor(cfg: dict):
 class LotteryModule(pl.LightningModule):
     """Trains ``model`` with cross-entropy under ``mask``; measures val and test at each eval.
 
-    ``history`` receives one row per evaluation point:
-    ``{"step", "val_loss", "val_acc", "test_loss", "test_acc"}``.
+    It is the ``pl_module`` every training callback receives (``context.module`` of the
+    run's :class:`lth_core.RoundContext`). What a plugin may use of it:
+
+    - ``model``: the network being trained (``nn.Module``);
+    - ``mask``: the :class:`lth_core.Mask` in force (read it; never assign it);
+    - :meth:`set_mask`: tighten the mask during training (checked, applied at once);
+    - ``step``: the lottery's step (Lightning's ``global_step`` plus where training resumed);
+    - ``history``: one row per evaluation point,
+      ``{"step", "weights_remaining", "val_loss", "val_acc", "test_loss", "test_acc"}``;
+    - ``log_prefix``: ``round_<k>/<run>/``, for metrics logged per run;
+    - ``density_fn``: set by a callback that evaluates a mask of its own (supermasks) to
+      report that network's density; ``None`` means ``mask``'s.
     """
 
     def __init__(self, model: nn.Module, mask: Mask, optimizer: dict, num_classes: int, log_prefix: str = "", step_offset: int = 0):
