@@ -52,3 +52,11 @@ def test_torch_func_comparison_reports_speed_and_distance(monkeypatch, capsys) -
     _ratio(out["batched_vs_sequential"])
     _ratio(out["func_vs_sequential"])
     assert set(out["max_weight_diff"]) == {"batched", "func"} and all(math.isfinite(v) for v in out["max_weight_diff"].values())
+
+
+@pytest.mark.skipif(not FASHION.is_file(), reason="needs Debian's dataset-fashion-mnist (installed by .ci/run)")
+def test_own_module_comparison_reports_both_runs(monkeypatch, capsys, tmp_path) -> None:
+    out = _last_json("own_module.py", ["--rounds", "1", "--steps", "20", "--out", str(tmp_path)], monkeypatch, capsys)
+    assert [r["round"] for r in out["rounds"]] == [0, 1] and out["rounds"][1]["weights_remaining"] < 1.0
+    _ratio(out["own_vs_native"])
+    _ratio(out["own_vs_plain_lightning"])

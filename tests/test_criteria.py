@@ -190,7 +190,7 @@ def test_movement_directed_synthetic_scores() -> None:
     model = torch.nn.Sequential(layer)
     mask = Mask.ones_like(model)
     module = LotteryModule(model, mask, {"name": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0, "nesterov": False}, num_classes=2)
-    ctx = RoundContext(recipe=None, round=0, name="ticket", mask=mask, model=model)
+    ctx = RoundContext(recipe=None, round=0, name="ticket", mask=mask, model=model, module=module)  # as the core sets it
     cb = MovementScores(ctx)
     cb.on_train_start(None, module)
     with torch.no_grad():

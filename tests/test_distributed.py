@@ -264,7 +264,7 @@ def _two_processes(rank: int, rendezvous: str, out: str, results) -> None:
         mine = {"m": torch.tensor([True, False, rank == 1]), "w": torch.full((2, 3), float(rank))}
         sent = collectives.broadcast_tensors(mine if rank == 0 else None)
         engine = data_parallel.DataParallel()
-        (witness,) = engine.callbacks()
+        (witness,) = engine.callbacks(None, {})
         witness.examples = 16
         witness.record = {"mask_start": "same", "mask": f"mask of rank {rank}", "final": "same", "steps": 3}
         fit = SimpleNamespace(context=SimpleNamespace(round=1, name="ticket", out_dir=Path(out) / "round_1"),

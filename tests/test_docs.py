@@ -107,3 +107,17 @@ def test_readme_python_api_example_runs_as_written(tmp_path, monkeypatch, capsys
     assert module.ticket.mask.density() == summary["rounds"][2]["weights_remaining"]
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == 2 and printed[1].startswith(f"{module.ticket.mask.density()}")
+
+
+def test_readme_own_lightning_module_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    """The README's complete example (a datamodule, a module, one call) runs as written:
+    three rounds of the user's own classifier with the random-reinit control."""
+    block = next(b for b in python_blocks(ROOT / "README.md") if "module=Classifier" in b)
+    monkeypatch.chdir(tmp_path)
+    module = as_module("readme_own_module", block)
+    summary = module.summary
+    assert [r["round"] for r in summary["rounds"]] == [0, 1, 2, 3]
+    assert [r["weights_remaining"] for r in summary["rounds"]] == pytest.approx([1.0, 0.5, 0.25, 0.125], abs=0.01)
+    assert summary["rounds"][1]["test_acc"] > 0.8
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 3 and printed[0].startswith("50.0% remaining: ticket 0.")

@@ -118,14 +118,20 @@ def _misspelt(raw: dict) -> str:
 
 def load_recipe(spec: str | Path, overrides: list[str] | None = None) -> Recipe:
     """A bundled recipe's name or a YAML file, with ``--set`` overrides, validated."""
+    raw, path = raw_recipe(spec)
+    raw = apply_overrides(raw, overrides or [])
+    return validate(raw, source=str(path), name=path.stem)
+
+
+def raw_recipe(spec: str | Path) -> tuple[dict, Path]:
+    """A recipe file's content as written (not yet validated) and the file it came from."""
     path = resolve_recipe_path(str(spec))
     raw = read_yaml(path)
     if raw is None:
         raise LthError(f"{path} is empty")
     if not isinstance(raw, dict):
         raise LthError(f"{path}: a recipe must be a YAML mapping of sections, got {type(raw).__name__}")
-    raw = apply_overrides(raw, overrides or [])
-    return validate(raw, source=str(path), name=path.stem)
+    return raw, path
 
 
 def _folder_name_problem(name: str) -> str | None:

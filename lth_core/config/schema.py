@@ -123,6 +123,16 @@ class TrainerSection(Section):
     enable_progress_bar: Annotated[Any, Unhashed, GivenOnly] = None
 
 
+class PrunableSection(Section):
+    """``lottery.prunable``: which weights the lottery may prune, beyond (``include``) or
+    short of (``exclude``) the weight of every ``nn.Linear`` and ``nn.Conv`` layer. Globs
+    over parameter or module names (``embed``, ``blocks.*.attn.*``); ``last`` is the last
+    of the default layers (the output layer)."""
+
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+
+
 class LotterySection(Section):
     criterion: str = "magnitude"
     criterion_options: dict[Annotated[str, Expect("option names (strings)")], Any] = Field(default_factory=dict)
@@ -134,6 +144,12 @@ class LotterySection(Section):
                            AsGiven] = Field(default_factory=dict)
     scope: Literal["global", "layer"] = "layer"
     mode: Literal["at_init", "iterative", "one_shot"] = "iterative"
+    monitor: Annotated[str, HashedUnlessDefault] = Field(
+        "val_loss", min_length=1, description="the logged validation metric whose best value is the early-stopping step")
+    monitor_mode: Annotated[Literal["max", "min"], HashedUnlessDefault] = "min"
+    prunable: Annotated[PrunableSection | None, HashedUnlessDefault] = None
+    test_metric: Annotated[str, HashedUnlessDefault] = Field(
+        "test_acc", min_length=1, description="the logged test metric reported at the early-stopping step and at the end")
 
 
 class TrackingSection(Section):

@@ -25,7 +25,8 @@ import pytorch_lightning as pl
 from lth_core.engines import checkpoints
 from lth_core.engines.checkpoints import Saved
 from lth_core.engines.collectives import require_connected
-from lth_core.engines.trainer import train_loader
+from lth_core.engines.module import LotteryModule
+from lth_core.engines.trainer import steps_per_call, train_loader
 from lth_core.tickets.mask import Mask
 from lth_core.tickets.ticket import Ticket, is_ticket, load_ticket
 
@@ -68,9 +69,23 @@ class Engine:
         """The checkpoint this run continues from, or None."""
         return checkpoints.load(folder, identity, run.say)
 
-    def callbacks(self) -> list[pl.Callback]:
-        """Callbacks the engine adds to every run (none for one process)."""
+    def module(self, run: Any, context: Any, optimizer: dict, first_step: int) -> Any:
+        """The lottery's view of this run (``context.module``): what trains, its mask, step
+        and evaluation history. lth's own classifier here; a user's own LightningModule
+        in :class:`lth_core.engines.foreign.Foreign`."""
+        return LotteryModule(run.model, context.mask, optimizer, run.data.num_classes,
+                             log_prefix=f"round_{context.round}/{context.name}", step_offset=first_step)
+
+    def callbacks(self, module: Any, origins: dict[int, str]) -> list[pl.Callback]:
+        """Callbacks the engine adds to every run (none for one process). A callback whose
+        state a checkpoint must keep is entered in ``origins``, which names it in errors."""
         return []
+
+    def steps_per_call(self, run: Any, module: Any, callbacks: list) -> int:
+        """Optimiser steps one Lightning call takes (several where nothing needs each step)."""
+        chunk = steps_per_call(run.recipe, callbacks)
+        module.train_in_chunks(chunk, run.data.batch_size)
+        return chunk
 
     def fit(self, fit: Fit) -> None:
         """Train ``fit.module`` to the end of the run, with its checkpoints, then make sure

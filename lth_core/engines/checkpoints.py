@@ -422,6 +422,10 @@ def interval(every: int, trainer: pl.Trainer, pl_module: pl.LightningModule) -> 
 class RoundCheckpoint(pl.Callback):
     """Writes this run's checkpoints; in a resumed run, restores the checkpoint first.
 
+    It reads and restores the run through ``context.module`` (the lottery's view of the
+    run: a :class:`lth_core.LotteryModule`, or the view of a user's own module), never
+    through the LightningModule Lightning hands its hooks.
+
     It runs before every other callback (:func:`attach`). The restore happens at the first
     training batch, after every callback's ``on_train_start`` has seen the run's start as
     the uninterrupted run did; then model, mask, optimiser, history, callback states
@@ -448,7 +452,7 @@ class RoundCheckpoint(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.tracked = [cb for cb in trainer.callbacks if id(cb) in self.origins or any(cb is e for e in self.extra)]
         blind = [cb for cb in self.tracked if not keeps_state(cb)]
-        self.interval = interval(self.every, trainer, pl_module)
+        self.interval = interval(self.every, trainer, self.context.module)
         if blind:
             cb = blind[0]
             self._off(f"{self.origins.get(id(cb), 'a callback')} ({type(cb).__name__}) defines no state_dict")
@@ -459,21 +463,21 @@ class RoundCheckpoint(pl.Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         if self.saved is not None:
-            self._restore(trainer, pl_module, self.saved)
+            self._restore(trainer, self.context.module, self.saved)
             self.saved = None
             return
-        step = pl_module.step
+        step = self.context.module.step
         if self.interval and step > self.start_step and (step - self.start_step) % self.interval == 0:
-            self._save(trainer, pl_module, step)
+            self._save(trainer, self.context.module, step)
 
-    def _save(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
+    def _save(self, trainer: pl.Trainer, run: Any, step: int) -> None:
         state = {
             "identity": self.expected,
             "step": step,
-            "history": pl_module.history,
+            "history": run.history,
             "metrics": dict(self.context.metrics),
-            "model": pl_module.model.state_dict(),
-            "mask": dict(pl_module.mask.items()),
+            "model": run.model.state_dict(),
+            "mask": dict(run.mask.items()),
             "optimizers": [opt.state_dict() for opt in trainer.optimizers],
             "callbacks": [[type(cb).__qualname__, cb.state_dict()] for cb in self.tracked],
             "rng": rng_state(),
@@ -519,19 +523,19 @@ class RoundCheckpoint(pl.Callback):
         state["rng_ranks"] = [rng_from_json(r["rng"]) for r in ranks]
         return True
 
-    def _restore(self, trainer: pl.Trainer, pl_module: pl.LightningModule, saved: Saved) -> None:
+    def _restore(self, trainer: pl.Trainer, run: Any, saved: Saved) -> None:
         s = saved.state
         names = [type(cb).__qualname__ for cb in self.tracked]
-        if pl_module.step != saved.step or names != [n for n, _ in s["callbacks"]] or len(s["optimizers"]) != len(trainer.optimizers):
+        if run.step != saved.step or names != [n for n, _ in s["callbacks"]] or len(s["optimizers"]) != len(trainer.optimizers):
             raise StaleCheckpoint(f"{saved.path} does not fit this run (step {saved.step}, callbacks {[n for n, _ in s['callbacks']]})")
         try:
-            pl_module.model.load_state_dict(s["model"])
+            run.model.load_state_dict(s["model"])
         except RuntimeError as exc:  # another model layout (a callback that wraps layers differently)
             raise StaleCheckpoint(f"{saved.path} holds another model's weights ({str(exc).splitlines()[0]})") from None
-        pl_module.set_mask(Mask(s["mask"]))
+        run.set_mask(Mask(s["mask"]))
         for opt, opt_state in zip(trainer.optimizers, s["optimizers"]):
             opt.load_state_dict(opt_state)
-        pl_module.history = list(s["history"])
+        run.history = list(s["history"])
         self.context.metrics.update(s["metrics"])
         for cb, (_, cb_state) in zip(self.tracked, s["callbacks"]):
             cb.load_state_dict(cb_state)

@@ -197,7 +197,7 @@ class DataParallel(Engine):
     def resume_point(self, run: Any, folder: Path, identity: dict) -> Saved | None:
         return checkpoints.load_from_rank_zero(folder, identity, run.say)
 
-    def callbacks(self) -> list[pl.Callback]:
+    def callbacks(self, module: Any, origins: dict[int, str]) -> list[pl.Callback]:
         self.witness = Witness()
         return [self.witness]
 

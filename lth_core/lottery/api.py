@@ -16,9 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from lth_core.config import Recipe, load_recipe, set_path, validate
+from lth_core.config import Recipe, raw_recipe, set_path, validate
 from lth_core.errors import LthError
 from lth_core.plugin_api.registry import get_plugin_manager, make_plugin_manager
+from lth_core.lottery.user_code import RegistersUserCode, UserCode, user_recipe
 from lth_core.tickets.ticket import Ticket, load_ticket
 
 
@@ -49,25 +50,29 @@ class Summary(dict):
         return load_ticket(self.ticket_dir(round, run, trial, point))
 
 
-def as_recipe(recipe: str | Path | Mapping | Recipe, overrides: Mapping[str, Any] | None = None) -> Recipe:
+def as_recipe(recipe: str | Path | Mapping | Recipe, overrides: Mapping[str, Any] | None = None,
+              code: UserCode | None = None) -> Recipe:
     """A checked recipe from a YAML path, a bundled name, a dict or a :class:`Recipe`, with
-    ``overrides`` (dotted paths to Python values) applied before it is checked."""
-    changes = dict(overrides or {})
+    ``overrides`` (dotted paths to Python values) applied before it is checked; with
+    ``code`` (the user's own module and datamodule) its ``model:`` and ``data:`` name them."""
+    if isinstance(recipe, Recipe) and not overrides and code is None:
+        return recipe
     if isinstance(recipe, (str, Path)):
-        base = load_recipe(recipe)
-        raw, source, name = base.to_dict(), base.source, base.name
+        raw, path = raw_recipe(recipe)
+        source, name = str(path), path.stem
     elif isinstance(recipe, Recipe):
         raw, source, name = recipe.to_dict(), recipe.source, recipe.name
     elif isinstance(recipe, Mapping):
-        raw, source, name = copy.deepcopy(dict(recipe)), "<dict>", None
+        raw, source, name = dict(recipe), "<dict>", None
     else:
         raise LthError(f"a recipe is a YAML path, a bundled recipe's name or a dict, got {type(recipe).__name__}")
-    if not changes and not isinstance(recipe, Mapping):
-        return base if isinstance(recipe, (str, Path)) else recipe
-    for key, value in changes.items():
+    raw = copy.deepcopy(raw)
+    for key, value in dict(overrides or {}).items():
         if not isinstance(key, str) or not key:
             raise LthError(f"overrides keys are dotted recipe paths such as lottery.rate, got {key!r}")
         set_path(raw, key.split("."), copy.deepcopy(value), f"overrides[{key!r}]")
+    if code is not None:
+        raw = user_recipe(raw, code.factory, code.datamodule)
     return validate(raw, source=source, name=name)
 
 
@@ -86,15 +91,15 @@ def plugin_manager(plugins: Iterable[Any]):
 
 
 def prepared(recipe: str | Path | Mapping | Recipe, overrides: Mapping[str, Any] | None = None, plugins: Iterable[Any] = (),
-             command: str | None = "run") -> tuple[Recipe, Any]:
+             command: str | None = "run", code: UserCode | None = None) -> tuple[Recipe, Any]:
     """The checked recipe and the plugin manager that runs it: every mistake a recipe can
     hold (a key, a value, a plugin name or option, a section of another ``command``) is one
     ``LthError`` here, before anything trains or writes."""
     from lth_core.plugin_api.options import check_against_plugins
     from lth_core.plugin_api.registry import get_registry
 
-    recipe = as_recipe(recipe, overrides)
-    pm = plugin_manager(plugins)
+    recipe = as_recipe(recipe, overrides, code)
+    pm = plugin_manager([*plugins, *([RegistersUserCode()] if code is not None else [])])
     check_against_plugins(recipe, get_registry(pm), command=command)
     return recipe, pm
 
@@ -104,7 +109,8 @@ def default_out(recipe: Recipe) -> Path:
     return Path("runs") / f"{recipe.name}-{recipe.hash()}"
 
 
-def execute(recipe: Recipe, pm: Any, out: str | Path | None = None, say: Callable[[str], None] | None = None) -> Summary:
+def execute(recipe: Recipe, pm: Any, out: str | Path | None = None, say: Callable[[str], None] | None = None,
+            code: UserCode | None = None) -> Summary:
     """Run a :func:`prepared` recipe into ``out``; every process of a data-parallel run
     arrives at the end before it returns."""
     from lth_core.engines import data_parallel
@@ -114,19 +120,27 @@ def execute(recipe: Recipe, pm: Any, out: str | Path | None = None, say: Callabl
     quiet_lightning()
     out = Path(out) if out is not None else default_out(recipe)
     say = say or (lambda text: print(text, file=sys.stderr, flush=True))
-    summary = Summary(run_experiment(recipe, out, say=say, pm=pm), out)
+    summary = Summary(run_experiment(recipe, out, say=say, pm=pm, code=code), out)
     data_parallel.disconnect()  # data parallel: wait for every process
     return summary
 
 
 def run(recipe: str | Path | Mapping | Recipe, out: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
-        plugins: Iterable[Any] = (), say: Callable[[str], None] | None = None) -> Summary:
+        plugins: Iterable[Any] = (), say: Callable[[str], None] | None = None, module: Callable[[], Any] | None = None,
+        datamodule: Any = None) -> Summary:
     """Run a recipe's lottery (every trial, or every point of its sweep) into ``out``
     (default ``runs/NAME-HASH``) and return its :class:`Summary`. ``lth run`` is this call.
 
-    Rerunning into the same ``out`` reuses finished rounds and resumes a killed one at its
-    last checkpoint. ``say`` receives the progress lines (default: printed to standard
-    error, which terminals and notebooks both show).
+    ``module`` (a class or a function building a fresh, randomly initialised
+    ``LightningModule``) and ``datamodule`` (a ``LightningDataModule``) run the lottery on
+    the user's own code: its training step, optimisers and logging as they are; the recipe
+    then needs no ``model:`` or ``data:`` (see :mod:`lth_core.engines.foreign`). Rerunning
+    into the same ``out`` reuses finished rounds and resumes a killed one at its last
+    checkpoint. ``say`` receives the progress lines (default: printed to standard error,
+    which terminals and notebooks both show).
     """
-    recipe, pm = prepared(recipe, overrides, plugins)
-    return execute(recipe, pm, out, say)
+    if (module is None) != (datamodule is None):
+        raise LthError("module= and datamodule= go together: your LightningModule factory and the LightningDataModule it trains on")
+    code = UserCode(module, datamodule) if module is not None else None
+    recipe, pm = prepared(recipe, overrides, plugins, code=code)
+    return execute(recipe, pm, out, say, code)

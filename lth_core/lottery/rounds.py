@@ -26,25 +26,28 @@ from torch import Tensor, nn
 
 from lth_core.config import Recipe
 from lth_core.plugin_api.options import check_against_plugins
+from lth_core.config.parallel import declared_world
 from lth_core.engines import data_parallel
 from lth_core.engines.base import Engine
+from lth_core.engines.foreign import Foreign
 from lth_core.engines.collectives import is_writer, speaker
 from lth_core.errors import LthError
 from lth_core.files import atomic_write_text, read_json
 from lth_core.lottery import tracking
-from lth_core.lottery.run import Run, Start, build_model, load_data
+from lth_core.lottery.run import Run, Start, build_model, check_native_measures, load_data
+from lth_core.lottery.user_code import ModuleData, UserCode
 from lth_core.lottery.steps import Level, prune_step, run_controls
 from lth_core.lottery.summary import format_table, progress_line
 from lth_core.lottery.train import train
 from lth_core.plugin_api.registry import call_hook, get_plugin_manager, get_registry
-from lth_core.tickets.mask import Mask
+from lth_core.tickets.mask import Mask, choose_prunable
 from lth_core.tickets.pruning import Allocation
 from lth_core.tickets.ticket import Ticket, load_ticket
 from lth_core.version import __version__
 
 
 def run_lottery(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] = print, pm=None, group: str | None = None,
-                engine: Engine | None = None) -> dict:
+                engine: Engine | None = None, code: UserCode | None = None) -> dict:
     """Run a whole lottery and return (and write) ``summary.json``.
 
     With ``ticket: PATH`` in the recipe it does not search: round 0 trains the dense
@@ -52,9 +55,10 @@ def run_lottery(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] 
     transferred ticket itself (mask and start weights), with the controls beside it.
     Controls also run beside round 0 when a callback pruned during its training.
     ``engine`` carries out the training runs (default: data parallel when the recipe's
-    trainer asks for several processes, else one process).
+    trainer asks for several processes, else one process); ``code`` is the user's own
+    module and datamodule, trained instead of the recipe's registered model and data.
     """
-    run, source = _setup(recipe, Path(out_dir), say, pm, group, engine)
+    run, source = _setup(recipe, Path(out_dir), say, pm, group, engine, code)
     total = 1 if source else recipe["lottery"]["rounds"]
     started = time.time()
     round0 = prev = _dense_round(run, total)
@@ -71,23 +75,44 @@ def run_lottery(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] 
 
 
 def _setup(recipe: Recipe, out_dir: Path, say: Callable[[str], None], pm: Any, group: str | None,
-           engine: Engine | None) -> tuple[Run, Ticket | None]:
+           engine: Engine | None, code: UserCode | None = None) -> tuple[Run, Ticket | None]:
     """Plugins, data, θ0 and the run folder; every mistake a recipe can hold fails here,
     before the folder exists."""
     pm = pm or get_plugin_manager()
     registry = get_registry(pm)
     check_against_plugins(recipe, registry)
-    data = load_data(recipe, registry)
-    model = build_model(recipe, registry, data, recipe["seed"])
+    data, model, builder, engine = _model_and_data(recipe, registry, engine, code)
     source = _transfer_source(recipe, model)
     Allocation.of_recipe(recipe, Mask.ones_like(model))  # a wrong layer name fails before any folder exists
     prepare_out_dir(recipe, out_dir)  # before connect: a folder of another recipe stops one process
     world = data_parallel.connect(recipe)  # data parallel: start or join the other processes
     engine = engine or (data_parallel.DataParallel() if world > 1 else Engine())
     initial = source.init if source else {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    run = Run(recipe, out_dir, registry, pm, data, model, initial, say=speaker(say), engine=engine)
+    run = Run(recipe, out_dir, registry, pm, data, model, initial, say=speaker(say), engine=engine, builder=builder)
     run.logger = tracking.make_logger(recipe, out_dir, run.say, group=group) if is_writer() else None
+    if code is not None:
+        run.say("a module of your own: a killed run resumes at its last checkpoint (weights, optimisers, schedulers, "
+                "history), then trains on what your loaders give next, not the very batches of an uninterrupted run")
     return run, source
+
+
+def _model_and_data(recipe: Recipe, registry: Any, engine: Engine | None, code: UserCode | None) -> tuple:
+    """The run's data and θ0 model, the builder of fresh models (the user's, else None: the
+    recipe's registered model) and the engine (the user's module has its own)."""
+    if code is None:
+        check_native_measures(recipe)
+        data = load_data(recipe, registry)
+        return data, build_model(recipe, registry, data, recipe["seed"]), None, engine
+    lot = recipe["lottery"]
+    if (declared_world(recipe["trainer"]) or 1) > 1:
+        raise LthError("a module of your own trains in one process here: set trainer.devices: 1 (data parallel runs "
+                       "of lth_core.run(module=...) are not supported)")
+    def build(seed: int) -> Any:
+        return choose_prunable(code.build(seed), lot.get("prunable"))
+
+    model = build(recipe["seed"])
+    code.check(model, lot["monitor"], lot["test_metric"])
+    return ModuleData(code.datamodule), model, build, Foreign(code.datamodule, lot["monitor"], lot["monitor_mode"], lot["test_metric"])
 
 
 def _dense_round(run: Run, total: int) -> Level:

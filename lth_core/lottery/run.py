@@ -14,10 +14,11 @@ from lth_core.config import Recipe, options_of
 from lth_core.data.bundle import DataBundle, select_classes
 from lth_core.data.loaders import DataModule
 from lth_core.engines.base import Engine
-from lth_core.errors import PluginError
+from lth_core.errors import LthError, PluginError
 from lth_core.plugin_api import contracts
 from lth_core.plugin_api.registry import Registry, call_plugin
 from lth_core.seeds import seeded_generator
+from lth_core.tickets.mask import choose_prunable
 
 
 @dataclass
@@ -49,9 +50,13 @@ class Run:
     rows: list[dict] = field(default_factory=list)
     controls: dict[str, list[dict]] = field(default_factory=dict)
     engine: Engine = field(default_factory=Engine)
+    #: Builds a fresh model under a seed when the model is the user's own (``module=``).
+    builder: Callable[[int], nn.Module] | None = None
 
     def new_model(self, seed: int) -> nn.Module:
         """A fresh, checked model of the recipe, initialised under ``seed``."""
+        if self.builder is not None:
+            return self.builder(seed)
         return build_model(self.recipe, self.registry, self.data, seed)
 
 
@@ -65,6 +70,7 @@ def build_model(recipe: Recipe, registry: Registry, data: DataModule, seed: int)
     source = f"model {spec['name']!r} (plugin {entry.plugin!r})"
     model = call_plugin(source, entry.obj, input_shape=data.input_shape, num_classes=data.num_classes, **options)
     contracts.check_model(model, source)
+    choose_prunable(model, recipe["lottery"].get("prunable"))
     contracts.check_finite_weights(model, source)
     if recipe.data.get("init"):
         initialise(model, recipe["init"], registry, seed)
@@ -104,3 +110,17 @@ def load_data(recipe: Recipe, registry: Registry) -> DataModule:
     bundle.check(source)
     bundle = select_classes(bundle, spec.get("classes"))
     return DataModule(bundle, spec["batch_size"], spec["eval_batch_size"], spec["val_size"], recipe["seed"], spec["subset"], spec.get("order_seed"))
+
+
+#: What lth's own classifier measures at every evaluation (``lottery.monitor``/``test_metric``).
+NATIVE_MONITORS, NATIVE_TESTS = ("val_loss", "val_acc"), ("test_acc",)
+
+
+def check_native_measures(recipe: Recipe) -> None:
+    """``lottery.monitor`` and ``test_metric`` name what lth's classifier records (a module
+    of the user's own logs what it likes, checked when its run starts)."""
+    lot = recipe["lottery"]
+    for key, value, valid in (("monitor", lot["monitor"], NATIVE_MONITORS), ("test_metric", lot["test_metric"], NATIVE_TESTS)):
+        if value not in valid:
+            raise LthError(f"{recipe.source}: lottery.{key} is {value!r}; lth's classifier records {', '.join(valid)} "
+                           "(a module of your own, lth_core.run(module=...), may log others)")

@@ -8,28 +8,30 @@ from lth_core.errors import LthError
 from lth_core.tickets.mask import Mask
 
 
-def summarise(history: list[dict], round_: int, mask: Mask, steps: int) -> dict:
+def summarise(history: list[dict], round_: int, mask: Mask, steps: int, monitor: str = "val_loss",
+              mode: str = "min", test_metric: str = "test_acc") -> dict:
     """The paper's measurements from a run's evaluation history.
 
-    Early stopping only looks at evaluations made under the run's final mask: when a
-    callback pruned during training, an earlier, denser network is not this ticket.
+    The early-stopping step is the evaluation with the best ``monitor`` (lowest for ``min``,
+    highest for ``max``; the paper's is the lowest validation loss). Early stopping only
+    looks at evaluations made under the run's final mask: when a callback pruned during
+    training, an earlier, denser network is not this ticket. ``test_acc`` is
+    ``test_metric`` there, ``test_acc_final`` at the last evaluation; ``val_loss_min`` and
+    ``val_acc`` are the chosen evaluation's, when it recorded them.
     """
     if not history:
         raise LthError("a round finished with no evaluation: set trainer.max_steps >= 1")
     density = mask.density()
-    finite = [h for h in history if math.isfinite(h["val_loss"]) and h.get("weights_remaining", density) == density]
-    best = min(finite, key=lambda h: h["val_loss"]) if finite else history[-1]
+    finite = [h for h in history if math.isfinite(h.get(monitor, math.nan)) and h.get("weights_remaining", density) == density]
+    pick = min if mode == "min" else max
+    best = pick(finite, key=lambda h: h[monitor]) if finite else history[-1]
     last = history[-1]
-    return {
-        "round": round_,
-        "weights_remaining": mask.density(),
-        "early_stop_step": int(best["step"]),
-        "val_loss_min": float(best["val_loss"]),
-        "val_acc": float(best["val_acc"]),
-        "test_acc": float(best["test_acc"]),
-        "test_acc_final": float(last["test_acc"]),
-        "steps": int(steps),
-    }
+    row = {"round": round_, "weights_remaining": mask.density(), "early_stop_step": int(best["step"])}
+    row.update({key: float(best[name]) for key, name in (("val_loss_min", "val_loss"), ("val_acc", "val_acc")) if name in best})
+    if monitor not in ("val_loss", "val_acc") and monitor in best:
+        row[monitor] = float(best[monitor])
+    row.update({"test_acc": float(best[test_metric]), "test_acc_final": float(last[test_metric]), "steps": int(steps)})
+    return row
 
 
 def progress_line(row: dict, name: str, total: int) -> str:

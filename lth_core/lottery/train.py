@@ -17,8 +17,7 @@ import pytorch_lightning as pl
 from lth_core.engines import checkpoints
 from lth_core.engines.base import Fit
 from lth_core.engines.collectives import is_writer
-from lth_core.engines.module import LotteryModule
-from lth_core.engines.trainer import make_trainer, steps_per_call
+from lth_core.engines.trainer import make_trainer
 from lth_core.errors import LthError, NonFiniteLoss, PluginError, one_line
 from lth_core.files import atomic_write_text
 from lth_core.lottery import tracking
@@ -107,11 +106,10 @@ def _prepare(run: Run, ctx: RoundContext, start: Start, extra_callbacks: tuple) 
     identity = checkpoints.identity(run.recipe.hash(), ctx.round, ctx.name, ctx.mask, start.weights, start.step, optimizer)
     saved = run.engine.resume_point(run, ctx.out_dir, identity)
     first = saved.step if saved else start.step
-    ctx.module = LotteryModule(run.model, ctx.mask, optimizer, run.data.num_classes, log_prefix=f"round_{ctx.round}/{ctx.name}", step_offset=first)
+    ctx.module = run.engine.module(run, ctx, optimizer, first)
     origins: dict[int, str] = {}
-    callbacks = plugin_callbacks(run, ctx, origins) + list(extra_callbacks) + run.engine.callbacks()
-    chunk = steps_per_call(run.recipe, callbacks)
-    ctx.module.train_in_chunks(chunk, run.data.batch_size)
+    callbacks = plugin_callbacks(run, ctx, origins) + list(extra_callbacks) + run.engine.callbacks(ctx.module, origins)
+    chunk = run.engine.steps_per_call(run, ctx.module, callbacks)
     trainer = make_trainer(run.recipe, run.logger, run.out_dir, first, callbacks, chunk)
     return Fit(run, ctx, ctx.module, trainer, identity, start.step, saved, origins, extra_callbacks, chunk)
 
@@ -145,7 +143,9 @@ def _finish(run: Run, fit: Fit, start: Start) -> tuple[Ticket, dict, dict]:
     """Measure the trained run and save its ticket (the mask in force when training ended)."""
     ctx, module = fit.context, fit.module
     final_mask = contracts.check_final_mask(ctx.mask, module, fit.origins, ctx.round, ctx.name)
-    row = summarise(module.history, ctx.round, final_mask, module.step)
+    lot = run.recipe["lottery"]
+    row = summarise(module.history, ctx.round, final_mask, module.step, lot.get("monitor", "val_loss"),
+                    lot.get("monitor_mode", "min"), lot.get("test_metric", "test_acc"))
     row.update({k: v for k, v in ctx.metrics.items() if k not in row})
     meta = {"round": ctx.round, "run": ctx.name, "recipe_hash": run.recipe.hash(), "seed": run.recipe["seed"],
             "model": run.recipe["model"], "data": run.recipe["data"]["name"], "start_step": start.step,

@@ -87,8 +87,13 @@ class RoundContext:
 
     ``state`` is handed, after training, to the criterion that prunes the next round
     (a movement criterion's callback accumulates its scores here, keyed by plugin).
-    ``module`` is the :class:`lth_core.LotteryModule` once training starts: a
-    callback that prunes during training calls ``module.set_mask(new_mask)``.
+    ``module`` is the lottery's view of the run once training starts: a
+    :class:`lth_core.LotteryModule`, or for a user's own LightningModule
+    (``lth_core.run(module=...)``) an object with the same surface (``model``, ``mask``,
+    ``set_mask``, ``step``, ``history``, ``log_prefix``, ``density_fn``). Callbacks read and
+    change the run through it, not through the ``pl_module`` Lightning hands their hooks
+    (which is the user's own module there): a callback that prunes during training calls
+    ``context.module.set_mask(new_mask)``.
     ``registry`` and ``data`` give callbacks the run's plugins and data. ``metrics`` takes
     extra numbers a callback measured (a supermask's accuracy over sampled masks); they
     join the run's summary row.
@@ -113,7 +118,7 @@ class RoundContext:
         data and ``state``, the recipe's ``lottery.criterion_options``, ``initial`` as θ0 and
         a generator seeded from the recipe's seed, this round and ``seed``; its result is
         checked (scores for every layer, or a mask of exactly the allocation's counts).
-        A callback that prunes during training calls this, then ``module.set_mask``.
+        A callback that prunes during training calls this, then ``context.module.set_mask``.
         """
         context = PruneContext(initial=initial, generator=seeded_generator(self.recipe["seed"], self.round, *seed),
                                round=self.round, data=self.data, state=self.state,

@@ -97,12 +97,22 @@ def _plot_metric(ax, series: list[Series], metric: str, scale: float, controls: 
     ax.legend(fontsize=7)
 
 
-def _mean_curve(dirs: list[Path], round_: int) -> tuple[list[int], list[float]]:
-    curves = []
-    for d in dirs:
-        f = d / f"round_{round_}" / "curves.json"
-        if f.is_file():
-            curves.append({row["step"]: row["test_acc"] for row in read_json(f, list)})
+def _curves(dirs: list[Path], round_: int) -> list[list[dict]]:
+    """Round ``round_``'s evaluation rows (``curves.json``) of every trial that has them."""
+    found = [d / f"round_{round_}" / "curves.json" for d in dirs]
+    return [read_json(f, list) for f in found if f.is_file()]
+
+
+def curve_metric(rows: list[dict], monitor: str = "val_loss") -> str:
+    """What the training-curve figure plots: test accuracy where every evaluation measured
+    it (lth's classifier), else the run's monitored metric (a module of the user's own is
+    tested at the early-stopping step and at the end only)."""
+    return "test_acc" if rows and all("test_acc" in r for r in rows) else monitor
+
+
+def _mean_curve(dirs: list[Path], round_: int, metric: str = "test_acc") -> tuple[list[int], list[float]]:
+    curves = [{row["step"]: row[metric] for row in rows if metric in row} for rows in _curves(dirs, round_)]
+    curves = [c for c in curves if c]
     if not curves:
         return [], []
     steps = sorted(set.intersection(*(set(c) for c in curves)))
@@ -152,13 +162,16 @@ def make_figures(series: list[Series], out: Path, rounds: list[int] | None = Non
     chosen = rounds if rounds is not None else choose_rounds(first.summary["rounds"])
     fig, ax = plt.subplots(figsize=(7, 4.5))
     remaining = {r["round"]: r["weights_remaining"] for r in first.summary["rounds"]}
+    monitor = first.summary.get("recipe", {}).get("lottery", {}).get("monitor", "val_loss")
+    metric = curve_metric(next(iter(_curves(first.trial_dirs, chosen[0])), []) if chosen else [], monitor)
+    scale, what = (100, f"{metric.replace('_', ' ')} (%)") if metric.endswith("acc") else (1, metric.replace("_", " "))
     for k in chosen:
-        steps, acc = _mean_curve(first.trial_dirs, k)
+        steps, values = _mean_curve(first.trial_dirs, k, metric)
         if steps:
-            ax.plot(steps, [100 * a for a in acc], label=f"round {k} ({100 * remaining.get(k, float('nan')):.1f}%)")
+            ax.plot(steps, [scale * v for v in values], label=f"round {k} ({100 * remaining.get(k, float('nan')):.1f}%)")
     ax.set_xlabel("training step")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{first.label}: test accuracy during training")
+    ax.set_ylabel(what)
+    ax.set_title(f"{first.label}: {what.split(' (')[0]} during training")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     save(fig, "curves")

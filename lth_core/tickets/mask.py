@@ -8,6 +8,7 @@ normalisation parameters); :mod:`lth_core.tickets.pruning` turns scores into a n
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Iterable, Iterator, Mapping
 
 import torch
@@ -156,3 +157,36 @@ def apply_mask(model: nn.Module, mask: Mask) -> None:
     with torch.no_grad():
         for n, m in mask.items():
             params[n].mul_(m.to(params[n].device, params[n].dtype))
+
+
+def choose_prunable(model: nn.Module, spec: Mapping | None) -> nn.Module:
+    """``model`` with the prunable weights a recipe's ``lottery.prunable`` names: the default
+    ones (:func:`prunable_parameters`), plus parameters ``include`` matches (a glob over
+    parameter names, or over module names for their ``weight``), minus those ``exclude``
+    matches (``last``: the last default one). The choice becomes the model's own
+    ``prunable_parameter_names``, so every mask, ticket and check of the run follows it."""
+    if not spec or not (spec.get("include") or spec.get("exclude")):
+        return model
+    params = dict(model.named_parameters())
+    default = list(prunable_parameters(model))
+    chosen = default + [n for n in _matching(spec.get("include", []), list(params), "include", default) if n not in default]
+    dropped = set(_matching(spec.get("exclude", []), chosen, "exclude", default))
+    names = [n for n in chosen if n not in dropped]
+    if not names:
+        raise LthError("lottery.prunable leaves no weight to prune")
+    model.prunable_parameter_names = lambda: list(names)
+    return model
+
+
+def _matching(patterns: list[str], names: list[str], key: str, default: list[str]) -> list[str]:
+    """The parameter names each pattern means; a pattern that means none is a mistake."""
+    found: list[str] = []
+    for pattern in patterns:
+        if pattern == "last" and default:
+            hits = [default[-1]]
+        else:
+            hits = [n for n in names if fnmatch.fnmatchcase(n, pattern) or fnmatch.fnmatchcase(n, f"{pattern}.weight")]
+        if not hits:
+            raise LthError(f"lottery.prunable.{key}: {pattern!r} matches no parameter; valid: {', '.join(names)}, last, or a glob")
+        found += [n for n in hits if n not in found]
+    return found

@@ -137,16 +137,18 @@ class GradualPruning(pl.Callback):
     # -- Lightning hooks -----------------------------------------------------------------
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        params = dict(pl_module.model.named_parameters())
-        self.initial = {n: params[n].detach().cpu().clone() for n in pl_module.mask}
-        self.kept_at_start = self._unit_kept(pl_module.mask)
-        self._density = pl_module.mask.density()
+        run = self.context.module  # the lottery's view of the run (lth's classifier or a module of the user's)
+        params = dict(run.model.named_parameters())
+        self.initial = {n: params[n].detach().cpu().clone() for n in run.mask}
+        self.kept_at_start = self._unit_kept(run.mask)
+        self._density = run.mask.density()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        t = pl_module.step
+        run = self.context.module
+        t = run.step
         if self.is_pruning_step(t):
-            self._prune(pl_module, t)
-        pl_module.log(f"{pl_module.log_prefix}density", self._density, on_step=True, on_epoch=False)
+            self._prune(run, t)
+        pl_module.log(f"{run.log_prefix}density", self._density, on_step=True, on_epoch=False)
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint inside the run keeps (``initial`` and ``kept_at_start`` are
@@ -168,17 +170,17 @@ class GradualPruning(pl.Callback):
             # atomically: a kill mid-write must not leave half a record beside a resumable run
             atomic_write_text(Path(out) / f"{NAME}.json", json.dumps(record, indent=1))
 
-    def _prune(self, pl_module, t: int) -> None:
-        mask = pl_module.mask
+    def _prune(self, run: Any, t: int) -> None:
+        mask = run.mask
         counts = self.counts(t, mask)
         kept = self._unit_kept(mask)
         if counts == kept:
             return
         rates = {n: 1.0 - counts[u] / kept[u] if kept[u] else 0.0 for u, names in self.units.items() for n in names}
         allocation = Allocation(rates, self.context.recipe["lottery"]["scope"], tuple(self.pooled))
-        new_mask = self.context.prune(self.criterion, pl_module.model, mask, allocation, initial=self.initial,
+        new_mask = self.context.prune(self.criterion, run.model, mask, allocation, initial=self.initial,
                                       seed=(t, self.criterion), where=f" in {NAME} at step {t}")
-        pl_module.set_mask(new_mask)
+        run.set_mask(new_mask)
         self._density = new_mask.density()
         self.context.state[NAME] = {"step": t, "weights_remaining": self._density}
         self.records.append({"step": t, "weights_remaining": self._density,

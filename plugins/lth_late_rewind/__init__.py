@@ -73,12 +73,13 @@ def rewind_file(folder: Path | str, k: int) -> Path:
 class SaveRewindPoint(pl.Callback):
     """Saves the model's full state dict once, at lottery step ``k`` of round 0."""
 
-    def __init__(self, k: int, path: Path) -> None:
-        self.k, self.path, self.saved = k, path, False
+    def __init__(self, k: int, path: Path, context: RoundContext) -> None:
+        self.k, self.path, self.context, self.saved = k, path, context, False
 
     def _save(self, pl_module) -> None:
-        if not self.saved and pl_module.step == self.k:
-            atomic_write_tensors(self.path, pl_module.model.state_dict(), metadata={"step": str(self.k)})
+        run = self.context.module  # the lottery's view of the run
+        if not self.saved and run.step == self.k:
+            atomic_write_tensors(self.path, run.model.state_dict(), metadata={"step": str(self.k)})
             self.saved = True
 
     def state_dict(self) -> dict:
@@ -127,7 +128,7 @@ def save_rewind_point(context: RoundContext) -> SaveRewindPoint | None:
             f"{OPTION}={options.get('to')!r} is step {k}, but training stops at trainer.max_steps={max_steps}: "
             "the rewind point must come before the end of training"
         )
-    return SaveRewindPoint(k, rewind_file(context.out_dir, k))
+    return SaveRewindPoint(k, rewind_file(context.out_dir, k), context)
 
 
 @hookimpl

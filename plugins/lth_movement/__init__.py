@@ -68,8 +68,9 @@ class MovementScores(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Bind to the parameters the optimiser trains (already on their device).
-        params = dict(pl_module.model.named_parameters())
-        self.names = list(pl_module.mask)
+        run = self.context.module  # the lottery's view of the run
+        params = dict(run.model.named_parameters())
+        self.names = list(run.mask)
         self.params = [params[n] for n in self.names]
         self.scores = [torch.zeros_like(p, dtype=torch.float32, memory_format=torch.contiguous_format) for p in self.params]
         self.steps = 0

@@ -160,7 +160,7 @@ class Supermask(pl.Callback):
             layer = _Layer(name, module, allowed, k)
             self._wrap(layer, scores)
             self.layers.append(layer)
-        pl_module.density_fn = self.current_density
+        self.context.module.density_fn = self.current_density
 
     def state_dict(self) -> dict:
         """Nothing beyond the model: the scores it trains are model parameters (a checkpoint
@@ -201,7 +201,7 @@ class Supermask(pl.Callback):
                 if scales[layer.name] != 1.0:
                     layer.module.weight.mul_(scales[layer.name])
         full = {n: final.get(n, self.context.mask[n]) for n in self.context.mask}
-        pl_module.set_mask(Mask(full))  # the ticket: this mask over the (untouched) random weights
+        self.context.module.set_mask(Mask(full))  # the ticket: this mask over the (untouched) random weights
         self.layers = []
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -221,7 +221,7 @@ class Supermask(pl.Callback):
             parametrize.remove_parametrizations(layer.module, "weight", leave_parametrized=False)
         for n, p in self.context.model.named_parameters():
             p.requires_grad_(self._requires_grad.get(n, True))
-        pl_module.density_fn = None
+        self.context.module.density_fn = None
 
     def _save_scores(self) -> None:
         if self.context.out_dir is None:
