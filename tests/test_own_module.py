@@ -163,6 +163,17 @@ def test_lth_report_reads_the_run_of_a_users_module(mlp_run, tmp_path):
     assert "random_reinit" in text and "| 2 | 25.0 |" in text
 
 
+def test_lth_run_resume_names_the_python_call(mlp_run, capsys):
+    """The CLI cannot build the user's module: resuming its folder says how to, in one line."""
+    from lth_core.commands import cli
+
+    _, out = mlp_run
+    assert cli.main(["run", "--resume", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lth: error: ") and "test_own_module.MLP" in err and "lth_core.run(recipe, out=DIR, module=" in err
+    assert "\n" not in err
+
+
 def test_a_rerun_reuses_every_ticket(mlp_run):
     summary, out = mlp_run
     said: list[str] = []

@@ -18,6 +18,9 @@ from lth_core import hookimpl
 from lth_core.errors import LthError
 from lth_core.files import read_json
 
+#: The model name a run of a user's own module records (:mod:`lth_core.lottery.user_code`).
+USER_MODULE = "lightning_module"
+
 
 @hookimpl
 def register_commands(register: Callable[..., None]) -> None:
@@ -41,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
     elif args.recipe is None:
         raise LthError("lth run needs a RECIPE (a YAML file or a bundled recipe name), or --resume DIR")
     recipe = load_recipe(args.recipe, args.set)  # recipe mistakes fail before torch loads
+    if recipe["model"]["name"] == USER_MODULE:
+        raise LthError(f"{recipe.source} is a lottery of your own LightningModule ({recipe['model'].get('class', '?')}), "
+                       "which `lth run` cannot build: run (or resume) it from Python with lth_core.run(recipe, out=DIR, "
+                       "module=..., datamodule=...)")
     from lth_core.engines.collectives import is_writer
     from lth_core.lottery.api import default_out, execute, prepared
 
