@@ -30,7 +30,7 @@ from lth_core.engines import data_parallel
 from lth_core.engines.base import Engine
 from lth_core.engines.collectives import is_writer, speaker
 from lth_core.errors import LthError
-from lth_core.files import atomic_write_text, read_json
+from lth_core.files import atomic_write_text, make_dir, read_json
 from lth_core.lottery import tracking
 from lth_core.lottery.run import Run, Start, build_model, load_data
 from lth_core.lottery.steps import Level, prune_step, run_controls
@@ -142,7 +142,7 @@ def prepare_out_dir(recipe: Recipe, out_dir: Path) -> None:
     """Refuse to mix two different recipes in one folder; record what produced the run."""
     if not is_writer():  # data parallel: rank 0 keeps the run folder
         return
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir)
     run_json = out_dir / "run.json"
     if run_json.is_file():
         try:

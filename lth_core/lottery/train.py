@@ -20,7 +20,7 @@ from lth_core.engines.collectives import is_writer
 from lth_core.engines.module import LotteryModule
 from lth_core.engines.trainer import make_trainer, steps_per_call
 from lth_core.errors import LthError, NonFiniteLoss, PluginError, one_line
-from lth_core.files import atomic_write_text
+from lth_core.files import atomic_write_text, make_dir
 from lth_core.lottery import tracking
 from lth_core.lottery.callbacks import culprit, plugin_callbacks
 from lth_core.lottery.run import Run, Start
@@ -95,7 +95,7 @@ def _begin(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: P
     apply_mask(run.model, mask)
     ctx = RoundContext(recipe=run.recipe, round=round_, name=name, mask=mask, model=run.model, out_dir=folder,
                        registry=run.registry, data=run.data)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dir(folder)
     call_hook(run.pm, "on_round_start", context=ctx)
     pl.seed_everything(derived_seed(run.recipe, round_, name), verbose=False)
     return ctx
