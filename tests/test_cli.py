@@ -253,6 +253,24 @@ def test_a_plugin_command_with_a_bug_is_one_line_naming_it(broken_controls, caps
     assert line == "lth: error: command 'buggy' (plugin 'broken-controls') raised KeyError: 'missing'"
 
 
+@pytest.mark.parametrize("how", ["--traceback after the command", "--traceback before it", "LTH_TRACEBACK=1"])
+def test_traceback_switch_shows_where_a_plugin_failed(broken_controls, capsys, monkeypatch, how: str) -> None:
+    """For plugin authors: the same one line, last, with the whole traceback above it
+    (the plugin's file and line); without the switch no traceback at all."""
+    argv = {"--traceback after the command": ["buggy", "--traceback"], "--traceback before it": ["--traceback", "buggy"],
+            "LTH_TRACEBACK=1": ["buggy"]}[how]
+    if how.startswith("LTH_"):
+        monkeypatch.setenv("LTH_TRACEBACK", "1")
+    assert cli.main(argv) == cli.EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == "lth: error: command 'buggy' (plugin 'broken-controls') raised KeyError: 'missing'"
+    assert err.startswith("Traceback (most recent call last):"), err
+    assert f'File "{Path(__file__)}", line' in err and 'return {}["missing"]' in err, err
+    monkeypatch.setenv("LTH_TRACEBACK", "0")
+    assert cli.main(["buggy"]) == cli.EXIT_USER_ERROR
+    assert "Traceback" not in capsys.readouterr().err
+
+
 # --- lth's own commands are plugins -----------------------------------------------------------
 
 
