@@ -33,7 +33,7 @@ from lth_core.errors import LthError
 from lth_core.files import atomic_write_text, make_dir, read_json
 from lth_core.lottery import tracking
 from lth_core.lottery.run import Run, Start, build_model, load_data
-from lth_core.lottery.steps import Level, prune_step, run_controls
+from lth_core.lottery.steps import Level, check_rounds, prune_step, run_controls
 from lth_core.lottery.summary import format_table, progress_line
 from lth_core.lottery.train import train
 from lth_core.plugin_api.registry import call_hook, get_plugin_manager, get_registry
@@ -80,7 +80,7 @@ def _setup(recipe: Recipe, out_dir: Path, say: Callable[[str], None], pm: Any, g
     data = load_data(recipe, registry)
     model = build_model(recipe, registry, data, recipe["seed"])
     source = _transfer_source(recipe, model)
-    Allocation.of_recipe(recipe, Mask.ones_like(model))  # a wrong layer name fails before any folder exists
+    check_rounds(recipe, Mask.ones_like(model))  # a wrong layer name, or rounds past the model's end, fail before any folder exists
     prepare_out_dir(recipe, out_dir)  # before connect: a folder of another recipe stops one process
     world = data_parallel.connect(recipe)  # data parallel: start or join the other processes
     engine = engine or (data_parallel.DataParallel() if world > 1 else Engine())
