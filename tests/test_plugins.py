@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from lth_core import __version__, hookimpl
 from lth_core.commands import cli
 from lth_core.plugin_api import registry as plugins
-from lth_core.errors import PluginError
+from lth_core.errors import LthError, PluginError
 from lth_core.lottery.rounds import run_lottery
 from lth_core.plugin_api.registry import AUTOLOAD_ENV, CORE_PLUGINS, describe_plugins, get_registry, make_plugin_manager
 from lth_core.config import validate
@@ -738,3 +738,92 @@ def test_disable_autoload_skips_a_broken_plugin(broken_target: Path, monkeypatch
         assert {n for n, _ in make_plugin_manager().list_name_plugin()} == LTH_PLUGINS
     finally:
         sys.modules.pop("lth_broken_plugin", None)
+
+
+# ------------------------------------------------------------------------ provenance
+
+
+@pytest.fixture(scope="module")
+def example_target_v2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same distribution as ``example_target`` at version 0.2.0 (its code unchanged:
+    a new release is what the record compares)."""
+    work = tmp_path_factory.mktemp("example-plugin-v2")
+    src = work / "third_party_plugin"
+    shutil.copytree(EXAMPLE_SRC, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    project = src / "pyproject.toml"
+    project.write_text(project.read_text().replace('version = "0.1.0"', 'version = "0.2.0"'))
+    target = work / "site"
+    pip_install_target(src, target, work)
+    return target
+
+
+def _recorded(path: Path) -> dict:
+    return {p["name"]: p for p in json.loads(path.read_text())["plugins"]}
+
+
+def test_runs_record_their_plugins_and_refuse_rounds_of_another_version(example_target: Path, example_target_v2: Path,
+                                                                        tmp_path: Path) -> None:
+    """run.json and every ticket.json name the plugins that made them; a rerun with
+    lth-example-plugin 0.2.0 over rounds 0.1.0 made is refused naming it, continues with
+    --accept-plugin-changes, and a round trained again records the version that trained it."""
+    recipe, out = example_recipe(tmp_path / "example.yaml"), tmp_path / "run"
+    first = run_lth(["run", str(recipe), "--out", str(out)], example_target, tmp_path)
+    assert first.returncode == 0, first.stderr
+    want = {"example": {"name": "example", "distribution": "lth-example-plugin", "version": "0.1.0"},
+            **{name: {"name": name, "distribution": "lth", "version": __version__} for name in ("datasets", "rewind")}}
+    assert _recorded(out / "run.json") == want  # the recipe's model and criterion (example), data set, rewind policy
+    assert _recorded(out / "round_1" / "ticket.json") == _recorded(out / "run.json")
+    run_json = (out / "run.json").read_bytes()
+
+    refused = run_lth(["run", str(recipe), "--out", str(out)], example_target_v2, tmp_path)
+    assert refused.returncode == 2
+    assert error_line(refused) == (
+        f"lth: error: round_0 in {out}: plugin 'example' made it as 0.1.0 from lth-example-plugin, and this run uses 0.2.0 "
+        "from lth-example-plugin; reusing finished rounds would mix two versions under one recipe hash: rerun with "
+        "--accept-plugin-changes (lth_core.run(..., accept_plugin_changes=True)) to reuse them anyway, or choose another --out")
+    assert (out / "run.json").read_bytes() == run_json, "a refused rerun rewrote the run's record"
+
+    (out / "round_1" / "ticket.json").unlink()  # train round 1 again, with the new version
+    accepted = run_lth(["run", str(recipe), "--out", str(out), "--accept-plugin-changes"], example_target_v2, tmp_path)
+    assert accepted.returncode == 0, accepted.stderr
+    assert f"warning: round_0 in {out}: plugin 'example' made it as 0.1.0" in accepted.stderr
+    assert _recorded(out / "round_0" / "ticket.json")["example"]["version"] == "0.1.0"
+    assert _recorded(out / "round_1" / "ticket.json")["example"]["version"] == "0.2.0"
+    assert _recorded(out / "run.json")["example"]["version"] == "0.2.0"
+
+
+class Noop(pl.Callback):
+    multi_step_safe = True
+
+    def state_dict(self) -> dict:
+        return {}
+
+
+class RoundOneWatcher:
+    """A plugin that registers nothing a recipe names but adds a callback to round 1."""
+
+    @hookimpl
+    def round_callbacks(self, context):
+        return [Noop()] if context.round == 1 else None
+
+
+def test_tickets_record_the_plugins_that_added_callbacks_and_notebook_plugins(tiny_raw: dict, tmp_path: Path) -> None:
+    """A plugin whose round_callbacks added a callback to round 1 is in round 1's record
+    (not round 0's: it added nothing there), without a distribution when passed to
+    lth_core.run; rerun without it, round 1 is refused (round 0 is not), and reused with
+    accept_plugin_changes."""
+    from lth_core import run as lth_run
+
+    small(tiny_raw, 20, 1)
+    summary = lth_run(tiny_raw, out=tmp_path / "run", plugins=[RoundOneWatcher()], say=silent)
+    watcher = {"name": "RoundOneWatcher-0", "distribution": None, "version": None}
+    assert _recorded(tmp_path / "run" / "round_1" / "ticket.json")["RoundOneWatcher-0"] == watcher
+    assert "RoundOneWatcher-0" not in _recorded(tmp_path / "run" / "round_0" / "ticket.json")
+    assert "RoundOneWatcher-0" not in _recorded(tmp_path / "run" / "run.json")  # the recipe names nothing of it
+    assert summary.ticket(1).meta["plugins"] == json.loads((tmp_path / "run" / "round_1" / "ticket.json").read_text())["plugins"]
+    with pytest.raises(LthError, match=r"^round_1 in .*: plugin 'RoundOneWatcher-0' \(no version\) made it, and it is not loaded now; "):
+        lth_run(tiny_raw, out=tmp_path / "run", say=silent)
+    said: list[str] = []
+    again = lth_run(tiny_raw, out=tmp_path / "run", say=said.append, accept_plugin_changes=True)
+    assert again["rounds"] == summary["rounds"]
+    assert said[0].startswith("warning: round_1 in ") and said[0].endswith("it is not loaded now; reusing it anyway (--accept-plugin-changes)")

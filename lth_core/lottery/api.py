@@ -104,29 +104,39 @@ def default_out(recipe: Recipe) -> Path:
     return Path("runs") / f"{recipe.name}-{recipe.hash()}"
 
 
-def execute(recipe: Recipe, pm: Any, out: str | Path | None = None, say: Callable[[str], None] | None = None) -> Summary:
+def execute(recipe: Recipe, pm: Any, out: str | Path | None = None, say: Callable[[str], None] | None = None,
+            accept_plugin_changes: bool = False) -> Summary:
     """Run a :func:`prepared` recipe into ``out``; every process of a data-parallel run
-    arrives at the end before it returns."""
+    arrives at the end before it returns. What the machine refuses (a full disk, a
+    read-only folder) is one :class:`LthError` line, as on the command line."""
     from lth_core.engines import data_parallel
+    from lth_core.files import os_error_line
     from lth_core.lottery.trials import run_experiment
+    from lth_core.plugin_api.provenance import accepting_changes
     from lth_core.quiet import quiet_lightning
 
     quiet_lightning()
     out = Path(out) if out is not None else default_out(recipe)
     say = say or (lambda text: print(text, file=sys.stderr, flush=True))
-    summary = Summary(run_experiment(recipe, out, say=say, pm=pm), out)
+    try:
+        with accepting_changes(accept_plugin_changes):
+            summary = Summary(run_experiment(recipe, out, say=say, pm=pm), out)
+    except OSError as exc:  # lth's writers name their paths (OutputError); this is anything else
+        raise LthError(os_error_line(exc)) from exc
     data_parallel.disconnect()  # data parallel: wait for every process
     return summary
 
 
 def run(recipe: str | Path | Mapping | Recipe, out: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
-        plugins: Iterable[Any] = (), say: Callable[[str], None] | None = None) -> Summary:
+        plugins: Iterable[Any] = (), say: Callable[[str], None] | None = None, accept_plugin_changes: bool = False) -> Summary:
     """Run a recipe's lottery (every trial, or every point of its sweep) into ``out``
     (default ``runs/NAME-HASH``) and return its :class:`Summary`. ``lth run`` is this call.
 
     Rerunning into the same ``out`` reuses finished rounds and resumes a killed one at its
-    last checkpoint. ``say`` receives the progress lines (default: printed to standard
-    error, which terminals and notebooks both show).
+    last checkpoint. A rerun over rounds made by another version of a plugin the run uses
+    is refused, naming it, unless ``accept_plugin_changes`` (``--accept-plugin-changes``).
+    ``say`` receives the progress lines (default: printed to standard error, which
+    terminals and notebooks both show).
     """
     recipe, pm = prepared(recipe, overrides, plugins)
-    return execute(recipe, pm, out, say)
+    return execute(recipe, pm, out, say, accept_plugin_changes)

@@ -27,6 +27,7 @@ from lth_core.lottery.run import Run, Start
 from lth_core.lottery.summary import summarise
 from lth_core.plugin_api import contracts
 from lth_core.plugin_api.contexts import RoundContext
+from lth_core.plugin_api.provenance import plugins_used
 from lth_core.plugin_api.registry import call_hook
 from lth_core.seeds import salt
 from lth_core.tickets.mask import Mask, apply_mask
@@ -149,7 +150,8 @@ def _finish(run: Run, fit: Fit, start: Start) -> tuple[Ticket, dict, dict]:
     row.update({k: v for k, v in ctx.metrics.items() if k not in row})
     meta = {"round": ctx.round, "run": ctx.name, "recipe_hash": run.recipe.hash(), "seed": run.recipe["seed"],
             "model": run.recipe["model"], "data": run.recipe["data"]["name"], "start_step": start.step,
-            "optimizer": module.optimizer_cfg, "metrics": row, "lth_version": __version__}
+            "optimizer": module.optimizer_cfg, "metrics": row, "lth_version": __version__,
+            "plugins": plugins_used(run.recipe, run.registry, run.pm, fit.origins)}
     # Clone: on the CPU ``.cpu()`` aliases the live parameters, which the next round overwrites.
     trained = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
     ticket = Ticket(final_mask, start.weights, trained, meta)
