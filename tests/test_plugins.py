@@ -534,6 +534,20 @@ def test_bad_rewind_policy_is_a_plugin_error(fn: Callable, expected: str, add_pl
     assert not (out / "round_1" / "ticket.json").exists()
 
 
+def test_a_rewind_policy_returning_too_few_keys_is_told_which(add_plugin, tiny_raw: dict, tmp_path: Path) -> None:
+    """The common slip, rewinding only the prunable weights: the message names the biases
+    it left out (and a key the model does not have)."""
+    def weights_only(model: nn.Module, mask, context) -> dict:
+        return {**{n: context.initial[n].clone() for n in mask}, "net.9.weight": torch.zeros(1)}
+
+    add_plugin(RegistersFunction(weights_only, kind="rewind_policies"), "sloppy_rewind_plugin")
+    raw = small(tiny_raw, steps=4, rounds=1)
+    raw["lottery"]["rewind"] = "bad"
+    _stops_naming(raw, tmp_path / "run", "rewind policy 'bad' (plugin 'sloppy_rewind_plugin')",
+                  "must return the model's full state dict (6 entries); its dict lacks 3: net.1.bias, net.3.bias, net.5.bias "
+                  "and has 1 the model does not: net.9.weight")
+
+
 def test_a_rewind_in_double_precision_is_cast_to_the_model(add_plugin, tiny_raw: dict, tmp_path: Path) -> None:
     """float64 weights are the same kind of number: round 1 starts from θ0 cast to float32, exactly."""
     add_plugin(RegistersFunction(lambda model, mask, context: {n: t.double() if t.is_floating_point() else t
@@ -717,14 +731,33 @@ def broken_target(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_plugin_that_fails_to_import_is_named_in_one_line(broken_target: Path, tmp_path: Path) -> None:
-    """A broken plugin must not produce a traceback from deep in importlib: one line saying which plugin to fix."""
-    proc = run_lth(["plugins"], broken_target, tmp_path)
+    """A broken plugin must not produce a traceback from deep in importlib: one line saying
+    which plugin to fix and the ways out (a command that loads plugins: lth run)."""
+    proc = run_lth(["run", "quickstart", "--out", str(tmp_path / "never")], broken_target, tmp_path)
     assert proc.returncode == 2
     assert proc.stdout == ""
-    assert proc.stderr.strip().splitlines() == [error_line(proc)]
     line = error_line(proc)
     assert line.startswith("lth: error: plugin 'broken' (lth_broken_plugin, from lth-broken-plugin) failed to load")
     assert "ImportError: lth_broken_plugin needs the frobnicate package" in line
+    assert line.endswith("; to run without it, set LTH_DISABLE_PLUGIN_AUTOLOAD=1 (lth's bundled plugins only) or remove it: "
+                         "lth uninstall lth-broken-plugin; lth --traceback ... shows where it failed"), line
+    assert not (tmp_path / "never").exists()
+    shown = run_lth(["--traceback", "run", "quickstart", "--out", str(tmp_path / "never")], broken_target, tmp_path)
+    assert shown.returncode == 2 and "lth_broken_plugin/__init__.py\", line 1" in shown.stderr, shown.stderr[-2000:]
+
+
+def test_lth_plugins_lists_a_broken_plugin_as_broken(broken_target: Path, tmp_path: Path) -> None:
+    """``lth plugins`` is where one looks when a plugin breaks: it lists it as broken, with
+    the ways out, beside the plugins that load, and exits 0."""
+    proc = run_lth(["plugins"], broken_target, tmp_path)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    line = next(li for li in proc.stdout.splitlines() if li.startswith("broken "))
+    assert line.startswith("broken (lth-broken-plugin 0.0.1): BROKEN, failed to load: ImportError: lth_broken_plugin needs "
+                           "the frobnicate package; to run without it, set LTH_DISABLE_PLUGIN_AUTOLOAD=1"), line
+    assert "magnitude (lth " in proc.stdout
+    listed = {p["name"]: p for p in json.loads(run_lth(["plugins", "--json"], broken_target, tmp_path).stdout)}
+    assert listed["broken"]["broken"].startswith("failed to load: ImportError: lth_broken_plugin needs the frobnicate package")
+    assert listed["broken"]["registers"] == {} and BUNDLED_PLUGINS <= set(listed)
 
 
 def test_disable_autoload_skips_a_broken_plugin(broken_target: Path, monkeypatch: pytest.MonkeyPatch) -> None:
