@@ -220,4 +220,4 @@ def test_cli_export_never_replaces_an_earlier_export_without_force(sparse_run, e
     assert line == f"lth: error: --out {tmp_path} is a folder; give a file name such as {tmp_path / 'model.pt2'}"
     assert cli.main(["export", ticket, "--out", str(target), "--force"]) == 0
     assert json.loads(record.read_text())["prediction_agreement"] == 1.0
-    assert torch.export.load(str(target)).module()(torch.zeros(1, 64)).shape == (1, 10)
+    assert torch.export.load(str(target)).module()(torch.zeros(1, 1, 8, 8)).shape == (1, 10)  # digits: 8x8 images
