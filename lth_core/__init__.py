@@ -49,7 +49,7 @@ _export("Recipes", "lth_core.config.yaml_io", "read_yaml")
 _export("Recipes", "lth_core.plugin_api.options", "check_against_plugins", "section")
 _export("Recipes", "lth_core.config.markers", "Expect", "Number")
 _export("Recipes", "lth_core.config.explain", "option_error")
-_export("Files", "lth_core.files", "atomic_path", "atomic_write_text", "atomic_write_tensors", "read_json", "sha256_file")
+_export("Files", "lth_core.files", "atomic_path", "atomic_write_text", "atomic_write_tensors", "make_dir", "OutputError", "read_json", "sha256_file")
 _export("Files", "lth_core.engines.collectives", "is_writer")
 _export("Seeds", "lth_core.seeds", "derive_seed", "seeded_generator")
 _export("Training runs (for commands that train, and callbacks that watch them)", "lth_core.engines.module", "LotteryModule")
@@ -85,7 +85,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load
     from lth_core.engines.collectives import is_writer  # noqa: F401
     from lth_core.engines.module import LotteryModule  # noqa: F401
     from lth_core.errors import LthError, NonFiniteLoss, PluginError, choices, one_line  # noqa: F401
-    from lth_core.files import atomic_path, atomic_write_tensors, atomic_write_text, read_json, sha256_file  # noqa: F401
+    from lth_core.files import OutputError, atomic_path, atomic_write_tensors, atomic_write_text, make_dir, read_json, sha256_file  # noqa: F401
     from lth_core.lottery.api import Summary, run  # noqa: F401
     from lth_core.lottery.run import Run, Start, build_model, load_data  # noqa: F401
     from lth_core.lottery.train import train as train_run  # noqa: F401

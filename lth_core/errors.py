@@ -5,6 +5,8 @@ Anything a user can cause (a typo in a recipe, a wrong path, a broken plugin) ra
 traceback; anything else is a bug in lth and keeps its traceback.
 """
 
+from typing import Any, Iterable
+
 
 class LthError(Exception):
     """A mistake in the user's input or environment, explained in one line."""
@@ -18,7 +20,7 @@ class NonFiniteLoss(LthError):
     """Training diverged: the loss became NaN or infinite. The run stops; earlier rounds stay."""
 
 
-def choices(names) -> str:
+def choices(names: Iterable[Any]) -> str:
     """Format valid choices for an error message: sorted, comma-separated."""
     names = sorted(str(n) for n in names)
     return ", ".join(names) if names else "(none installed)"

@@ -5,28 +5,78 @@ Kept free of torch at import so commands that only read results (``lth report``)
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, Iterator
 
 from lth_core.errors import LthError
+
+
+class OutputError(LthError):
+    """lth could not create, write or rename its output: a full disk, a read-only file
+    system, a file where a folder must go. One line naming the path and the system's reason;
+    what was finished before (a run's earlier rounds) stays on disk."""
+
+
+def output_error(exc: OSError, path: Path, action: str = "write") -> OutputError:
+    """``cannot ACTION PATH: CAUSE`` for an OSError met while writing ``path``.
+
+    Python's OSError from ``file.write`` names no file (and a temporary file's name means
+    nothing to a user), so the path lth meant to write is named instead.
+    """
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        blocker = next((p for p in (Path(path), *Path(path).parents) if p.exists() and not p.is_dir()), None)
+        cause = f"{blocker} is a file, not a folder" if blocker is not None else cause
+    return OutputError(f"cannot {action} {path}: {cause}")
+
+
+@contextmanager
+def writing(path: Path, action: str = "write") -> Iterator[None]:
+    """Any OSError inside the block is one :class:`OutputError` line naming ``path``."""
+    try:
+        yield
+    except OSError as exc:
+        raise output_error(exc, path, action) from exc
+
+
+def make_dir(path: Path) -> Path:
+    """``path`` as a folder (with its parents), or one :class:`OutputError` line saying why
+    it cannot be one: a file in the way, a read-only file system, no permission."""
+    path = Path(path)
+    with writing(path, "create the folder"):
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an OSError that reached the command line without a path lth knew it by."""
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+    return f"cannot use {' -> '.join(names)}: {cause}" if names else f"{cause} ({type(exc).__name__})"
 
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; when the block ends without an error it
     replaces ``path`` in one rename, so a reader (or a killed run's rerun) sees the old file
-    or the new one, never half of one. On an error the temporary file is removed."""
+    or the new one, never half of one. On an error the temporary file is removed, and an
+    OSError (a full disk, a read-only file system) is one :class:`OutputError` line naming
+    ``path`` and the cause."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with writing(path):
+            yield tmp
+            os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        with suppress(OSError):  # nothing was written on a read-only file system
+            tmp.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -42,7 +92,25 @@ def atomic_write_tensors(path: Path, tensors: dict, metadata: dict[str, str] | N
 
     cpu = {n: t.detach().to("cpu").contiguous().clone() for n, t in tensors.items()}  # own storage: safetensors refuses shared
     with atomic_path(path) as tmp:
-        save_file(cpu, str(tmp), metadata=metadata)
+        try:
+            save_file(cpu, str(tmp), metadata=metadata)
+        except Exception as exc:  # noqa: BLE001 - safetensors reports a full disk as its own error type
+            os_error = _os_error_of(exc)
+            if os_error is None:
+                raise
+            raise os_error from exc
+
+
+def _os_error_of(exc: Exception) -> OSError | None:
+    """The OSError inside a safetensors error (``I/O error: No space left on device (os error 28)``)."""
+    found = re.search(r"\(os error (\d+)\)", str(exc))
+    return OSError(int(found.group(1)), os.strerror(int(found.group(1)))) if found else None
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def read_json(path: Path, kind: type = dict) -> Any:

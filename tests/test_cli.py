@@ -253,6 +253,24 @@ def test_a_plugin_command_with_a_bug_is_one_line_naming_it(broken_controls, caps
     assert line == "lth: error: command 'buggy' (plugin 'broken-controls') raised KeyError: 'missing'"
 
 
+@pytest.mark.parametrize("how", ["--traceback after the command", "--traceback before it", "LTH_TRACEBACK=1"])
+def test_traceback_switch_shows_where_a_plugin_failed(broken_controls, capsys, monkeypatch, how: str) -> None:
+    """For plugin authors: the same one line, last, with the whole traceback above it
+    (the plugin's file and line); without the switch no traceback at all."""
+    argv = {"--traceback after the command": ["buggy", "--traceback"], "--traceback before it": ["--traceback", "buggy"],
+            "LTH_TRACEBACK=1": ["buggy"]}[how]
+    if how.startswith("LTH_"):
+        monkeypatch.setenv("LTH_TRACEBACK", "1")
+    assert cli.main(argv) == cli.EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == "lth: error: command 'buggy' (plugin 'broken-controls') raised KeyError: 'missing'"
+    assert err.startswith("Traceback (most recent call last):"), err
+    assert f'File "{Path(__file__)}", line' in err and 'return {}["missing"]' in err, err
+    monkeypatch.setenv("LTH_TRACEBACK", "0")
+    assert cli.main(["buggy"]) == cli.EXIT_USER_ERROR
+    assert "Traceback" not in capsys.readouterr().err
+
+
 # --- lth's own commands are plugins -----------------------------------------------------------
 
 
@@ -345,6 +363,33 @@ def test_uninstall_of_absent_plugin_reaches_pip() -> None:
     assert "not installed" in (proc.stdout + proc.stderr)
 
 
+@pytest.mark.parametrize("package, refusal", [
+    ("torch", "lth uninstall removes lth plugins, and torch {torch} is not one (it has no entry point in the lth group; "
+              "lth and other software may need it): use pip uninstall if you really mean it"),
+    ("LTH", "lth uninstall removes lth plugins, and LTH is lth itself; use pip uninstall lth to remove lth"),
+    ("PyYAML>=6", "lth uninstall removes lth plugins, and PyYAML {pyyaml} is not one"),
+])
+def test_uninstall_refuses_what_is_not_an_lth_plugin(capsys, package: str, refusal: str) -> None:
+    """Refused before pip runs (so nothing is removed), in one line; ``lth uninstall a b``
+    with one of them not a plugin removes neither."""
+    import importlib.metadata as md
+
+    want = refusal.format(torch=md.version("torch"), pyyaml=md.version("PyYAML"))
+    assert cli.main(["uninstall", "-y", "lth-no-such-plugin-for-tests", package]) == cli.EXIT_USER_ERROR
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith(f"lth: error: {want}"), captured.err
+    assert md.version("torch") and md.version("lth")
+
+
+def test_uninstall_of_an_installed_plugin_reaches_pip(tmp_path: Path) -> None:
+    """A distribution with an lth entry point passes the check and goes to pip."""
+    target = tmp_path / "site"
+    assert lth("install", str(_wheel(tmp_path)), PIP_TARGET=str(target)).returncode == 0
+    proc = lth("uninstall", "-y", "lth-cli-test-plugin", PYTHONPATH=str(target))
+    assert "lth: error" not in proc.stderr, proc.stderr
+    assert "lth-cli-test-plugin" in (proc.stdout + proc.stderr).lower()
+
+
 def _wheel(folder: Path) -> Path:
     """A minimal pure-Python plugin wheel, built by hand (no build backend, no network)."""
     dist, version, module = "lth_cli_test_plugin", "0.0.1", "lth_cli_test_plugin"
@@ -385,3 +430,18 @@ def test_install_local_wheel_registers_plugin(tmp_path: Path) -> None:
     assert plugins["cli_test"]["distribution"] == "lth-cli-test-plugin"
     assert plugins["cli_test"]["registers"] == {"criteria": ["cli_test_criterion"]}
     assert "magnitude" in plugins  # the bundled plugins load beside it
+
+
+class RegistersWithABug:
+    @hookimpl
+    def register_criteria(self, register):
+        register("fine", lambda model, mask, context: {})
+        return [][0]
+
+
+def test_a_plugin_whose_registration_raises_is_one_line_naming_it(pm, capsys) -> None:
+    pm.register(RegistersWithABug(), name="buggy-registration")
+    status = cli.main(["plugins"])
+    captured = capsys.readouterr()
+    line = assert_user_error(subprocess.CompletedProcess(["plugins"], status, captured.out, captured.err))
+    assert line == "lth: error: register_criteria of plugin 'buggy-registration' raised IndexError: list index out of range"

@@ -197,3 +197,27 @@ def test_cli_export_refuses_a_ticket_whose_weights_are_of_another_architecture(s
     line = _refused(capsys, str(folder), "--out", str(tmp_path / "m.pt2"))
     assert line.startswith(f"lth: error: ticket {folder} final weights do not fit this model: net.1.bias is (48,), model has (64,)"), line
     assert not list(tmp_path.glob("m.pt2*"))
+
+
+def test_cli_export_never_replaces_an_earlier_export_without_force(sparse_run, exported, tmp_path, capsys):
+    """An existing FILE or FILE.json is refused, naming them and --force, and left as it was;
+    with --force both are replaced by a sound export."""
+    out, _ = sparse_run
+    ticket = str(out / "round_4")
+    target = tmp_path / "m.pt2"
+    target.write_bytes(b"an earlier model")
+    line = _refused(capsys, ticket, "--out", str(target))
+    assert line == f"lth: error: --out {target}: {target} already exists; choose another --out, or add --force to replace them"
+    record = tmp_path / "m.pt2.json"
+    record.write_text("{}")
+    line = _refused(capsys, ticket, "--out", str(target))
+    assert line == f"lth: error: --out {target}: {target} and {record} already exist; choose another --out, or add --force to replace them"
+    target.unlink()
+    line = _refused(capsys, ticket, "--out", str(target))
+    assert line == f"lth: error: --out {target}: {record} already exists; choose another --out, or add --force to replace them"
+    assert not target.exists() and record.read_text() == "{}"
+    line = _refused(capsys, ticket, "--out", str(tmp_path))
+    assert line == f"lth: error: --out {tmp_path} is a folder; give a file name such as {tmp_path / 'model.pt2'}"
+    assert cli.main(["export", ticket, "--out", str(target), "--force"]) == 0
+    assert json.loads(record.read_text())["prediction_agreement"] == 1.0
+    assert torch.export.load(str(target)).module()(torch.zeros(1, 1, 8, 8)).shape == (1, 10)  # digits: 8x8 images

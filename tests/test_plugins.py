@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from lth_core import __version__, hookimpl
 from lth_core.commands import cli
 from lth_core.plugin_api import registry as plugins
-from lth_core.errors import PluginError
+from lth_core.errors import LthError, PluginError
 from lth_core.lottery.rounds import run_lottery
 from lth_core.plugin_api.registry import AUTOLOAD_ENV, CORE_PLUGINS, describe_plugins, get_registry, make_plugin_manager
 from lth_core.config import validate
@@ -534,6 +534,20 @@ def test_bad_rewind_policy_is_a_plugin_error(fn: Callable, expected: str, add_pl
     assert not (out / "round_1" / "ticket.json").exists()
 
 
+def test_a_rewind_policy_returning_too_few_keys_is_told_which(add_plugin, tiny_raw: dict, tmp_path: Path) -> None:
+    """The common slip, rewinding only the prunable weights: the message names the biases
+    it left out (and a key the model does not have)."""
+    def weights_only(model: nn.Module, mask, context) -> dict:
+        return {**{n: context.initial[n].clone() for n in mask}, "net.9.weight": torch.zeros(1)}
+
+    add_plugin(RegistersFunction(weights_only, kind="rewind_policies"), "sloppy_rewind_plugin")
+    raw = small(tiny_raw, steps=4, rounds=1)
+    raw["lottery"]["rewind"] = "bad"
+    _stops_naming(raw, tmp_path / "run", "rewind policy 'bad' (plugin 'sloppy_rewind_plugin')",
+                  "must return the model's full state dict (6 entries); its dict lacks 3: net.1.bias, net.3.bias, net.5.bias "
+                  "and has 1 the model does not: net.9.weight")
+
+
 def test_a_rewind_in_double_precision_is_cast_to_the_model(add_plugin, tiny_raw: dict, tmp_path: Path) -> None:
     """float64 weights are the same kind of number: round 1 starts from θ0 cast to float32, exactly."""
     add_plugin(RegistersFunction(lambda model, mask, context: {n: t.double() if t.is_floating_point() else t
@@ -717,14 +731,33 @@ def broken_target(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_plugin_that_fails_to_import_is_named_in_one_line(broken_target: Path, tmp_path: Path) -> None:
-    """A broken plugin must not produce a traceback from deep in importlib: one line saying which plugin to fix."""
-    proc = run_lth(["plugins"], broken_target, tmp_path)
+    """A broken plugin must not produce a traceback from deep in importlib: one line saying
+    which plugin to fix and the ways out (a command that loads plugins: lth run)."""
+    proc = run_lth(["run", "quickstart", "--out", str(tmp_path / "never")], broken_target, tmp_path)
     assert proc.returncode == 2
     assert proc.stdout == ""
-    assert proc.stderr.strip().splitlines() == [error_line(proc)]
     line = error_line(proc)
     assert line.startswith("lth: error: plugin 'broken' (lth_broken_plugin, from lth-broken-plugin) failed to load")
     assert "ImportError: lth_broken_plugin needs the frobnicate package" in line
+    assert line.endswith("; to run without it, set LTH_DISABLE_PLUGIN_AUTOLOAD=1 (lth's bundled plugins only) or remove it: "
+                         "lth uninstall lth-broken-plugin; lth --traceback ... shows where it failed"), line
+    assert not (tmp_path / "never").exists()
+    shown = run_lth(["--traceback", "run", "quickstart", "--out", str(tmp_path / "never")], broken_target, tmp_path)
+    assert shown.returncode == 2 and "lth_broken_plugin/__init__.py\", line 1" in shown.stderr, shown.stderr[-2000:]
+
+
+def test_lth_plugins_lists_a_broken_plugin_as_broken(broken_target: Path, tmp_path: Path) -> None:
+    """``lth plugins`` is where one looks when a plugin breaks: it lists it as broken, with
+    the ways out, beside the plugins that load, and exits 0."""
+    proc = run_lth(["plugins"], broken_target, tmp_path)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    line = next(li for li in proc.stdout.splitlines() if li.startswith("broken "))
+    assert line.startswith("broken (lth-broken-plugin 0.0.1): BROKEN, failed to load: ImportError: lth_broken_plugin needs "
+                           "the frobnicate package; to run without it, set LTH_DISABLE_PLUGIN_AUTOLOAD=1"), line
+    assert "magnitude (lth " in proc.stdout
+    listed = {p["name"]: p for p in json.loads(run_lth(["plugins", "--json"], broken_target, tmp_path).stdout)}
+    assert listed["broken"]["broken"].startswith("failed to load: ImportError: lth_broken_plugin needs the frobnicate package")
+    assert listed["broken"]["registers"] == {} and BUNDLED_PLUGINS <= set(listed)
 
 
 def test_disable_autoload_skips_a_broken_plugin(broken_target: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -738,3 +771,92 @@ def test_disable_autoload_skips_a_broken_plugin(broken_target: Path, monkeypatch
         assert {n for n, _ in make_plugin_manager().list_name_plugin()} == LTH_PLUGINS
     finally:
         sys.modules.pop("lth_broken_plugin", None)
+
+
+# ------------------------------------------------------------------------ provenance
+
+
+@pytest.fixture(scope="module")
+def example_target_v2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same distribution as ``example_target`` at version 0.2.0 (its code unchanged:
+    a new release is what the record compares)."""
+    work = tmp_path_factory.mktemp("example-plugin-v2")
+    src = work / "third_party_plugin"
+    shutil.copytree(EXAMPLE_SRC, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    project = src / "pyproject.toml"
+    project.write_text(project.read_text().replace('version = "0.1.0"', 'version = "0.2.0"'))
+    target = work / "site"
+    pip_install_target(src, target, work)
+    return target
+
+
+def _recorded(path: Path) -> dict:
+    return {p["name"]: p for p in json.loads(path.read_text())["plugins"]}
+
+
+def test_runs_record_their_plugins_and_refuse_rounds_of_another_version(example_target: Path, example_target_v2: Path,
+                                                                        tmp_path: Path) -> None:
+    """run.json and every ticket.json name the plugins that made them; a rerun with
+    lth-example-plugin 0.2.0 over rounds 0.1.0 made is refused naming it, continues with
+    --accept-plugin-changes, and a round trained again records the version that trained it."""
+    recipe, out = example_recipe(tmp_path / "example.yaml"), tmp_path / "run"
+    first = run_lth(["run", str(recipe), "--out", str(out)], example_target, tmp_path)
+    assert first.returncode == 0, first.stderr
+    want = {"example": {"name": "example", "distribution": "lth-example-plugin", "version": "0.1.0"},
+            **{name: {"name": name, "distribution": "lth", "version": __version__} for name in ("datasets", "rewind")}}
+    assert _recorded(out / "run.json") == want  # the recipe's model and criterion (example), data set, rewind policy
+    assert _recorded(out / "round_1" / "ticket.json") == _recorded(out / "run.json")
+    run_json = (out / "run.json").read_bytes()
+
+    refused = run_lth(["run", str(recipe), "--out", str(out)], example_target_v2, tmp_path)
+    assert refused.returncode == 2
+    assert error_line(refused) == (
+        f"lth: error: round_0 in {out}: plugin 'example' made it as 0.1.0 from lth-example-plugin, and this run uses 0.2.0 "
+        "from lth-example-plugin; reusing finished rounds would mix two versions under one recipe hash: rerun with "
+        "--accept-plugin-changes (lth_core.run(..., accept_plugin_changes=True)) to reuse them anyway, or choose another --out")
+    assert (out / "run.json").read_bytes() == run_json, "a refused rerun rewrote the run's record"
+
+    (out / "round_1" / "ticket.json").unlink()  # train round 1 again, with the new version
+    accepted = run_lth(["run", str(recipe), "--out", str(out), "--accept-plugin-changes"], example_target_v2, tmp_path)
+    assert accepted.returncode == 0, accepted.stderr
+    assert f"warning: round_0 in {out}: plugin 'example' made it as 0.1.0" in accepted.stderr
+    assert _recorded(out / "round_0" / "ticket.json")["example"]["version"] == "0.1.0"
+    assert _recorded(out / "round_1" / "ticket.json")["example"]["version"] == "0.2.0"
+    assert _recorded(out / "run.json")["example"]["version"] == "0.2.0"
+
+
+class Noop(pl.Callback):
+    multi_step_safe = True
+
+    def state_dict(self) -> dict:
+        return {}
+
+
+class RoundOneWatcher:
+    """A plugin that registers nothing a recipe names but adds a callback to round 1."""
+
+    @hookimpl
+    def round_callbacks(self, context):
+        return [Noop()] if context.round == 1 else None
+
+
+def test_tickets_record_the_plugins_that_added_callbacks_and_notebook_plugins(tiny_raw: dict, tmp_path: Path) -> None:
+    """A plugin whose round_callbacks added a callback to round 1 is in round 1's record
+    (not round 0's: it added nothing there), without a distribution when passed to
+    lth_core.run; rerun without it, round 1 is refused (round 0 is not), and reused with
+    accept_plugin_changes."""
+    from lth_core import run as lth_run
+
+    small(tiny_raw, 20, 1)
+    summary = lth_run(tiny_raw, out=tmp_path / "run", plugins=[RoundOneWatcher()], say=silent)
+    watcher = {"name": "RoundOneWatcher-0", "distribution": None, "version": None}
+    assert _recorded(tmp_path / "run" / "round_1" / "ticket.json")["RoundOneWatcher-0"] == watcher
+    assert "RoundOneWatcher-0" not in _recorded(tmp_path / "run" / "round_0" / "ticket.json")
+    assert "RoundOneWatcher-0" not in _recorded(tmp_path / "run" / "run.json")  # the recipe names nothing of it
+    assert summary.ticket(1).meta["plugins"] == json.loads((tmp_path / "run" / "round_1" / "ticket.json").read_text())["plugins"]
+    with pytest.raises(LthError, match=r"^round_1 in .*: plugin 'RoundOneWatcher-0' \(no version\) made it, and it is not loaded now; "):
+        lth_run(tiny_raw, out=tmp_path / "run", say=silent)
+    said: list[str] = []
+    again = lth_run(tiny_raw, out=tmp_path / "run", say=said.append, accept_plugin_changes=True)
+    assert again["rounds"] == summary["rounds"]
+    assert said[0].startswith("warning: round_1 in ") and said[0].endswith("it is not loaded now; reusing it anyway (--accept-plugin-changes)")

@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 
 from conftest import TINY, registered
 from lth_core import hookimpl
+from lth_core.commands import cli
+from lth_core.config.yaml_io import parse_yaml
 from lth_core.errors import LthError
 from lth_core.plugin_api.registry import get_registry
 from lth_core.config import (
@@ -544,6 +546,34 @@ def test_python_object_tag_is_refused_and_not_executed(tmp_path: Path) -> None:
     assert "not valid YAML" in str(exc.value)
     assert "line 3" in str(exc.value)
     assert not target.exists()
+
+
+def test_a_repeated_key_is_refused_naming_it_and_its_lines(tmp_path: Path, capsys) -> None:
+    """Three ``seed:`` lines would run with the last: refused, naming the key and every
+    line, at the top level, inside a section, in flow style and in a ``--set`` value."""
+    path = _write(tmp_path, "seed: 1\nmodel: mlp\nseed: 2\ndata: digits\nseed: 3\n", name="seeds.yaml")
+    with pytest.raises(LthError) as exc:
+        load_recipe(path)
+    assert str(exc.value) == (f"{path} is not valid YAML: key 'seed' is given 3 times, on lines 1, 3 and 5; "
+                              "a recipe gives each key once (YAML keeps only the last)")
+    nested = _write(tmp_path, "model: mlp\ndata: digits\nlottery:\n  rate: 0.5\n  rounds: 2\n  rate: 0.2\n")
+    with pytest.raises(LthError, match=r"key 'rate' is given 2 times, on lines 4 and 6;"):
+        load_recipe(nested)
+    flow = _write(tmp_path, "model: {name: mlp, hidden: [8], hidden: [16]}\ndata: digits\n")
+    with pytest.raises(LthError, match=r"key 'hidden' is given 2 times, at 1:20, 1:33 \(line:column\);"):
+        load_recipe(flow)
+    with pytest.raises(LthError, match=r"^--set 'model=\{name: mlp, name: conv2\}': the value is not valid YAML: key 'name' is given 2 times"):
+        load_recipe(_write(tmp_path, "model: mlp\ndata: digits\n"), ["model={name: mlp, name: conv2}"])
+    assert cli.main(["run", str(path)]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"lth: error: {exc.value}"]
+
+
+def test_merge_keys_still_override_as_yaml_says() -> None:
+    """Only keys written twice in one mapping are refused: a key beside ``<<: *base``
+    overrides the merged one, and the result is exactly ``yaml.safe_load``'s."""
+    text = "base: &b {name: mlp, hidden: [8]}\nmodel:\n  <<: *b\n  hidden: [16]\nlist: [1, 1]\n"
+    assert parse_yaml(text, "t") == yaml.safe_load(text)
+    assert parse_yaml(text, "t")["model"] == {"name": "mlp", "hidden": [16]}
 
 
 def test_missing_recipe_lists_bundled(tmp_path: Path) -> None:

@@ -269,6 +269,12 @@ def stopped(tmp_path_factory) -> tuple[dict, Path, Path]:
     return raw, root / "stopped", root / "baseline"
 
 
+def baselines_plugin() -> StopPlugin:
+    """The plugin the ``stopped`` baseline ran with (its callback in round 1), never stopping:
+    a resume with the baseline's plugins makes its tickets, their plugin record included."""
+    return _disarmed(StopPlugin(1, 50))
+
+
 MARKER = "lth-payload-ran"
 
 
@@ -350,7 +356,7 @@ def test_a_damaged_checkpoint_is_named_and_the_round_trains_from_its_start(stopp
         data = json.loads(record.read_text())
         data["state"]["history"][0]["val_loss"] += 1.0
         record.write_text(json.dumps(data))
-    lines = run(raw, out, pm)
+    lines = run(raw, out, pm, baselines_plugin())
     warnings = [line for line in lines if line.startswith("warning:")]
     assert len(warnings) == 1 and str(named) in warnings[0] and why in warnings[0], lines
     assert warnings[0].endswith("round 1 [ticket] trains from its start"), lines
@@ -368,7 +374,7 @@ def test_a_checkpoint_of_another_start_is_not_resumed(stopped, tmp_path: Path, p
     data = json.loads(record.read_text())
     data["state"]["identity"]["start_sha256"] = "0" * 64
     _rewrite_record(record, data)  # a consistent record of another start
-    lines = run(raw, out, pm)
+    lines = run(raw, out, pm, baselines_plugin())
     assert any(str(record) in line and "another start" in line for line in lines), lines
     assert_same_results(out, stopped[2])
 
@@ -383,7 +389,7 @@ def test_a_checkpoint_of_another_number_of_processes_is_not_resumed(stopped, tmp
     data = json.loads(record.read_text())
     data["state"].update(world=2, rng_ranks=[data["state"]["rng"], data["state"]["rng"]])
     _rewrite_record(record, data)
-    lines = run(raw, out, pm)
+    lines = run(raw, out, pm, baselines_plugin())
     warnings = [line for line in lines if line.startswith("warning:")]
     assert warnings == [f"warning: {record} was written by 2 processes, this run has 1; round 1 [ticket] trains from its start"], lines
     assert not any("resumed at step" in line for line in lines)
@@ -434,7 +440,7 @@ def test_a_damaged_finished_ticket_stops_the_resume_naming_it_and_how_to_recover
     assert err[-1] == "lth: error: " + message.format(r0=r0) + f"delete {r0 / 'ticket.json'} and rerun the same `lth run` to train that round again"
     assert _files(out) == before, "a refused resume changed the run folder"
     (r0 / "ticket.json").unlink()
-    run(raw, out, pm)
+    run(raw, out, pm, baselines_plugin())
     assert_same_results(out, baseline)
 
 

@@ -143,3 +143,33 @@ def test_importing_the_sdk_loads_neither_torch_nor_lightning():
     code = "import sys, lth_core; print(sorted(m for m in ('torch', 'pytorch_lightning') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_every_sdk_helper_shows_its_whole_signature():
+    """docs/sdk.md shows each helper's signature: every parameter annotated and a return
+    type (exceptions excepted: their signature is Exception's), a type alias as written."""
+    from lth_core.commands.sdk_docs import _signature
+
+    for name in lth_core.SDK:
+        value = getattr(lth_core, name)
+        if inspect.isclass(value) and issubclass(value, Exception):
+            continue
+        if getattr(value, "__metadata__", None) is not None:  # Number: an Annotated type, not a callable
+            assert _signature(name, value).startswith(f"{name} = Annotated["), name
+            continue
+        signature = inspect.signature(value)
+        bare = [p for p, v in signature.parameters.items() if v.annotation is inspect.Parameter.empty]
+        assert not bare, f"lth_core.{name}: parameters {bare} have no type"
+        assert inspect.isclass(value) or signature.return_annotation is not inspect.Signature.empty, f"lth_core.{name} has no return type"
+
+
+@pytest.mark.parametrize("name", ["PruneContext", "RewindContext", "RoundContext", "MergeContext", "MergeResult"])
+def test_every_context_field_is_documented(name):
+    """Each field a plugin reads from (or sets on) a context is explained in its docstring,
+    which docs/sdk.md shows."""
+    import dataclasses
+
+    cls = getattr(lth_core, name)
+    undocumented = [f.name for f in dataclasses.fields(cls) if f"``{f.name}``" not in inspect.getdoc(cls)
+                    and f"``{f.name}(" not in inspect.getdoc(cls)]
+    assert not undocumented, f"{name}'s docstring does not explain {undocumented}"

@@ -5,14 +5,19 @@ one module per command family in this package), registered exactly as a plugin's
 entry-point plugins are loaded only for a command that is not lth's own (or for ``lth
 --help``), so ``lth report`` never imports them (they import torch).
 
-User mistakes end with one line on stderr (``lth: error: ...``) and exit status 2.
+User mistakes end with one line on stderr (``lth: error: ...``) and exit status 2, and so
+does anything the machine refuses (an OSError: a full disk, a read-only file system).
+``--traceback`` (anywhere on the command line) or ``LTH_TRACEBACK=1`` prints the whole
+traceback above that line, for plugin authors and bug reports.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
+import traceback
 from typing import Callable
 
 from lth_core.errors import LthError, PluginError, one_line
@@ -20,6 +25,8 @@ from lth_core.plugin_api.registry import (Entry, Registry, call_plugin, core_plu
                                           get_registry, is_core, raised)
 
 EXIT_USER_ERROR = 2
+TRACEBACK_FLAG = "--traceback"
+TRACEBACK_ENV = "LTH_TRACEBACK"
 
 
 def _add_command(sub: argparse._SubParsersAction, entry: Entry) -> None:
@@ -65,6 +72,8 @@ def build_parser(registry: Registry | None = None) -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="lth", description="Lottery-ticket experiments on PyTorch Lightning.")
     parser.add_argument("--version", action="version", version=f"lth {__version__}")
+    parser.add_argument(TRACEBACK_FLAG, action="store_true",
+                        help=f"on an error, print the whole traceback above its one line (or set {TRACEBACK_ENV}=1); anywhere on the line")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands = list((registry or get_registry(core_plugin_manager())).kinds["commands"].values())
     plugins = sorted((e for e in commands if not is_core(e.plugin)), key=lambda e: e.name)
@@ -73,19 +82,39 @@ def build_parser(registry: Registry | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def wants_traceback(argv: list[str]) -> tuple[bool, list[str]]:
+    """Whether to print tracebacks, and ``argv`` without ``--traceback`` (before any ``--``),
+    so the flag works after the command too (``lth run R --traceback``)."""
+    cut = argv.index("--") if "--" in argv else len(argv)
+    flagged = TRACEBACK_FLAG in argv[:cut]
+    rest = [a for a in argv[:cut] if a != TRACEBACK_FLAG] + argv[cut:]
+    return flagged or os.environ.get(TRACEBACK_ENV, "") not in ("", "0"), rest
+
+
+def _fail(exc: BaseException, line: str, show_traceback: bool) -> int:
+    """Print the error's line (last, after its traceback when asked for) and return 2."""
+    if show_traceback:
+        traceback.print_exception(exc, file=sys.stderr)
+    ddp = sys.modules.get("lth_core.engines.collectives")  # loaded only once a run has started
+    who = f"process {ddp.rank()}: " if ddp is not None and ddp.rank() else ""
+    print(f"lth: error: {who}{one_line(line)}", file=sys.stderr)  # one line, whatever the message holds
+    return EXIT_USER_ERROR
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    show_traceback, argv = wants_traceback(sys.argv[1:] if argv is None else list(argv))
     try:
         args = build_parser(_command_registry(argv)).parse_args(argv)
         return args.func(args)
     except LthError as exc:
-        ddp = sys.modules.get("lth_core.engines.collectives")  # loaded only once a run has started
-        who = f"process {ddp.rank()}: " if ddp is not None and ddp.rank() else ""
-        print(f"lth: error: {who}{one_line(exc)}", file=sys.stderr)  # one line, whatever the message holds
-        return EXIT_USER_ERROR
+        return _fail(exc, str(exc), show_traceback)
     except BrokenPipeError:  # `lth plugins --json | head`
         sys.stderr.close()
         return 0
+    except OSError as exc:  # the machine refused something lth's writers did not name (they raise OutputError)
+        from lth_core.files import os_error_line
+
+        return _fail(exc, os_error_line(exc), show_traceback)
     except KeyboardInterrupt:
         print("lth: interrupted; finished rounds and the last checkpoint are kept, rerun the same command (or lth run --resume DIR) to continue", file=sys.stderr)
         return 130

@@ -24,10 +24,9 @@ anything else is refused with the list of supported layers.
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from torch import Tensor, nn
 
 from lth_core.version import __version__
 from lth_core.errors import LthError
-from lth_core.files import atomic_write_text
+from lth_core.files import atomic_write_bytes, atomic_write_text, make_dir
 from lth_core.tickets.mask import apply_mask
 
 PARAMETRIC = (nn.Linear, nn.Conv2d)
@@ -210,40 +209,61 @@ def latency_ms(model: nn.Module, x: Tensor, repeats: int = 30) -> float:
     return statistics.median(times)
 
 
-def _save_exported(model: nn.Module, example: Tensor, path: Path) -> None:
-    """torch.export with a dynamic batch size, written atomically (a temporary folder, then rename)."""
+def _exported(model: nn.Module, example: Tensor) -> bytes:
+    """The ``torch.export`` archive of ``model`` with a dynamic batch size, in memory.
+
+    Serialised to bytes, then written by :func:`lth_core.files.atomic_write_bytes`: torch's
+    archive writer reports a full disk as a bare RuntimeError ("file write failed"), while a
+    plain write names the file and the cause.
+    """
     batch = torch.export.Dim("batch", min=1)
     example = example.clone()  # a view would store its whole base tensor as the sample input
     program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".lth-export-") as tmp:
-        partial = Path(tmp) / path.name  # the archive names its folder after the file
-        torch.export.save(program, str(partial))
-        os.replace(partial, path)
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    return buffer.getvalue()
+
+
+def check_out_file(out: Path, force: bool) -> None:
+    """``lth export`` never replaces an earlier export (``FILE`` or ``FILE.json``) unless
+    ``--force`` says so; a folder at ``FILE`` is refused either way."""
+    if out.is_dir():
+        raise LthError(f"--out {out} is a folder; give a file name such as {out / 'model.pt2'}")
+    existing = [p for p in (out, _record_path(out)) if p.exists()]
+    if existing and not force:
+        raise LthError(f"--out {out}: {' and '.join(str(p) for p in existing)} already exist{'s' if len(existing) == 1 else ''}; "
+                       "choose another --out, or add --force to replace them")
+
+
+def _record_path(out: Path) -> Path:
+    return out.with_name(out.name + ".json")
 
 
 def export_ticket(ticket_dir: str | Path, out: str | Path, recipe: str | None = None, pm=None,
-                  sparse_below: float = 0.3) -> dict:
+                  sparse_below: float = 0.3, force: bool = False) -> dict:
     """Write the compact model to ``out`` (torch.export) and its measurements to ``out.json``.
 
     Fully connected layers left with at most ``sparse_below`` of their weights are stored
     as :class:`SparseLinear` (0 keeps every layer dense; 1 makes every Linear sparse).
+    An existing ``out`` or ``out.json`` is refused unless ``force``.
     """
     if not 0.0 <= sparse_below <= 1.0:
         raise LthError(f"--sparse-below must be in [0, 1] (a layer density), got {sparse_below}")
     from lth_core.lottery.run import build_model
 
     ticket_dir, out = Path(ticket_dir), Path(out)
+    check_out_file(out, force)
     rec, registry, data, model, ticket = _ticket_model(ticket_dir, recipe, pm)
     small = sparsify(compact(model), sparse_below)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _save_exported(small, data.test_x[:2], out)
-    dense, dense_size = _dense_baseline(build_model(rec, registry, data, rec["seed"]).eval(), data.test_x[:2], out)
+    make_dir(out.parent)
+    atomic_write_bytes(out, _exported(small, data.test_x[:2]))
+    dense, dense_size = _dense_baseline(build_model(rec, registry, data, rec["seed"]).eval(), data.test_x[:2])
     record = {"ticket": str(ticket_dir), "file": str(out), "weights_remaining": ticket.mask.density(), "sparse_below": sparse_below,
               "dense_units": [int(m.weight.shape[0]) for m in chain(model) if isinstance(m, PARAMETRIC)],
               "file_bytes": {"compact": out.stat().st_size, "dense": dense_size},
               **_measure(model, small, torch.export.load(str(out)).module(), dense, data),
               "torch": torch.__version__, "lth_version": __version__}
-    atomic_write_text(out.with_name(out.name + ".json"), json.dumps(record, indent=2))
+    atomic_write_text(_record_path(out), json.dumps(record, indent=2))
     return record
 
 
@@ -276,15 +296,11 @@ def _ticket_model(ticket_dir: Path, recipe: str | None, pm: Any) -> tuple:
     return rec, registry, data, model.eval(), ticket
 
 
-def _dense_baseline(model: nn.Module, example: Tensor, out: Path) -> tuple[nn.Module, int]:
+def _dense_baseline(model: nn.Module, example: Tensor) -> tuple[nn.Module, int]:
     """The same model, dense and exported the same way (the baseline for size and latency):
-    the reloaded program and its file size; the file itself is not kept."""
-    dense_file = out.with_name(f"{out.stem}.dense-baseline.pt2")
-    try:
-        _save_exported(model, example, dense_file)
-        return torch.export.load(str(dense_file)).module(), dense_file.stat().st_size
-    finally:
-        dense_file.unlink(missing_ok=True)
+    the reloaded program and its archive's size (never written to disk)."""
+    archive = _exported(model, example)
+    return torch.export.load(io.BytesIO(archive)).module(), len(archive)
 
 
 def _measure(model: nn.Module, small: nn.Module, loaded: nn.Module, dense: nn.Module, data: Any) -> dict:

@@ -21,15 +21,17 @@ def register_commands(register: Callable[..., None]) -> None:
 
 
 def plugins(args: argparse.Namespace) -> int:
-    """Every installed plugin (bundled or not) with the names it registers per kind."""
-    from lth_core.plugin_api.registry import describe_plugins
+    """Every installed plugin (bundled or not) with the names it registers per kind; a
+    plugin that fails to import is listed as broken (with the ways out), not a failure."""
+    from lth_core.plugin_api.registry import describe_plugins, listing_plugin_manager
 
-    described = describe_plugins()
+    broken: list[dict] = []
+    described = describe_plugins(listing_plugin_manager(broken), broken)
     if args.json:
         print(json.dumps(described, indent=2))
         return 0
     for p in described:
-        print(f"{p['name']} ({p['distribution']} {p['version']})")
+        print(f"{p['name']} ({p['distribution']} {p['version']})" + (f": BROKEN, {p['broken']}" if "broken" in p else ""))
         for kind, names in p["registers"].items():
             print(f"  {kind}: {', '.join(names)}")
     return 0

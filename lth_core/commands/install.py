@@ -1,16 +1,22 @@
 """``lth install`` and ``lth uninstall``: pip, run inside lth's own interpreter.
 
-Registered through ``register_commands`` like a plugin's commands.
+``lth uninstall`` removes lth plugins only: an installed distribution without an entry point
+in the ``lth`` group (torch, numpy, ...) or lth itself is refused before pip runs, so a
+slip of the keyboard cannot take lth's own dependencies away. Registered through
+``register_commands`` like a plugin's commands.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata as md
+import re
 import runpy
 import sys
 from typing import Callable
 
 from lth_core import hookimpl
+from lth_core.errors import LthError
 
 
 @hookimpl
@@ -49,4 +55,21 @@ def install(args: argparse.Namespace) -> int:
 
 
 def uninstall(args: argparse.Namespace) -> int:
+    for package in args.packages:
+        refuse_non_plugin(package)
     return _pip("uninstall", *(["-y"] if args.yes else []), *args.packages)
+
+
+def refuse_non_plugin(package: str) -> None:
+    """Refuse an installed distribution that is lth itself or registers no ``lth`` entry
+    point; one that is not installed is left to pip (which says so)."""
+    name = re.match(r"[A-Za-z0-9._-]*", package.strip()).group(0)
+    try:
+        dist = md.distribution(name)
+    except (md.PackageNotFoundError, ValueError):
+        return
+    if re.sub(r"[-_.]+", "-", dist.metadata["Name"]).lower() == "lth":
+        raise LthError(f"lth uninstall removes lth plugins, and {package} is lth itself; use pip uninstall lth to remove lth")
+    if not any(ep.group == "lth" for ep in dist.entry_points):
+        raise LthError(f"lth uninstall removes lth plugins, and {dist.metadata['Name']} {dist.version} is not one (it has no entry "
+                       "point in the lth group; lth and other software may need it): use pip uninstall if you really mean it")

@@ -29,7 +29,7 @@ from lth_core.version import __version__
 from lth_core.plugin_api.contexts import MergeContext, MergeResult
 from lth_core.data.loaders import DataModule
 from lth_core.errors import LthError, PluginError
-from lth_core.files import atomic_write_text
+from lth_core.files import atomic_write_text, make_dir
 from lth_core.tickets.mask import Mask, prunable_parameters
 from lth_core.plugin_api.registry import call_plugin, get_plugin_manager, get_registry
 from lth_core.config import Recipe, load_recipe
@@ -292,7 +292,7 @@ def merge_tickets(paths: list[str | Path], strategy: str, out: str | Path, recip
     retrain, retrained = _retrainer(s, strategy, out, say)
     context = MergeContext(s.recipe["model"]["name"], s.new_model, s.data,
                            torch.Generator().manual_seed(s.recipe["seed"]), retrain, s.recipe)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     say(f"merging {len(s.tickets)} tickets with {strategy}")
     result = _check_result(call_plugin(source, entry.obj, s.tickets, context, **options), s.new_model(), len(s.tickets), source)
 

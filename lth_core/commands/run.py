@@ -32,6 +32,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="run folder (default: runs/NAME-HASH); rerunning into it resumes")
     parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR (a killed run resumes at its last checkpoint) with DIR/recipe.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key, e.g. lottery.rate=0.1")
+    parser.add_argument("--accept-plugin-changes", action="store_true",
+                        help="reuse finished rounds made by other versions of the run's plugins (refused otherwise; each ticket.json says which made it)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_out(recipe)
     if is_writer():  # data parallel: the other processes run the same command quietly
         print(f"lth: recipe {recipe.source} (hash {recipe.hash()}) -> {out}", file=sys.stderr)
-    execute(recipe, pm, out, say=lambda s: print(s, file=sys.stderr, flush=True))
+    execute(recipe, pm, out, say=lambda s: print(s, file=sys.stderr, flush=True), accept_plugin_changes=args.accept_plugin_changes)
     if is_writer():
         print(out / ("sweep.json" if recipe["sweep"] else "summary.json"))
     return 0

@@ -7,7 +7,9 @@ the page and the code disagree, so the reference cannot go stale.
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,8 @@ and docstrings.
 
 
 def _signature(name: str, obj: Any) -> str:
+    if typing.get_origin(obj) is typing.Annotated:  # a type for models' fields (Number), not a callable
+        return f"{name} = {_alias(obj)}"
     if inspect.isclass(obj):
         try:
             return f"class {name}{inspect.signature(obj)}"
@@ -40,6 +44,14 @@ def _signature(name: str, obj: Any) -> str:
         except (TypeError, ValueError):
             return f"{name}(...)"
     return f"{name}: {type(obj).__name__}"
+
+
+def _alias(obj: Any) -> str:
+    """``Annotated[float, BeforeValidator(yaml11_number)]``: a type alias as a user writes it."""
+    base = getattr(obj.__origin__, "__name__", repr(obj.__origin__))
+    marks = [f"{type(m).__name__}({getattr(getattr(m, 'func', None), '__name__', '')})" if hasattr(m, "func") else repr(m)
+             for m in obj.__metadata__]
+    return f"Annotated[{', '.join([base, *marks])}]"
 
 
 def _members(obj: Any) -> list[str]:
@@ -55,8 +67,22 @@ def _members(obj: Any) -> list[str]:
     return lines
 
 
+def _comment_doc(name: str) -> str:
+    """The ``#:`` comment above ``NAME = ...`` in the module defining an SDK type alias
+    (an alias has no docstring of its own: ``inspect.getdoc`` would give typing's)."""
+    module, there = lth_core.SDK[name]
+    lines = inspect.getsource(importlib.import_module(module)).splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith(f"{there} = "))
+    comment = []
+    while at > 0 and lines[at - 1].startswith("#:"):
+        at -= 1
+        comment.insert(0, lines[at][2:].strip())
+    return " ".join(comment)
+
+
 def _entry(name: str, obj: Any) -> list[str]:
-    parts = [f"### `{name}`", "", "```python", _signature(name, obj), "```", "", inspect.getdoc(obj) or "", ""]
+    doc = _comment_doc(name) if typing.get_origin(obj) is typing.Annotated else inspect.getdoc(obj) or ""
+    parts = [f"### `{name}`", "", "```python", _signature(name, obj), "```", "", doc, ""]
     if inspect.isclass(obj):
         members = _members(obj)
         parts += (["Members:", "", *members, ""] if members else [])

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
-from lth_core.config.markers import Expect
+from lth_core.config.markers import MAX_COUNT, Expect
 from lth_core.config.messages import a_types, admits, brief, choice_text, dotted, got, literal_choices, plain_types
 from lth_core.errors import LthError, choices, one_line
 
@@ -102,7 +102,7 @@ def _value_words(error: dict, spot: _Spot, name: str) -> str:
         return f"{name} is {brief(value)}; valid: {choice_text(allowed)}"
     _, meta = _member(spot.annotation, spot.meta, value)
     if bounds_text(meta) and not within(value, meta):
-        return f"{name} must be {bounds_text(meta)}{_hint(meta)}, got {brief(value)}"
+        return f"{name} must be {bounds_text(meta, value)}{_hint(meta)}, got {brief(value)}"
     if error["type"] == LTH_ERROR:
         return f"{name} {error['msg']}, got {brief(value)}"
     message = error["msg"][:1].lower() + error["msg"][1:]
@@ -187,10 +187,17 @@ def _hint(meta: list) -> str:
     return f" ({description})" if description else ""
 
 
-def bounds_text(meta: list) -> str:
-    """``in (0, 1)``, ``>= 1``, ``a finite number > 0``: the bounds a field declares."""
+def bounds_text(meta: list, value: Any = None) -> str:
+    """``in (0, 1)``, ``>= 1``, ``a finite number > 0``: the bounds a field declares.
+
+    The int64 ceiling of counts (:data:`MAX_COUNT`) is named only to a ``value`` above it:
+    ``rounds: -1`` reads "must be >= 0", not "in [0, 9223372036854775807]".
+    """
     low = _bound(meta, (at.Ge, ">=", "[", "ge"), (at.Gt, ">", "(", "gt"))
     high = _bound(meta, (at.Le, "<=", "]", "le"), (at.Lt, "<", ")", "lt"))
+    if high and high[2] == MAX_COUNT and low:
+        above = isinstance(value, (int, float)) and not isinstance(value, bool) and value > MAX_COUNT
+        low, high = (None, high) if above else (low, None)
     finite = "a finite number" if any(getattr(m, "allow_inf_nan", True) is False for m in meta) else ""
     if low and high:
         text = f"in {low[1]}{low[2]}, {high[2]}{high[1]}"

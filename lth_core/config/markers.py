@@ -27,6 +27,11 @@ class _Marker:
         return self.name
 
 
+#: The largest count of steps, examples, rounds or labels: torch's int64, which holds them
+#: (step counters, indices). Larger values never meant anything and would overflow there.
+#: A ceiling, not a choice: messages name it only to a value above it.
+MAX_COUNT = 2**63 - 1
+
 #: The key says how to compute, not what (where files go, how often to checkpoint, how
 #: trials are scheduled): never hashed, so a run folder is the same run with or without it.
 Unhashed = _Marker("Unhashed")

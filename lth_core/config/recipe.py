@@ -21,7 +21,7 @@ from typing import Any
 from lth_core.config.explain import parse
 from lth_core.config.messages import brief, show_key
 from lth_core.config.overrides import apply_overrides, point_name, point_raw, sweep_points
-from lth_core.config.schema import TOP_LEVEL, RecipeModel, hashed, shorthand, stored
+from lth_core.config.schema import MAX_SEED, TOP_LEVEL, RecipeModel, hashed, shorthand, stored
 from lth_core.config.trainer import check_trainer_section
 from lth_core.config.yaml_io import check_size, read_yaml, resolve_recipe_path
 from lth_core.errors import LthError
@@ -147,12 +147,20 @@ def _folder_name_problem(name: str) -> str | None:
 
 
 def _check_values(r: dict, source: str) -> None:
-    """What no single key's model can say: the run's name as a folder, trials to stack."""
+    """What no single key's model can say: the run's name as a folder, trials to stack,
+    every trial's seed, SGD's Nesterov momentum."""
     problem = _folder_name_problem(r["name"])
     if problem:
         raise LthError(f"{source}: name {r['name']!r} {problem}; it names the run folder runs/NAME-HASH")
     if r["vectorize_trials"] and r["trials"] < 2:
         raise LthError(f"{source}: vectorize_trials stacks the trials of a recipe, and trials is {r['trials']}; set trials: 2 or more, or vectorize_trials: false")
+    last = r["seed"] + r["trials"] - 1
+    if last > MAX_SEED:
+        raise LthError(f"{source}: trial {r['trials'] - 1} would run with seed {r['seed']} + {r['trials'] - 1} = {last}, beyond the "
+                       f"largest seed {MAX_SEED}; lower seed or trials (seed + trials - 1 <= {MAX_SEED})")
+    opt = r["optimizer"]
+    if opt["name"] == "sgd" and opt["nesterov"] and opt["momentum"] == 0:
+        raise LthError(f"{source}: optimizer.nesterov: true needs optimizer.momentum > 0 (torch's SGD refuses Nesterov without momentum)")
 
 
 def _check_controls(controls: list[dict], source: str) -> None:

@@ -27,8 +27,19 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic_core import PydanticCustomError
 
 from lth_core.config.explain import LTH_ERROR
-from lth_core.config.markers import AsGiven, Expect, GivenOnly, HashedUnlessDefault, Number, Unhashed, has_marker, yaml11_number
+from lth_core.config.markers import MAX_COUNT, AsGiven, Expect, GivenOnly, HashedUnlessDefault, Number, Unhashed, has_marker, yaml11_number
 from lth_core.config.messages import admits, plain_types
+
+
+#: The largest seed: NumPy's generators (and Lightning's ``seed_everything``) take 0..2**32-1,
+#: and every seed lth hands on, trial ``i``'s ``seed + i`` included, must fit.
+MAX_SEED = 2**32 - 1
+#: A whole number of steps, examples or batches >= 1 / >= 0 (a bool is no integer: strict).
+Count = Annotated[int, Field(ge=1, le=MAX_COUNT)]
+Steps = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="seeds are 0..2**32-1")]
+#: A finite real number >= 0 (``1e-3`` as YAML 1.1 reads it).
+NonNegative = Annotated[Number, Field(ge=0, allow_inf_nan=False)]
 
 
 class Section(BaseModel):
@@ -65,8 +76,8 @@ def _val_size(value: int | float) -> int | float:
     """A count of examples (an integer) or a fraction of the training split (a float)."""
     if isinstance(value, float) and not 0.0 < value < 1.0:
         raise PydanticCustomError(LTH_ERROR, "as a fraction must be in (0, 1)")
-    if isinstance(value, int) and value < 1:
-        raise PydanticCustomError(LTH_ERROR, "as a count must be >= 1")
+    if isinstance(value, int) and not 1 <= value <= MAX_COUNT:
+        raise PydanticCustomError(LTH_ERROR, "as a count must be >= 1" if value < 1 else f"as a count must be <= {MAX_COUNT}")
     return value
 
 
@@ -88,25 +99,25 @@ class DataSection(Section):
 
     model_config = ConfigDict(extra="allow")
     name: str = Field(description="a registered data set name; see `lth plugins`")
-    batch_size: int = Field(60, ge=1)
-    eval_batch_size: int = Field(2000, ge=1)
+    batch_size: Count = 60
+    eval_batch_size: Count = 2000
     val_size: Annotated[int | float, BeforeValidator(yaml11_number), AfterValidator(_val_size)] = 0.1
-    subset: int | None = None
-    order_seed: Annotated[int | None, HashedUnlessDefault] = None
-    classes: Annotated[list[Annotated[int, Field(ge=0)]] | None, HashedUnlessDefault, AfterValidator(_distinct_classes),
+    subset: Count | None = None
+    order_seed: Annotated[Seed | None, HashedUnlessDefault] = None
+    classes: Annotated[list[Annotated[int, Field(ge=0, le=MAX_COUNT)]] | None, HashedUnlessDefault, AfterValidator(_distinct_classes),
                        Expect("a list of at least two distinct class labels (integers >= 0), or null for all")] = None
 
 
 class OptimizerSection(Section):
     name: Literal["adam", "adamw", "sgd"] = "adam"
     lr: Number = Field(1e-3, gt=0, allow_inf_nan=False)
-    momentum: Number = 0.0
-    weight_decay: Number = 0.0
+    momentum: Number = Field(0.0, ge=0, lt=1, description="SGD's; 1 or more never forgets a gradient")
+    weight_decay: NonNegative = 0.0
     nesterov: bool = False
-    warmup_steps: int = 0
-    milestones: Annotated[list[Annotated[int, Field(gt=0)]], AfterValidator(_increasing),
+    warmup_steps: Steps = 0
+    milestones: Annotated[list[Count], AfterValidator(_increasing),
                           Expect("increasing positive step numbers")] = Field(default_factory=list)
-    gamma: Number = 0.1
+    gamma: Number = Field(0.1, gt=0, le=1, description="the learning rate's factor at each milestone: a decay")
 
 
 class TrainerSection(Section):
@@ -138,7 +149,7 @@ class LotterySection(Section):
     criterion_options: dict[Annotated[str, Expect("option names (strings)")], Any] = Field(default_factory=dict)
     rewind: str = "init"
     rewind_options: dict[Annotated[str, Expect("option names (strings)")], Any] = Field(default_factory=dict)
-    rounds: int = Field(5, ge=0, description="0 trains only the dense network")
+    rounds: int = Field(5, ge=0, le=MAX_COUNT, description="0 trains only the dense network")
     rate: Number = Field(0.2, gt=0, lt=1, description="a fraction of remaining weights")
     layer_rates: Annotated[dict[Annotated[str, Expect("layer names or patterns (strings)")], Annotated[float, Field(ge=0, lt=1)]],
                            AsGiven] = Field(default_factory=dict)
@@ -157,7 +168,7 @@ class TrackingSection(Section):
     project: str = "lth"
     entity: str | None = None
     mode: Literal["auto", "disabled", "offline", "online"] = "auto"
-    log_every_n_steps: int = 50
+    log_every_n_steps: Steps = 50
 
 
 class ControlEntry(Section):
@@ -191,13 +202,13 @@ class RecipeModel(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid")
     name: Annotated[str, Unhashed] = ""
-    seed: int = 0
-    trials: int = Field(1, ge=1)
-    steps_per_call: Annotated[int, Unhashed] = Field(50, ge=1, description="1: Lightning's loop, one step per call")
+    seed: Seed = 0
+    trials: int = Field(1, ge=1, le=MAX_SEED + 1, description="trial i runs with seed + i")
+    steps_per_call: Annotated[int, Unhashed] = Field(50, ge=1, le=MAX_COUNT, description="1: Lightning's loop, one step per call")
     ticket: str | None = None
     description: Annotated[str, Unhashed] = ""
     checkpoint_every_n_steps: Annotated[int | None, Unhashed] = Field(
-        None, ge=0, description="a number of steps; 0: no checkpoints; null: about 4 per round")
+        None, ge=0, le=MAX_COUNT, description="a number of steps; 0: no checkpoints; null: about 4 per round")
     vectorize_trials: Annotated[bool | Literal["batched", "parallel"], Unhashed] = False
     model: ModelSection = Field(default_factory=dict, validate_default=True)
     data: DataSection = Field(default_factory=dict, validate_default=True)

@@ -10,6 +10,7 @@ recipe is checked, so a recipe mistake is reported before torch loads.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import inspect
 import math
@@ -20,6 +21,7 @@ from typing import Any, Callable
 from lth_core.config.messages import a_types, admits, brief, got, plain_types, show_key
 from lth_core.errors import LthError, choices
 from lth_core.config.parallel import check_trainer
+from lth_core.config.schema import MAX_COUNT
 
 #: Trainer arguments the lottery sets itself; a recipe may not override them.
 RESERVED_TRAINER_KEYS = frozenset({
@@ -71,13 +73,33 @@ def _devices_ok(v: Any) -> bool:
 
 
 def _max_time_ok(v: Any) -> bool:
-    """``max_time``: ``DD:HH:MM:SS`` or ``{days: .., hours: ..}`` (what Lightning's Timer parses)."""
-    if v is None or isinstance(v, str) and re.fullmatch(r"\s*\d+:\d\d:\d\d:\d\d\s*", v):
+    """``max_time``: ``DD:HH:MM:SS`` or ``{days: .., hours: ..}`` (what Lightning's Timer
+    parses), no longer than a ``datetime.timedelta`` holds (Lightning builds one)."""
+    if v is None:
         return True
+    if isinstance(v, str) and re.fullmatch(r"\s*\d+:\d\d:\d\d:\d\d\s*", v):
+        days, hours, minutes, seconds = map(int, v.strip().split(":"))
+        return _fits_timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
     units = ("weeks", "days", "hours", "minutes", "seconds", "milliseconds", "microseconds")
     return isinstance(v, dict) and bool(v) and all(
         k in units and isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < math.inf for k, x in v.items()
-    )
+    ) and _fits_timedelta(**v)
+
+
+def _fits_timedelta(**parts: float) -> bool:
+    try:
+        datetime.timedelta(**parts)
+    except OverflowError:
+        return False
+    return True
+
+
+def _too_big(value: Any) -> bool:
+    """An integer (or one inside a list or mapping) beyond torch's int64: no Trainer setting."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return abs(value) > MAX_COUNT
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return any(_too_big(v) for v in items)
 
 
 @functools.lru_cache(maxsize=1)
@@ -145,6 +167,8 @@ def _annotation_types(annotation: Any) -> tuple[type, ...]:
 
 
 def _check_trainer_value(key: str, value: Any, source: str) -> None:
+    if _too_big(value):
+        raise LthError(f"{source}: trainer.{key} is {brief(value)}; whole numbers here are at most {MAX_COUNT} (torch's int64)")
     rule = TRAINER_RULES.get(key)
     if rule is not None:
         accepts, valid = rule

@@ -1,8 +1,9 @@
 """Reading recipe files: ``yaml.safe_load`` only, every failure one line, size limits.
 
 A recipe is a page of YAML written by a person or shared by one; a file that is not
-UTF-8, too big, not YAML, or that expands (through aliases) to more values than a recipe
-could hold is refused with one :class:`LthError` line before anything walks it.
+UTF-8, too big, not YAML, that repeats a key, or that expands (through aliases) to more
+values than a recipe could hold is refused with one :class:`LthError` line before
+anything walks it.
 """
 
 from __future__ import annotations
@@ -24,12 +25,59 @@ MAX_NODES = 100_000
 MAX_DEPTH = 50
 
 
+class DuplicateKey(yaml.YAMLError):
+    """A mapping that gives one key twice: YAML forbids it, PyYAML keeps the last silently."""
+
+    def __init__(self, problem: str):
+        super().__init__(problem)
+        self.problem = problem
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping repeating a key (three ``seed:`` lines
+    would otherwise run with the last one), naming the key and the lines that give it.
+
+    Everything else is ``yaml.safe_load``'s: the same tags, types and merge keys (a key
+    given next to ``<<: *base`` overrides the merged one, as YAML 1.1 says; only keys
+    written twice in one mapping are refused).
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            self._refuse_repeats(node)
+        return super().construct_mapping(node, deep=deep)
+
+    def _refuse_repeats(self, node: yaml.MappingNode) -> None:
+        marks: dict[Any, list[yaml.Mark]] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                marks.setdefault(key, []).append(key_node.start_mark)
+            except TypeError:  # an unhashable key: PyYAML's own constructor refuses it
+                continue
+        for key, where in marks.items():
+            if len(where) > 1:
+                raise DuplicateKey(f"key {key!r} is given {len(where)} times, {_places(where)}; "
+                                   "a recipe gives each key once (YAML keeps only the last)")
+
+
+def _places(marks: list[yaml.Mark]) -> str:
+    """``on lines 2, 5 and 9``; ``at 1:5, 1:11 (line:column)`` when a line repeats (a one-line mapping)."""
+    lines = [m.line + 1 for m in marks]
+    if len(set(lines)) == len(lines):
+        return f"on lines {', '.join(map(str, lines[:-1]))} and {lines[-1]}"
+    return f"at {', '.join(f'{m.line + 1}:{m.column + 1}' for m in marks)} (line:column)"
+
+
 def parse_yaml(text: str, what: str) -> Any:
-    """``yaml.safe_load`` whose every failure is one LthError line. PyYAML's constructors
-    raise ValueError, KeyError or AttributeError for some values (``2001-13-45``,
-    ``!!int x``, ``!!bool maybe``, ``!!timestamp x``), and deep nesting a RecursionError."""
+    """``yaml.safe_load`` (through :class:`UniqueKeyLoader`) whose every failure is one
+    LthError line. PyYAML's constructors raise ValueError, KeyError or AttributeError for
+    some values (``2001-13-45``, ``!!int x``, ``!!bool maybe``, ``!!timestamp x``), and deep
+    nesting a RecursionError."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""

@@ -110,24 +110,31 @@ def default_out(recipe: Recipe) -> Path:
 
 
 def execute(recipe: Recipe, pm: Any, out: str | Path | None = None, say: Callable[[str], None] | None = None,
-            code: UserCode | None = None) -> Summary:
+            code: UserCode | None = None, accept_plugin_changes: bool = False) -> Summary:
     """Run a :func:`prepared` recipe into ``out``; every process of a data-parallel run
-    arrives at the end before it returns."""
+    arrives at the end before it returns. What the machine refuses (a full disk, a
+    read-only folder) is one :class:`LthError` line, as on the command line."""
     from lth_core.engines import data_parallel
+    from lth_core.files import os_error_line
     from lth_core.lottery.trials import run_experiment
+    from lth_core.plugin_api.provenance import accepting_changes
     from lth_core.quiet import quiet_lightning
 
     quiet_lightning()
     out = Path(out) if out is not None else default_out(recipe)
     say = say or (lambda text: print(text, file=sys.stderr, flush=True))
-    summary = Summary(run_experiment(recipe, out, say=say, pm=pm, code=code), out)
+    try:
+        with accepting_changes(accept_plugin_changes):
+            summary = Summary(run_experiment(recipe, out, say=say, pm=pm, code=code), out)
+    except OSError as exc:  # lth's writers name their paths (OutputError); this is anything else
+        raise LthError(os_error_line(exc)) from exc
     data_parallel.disconnect()  # data parallel: wait for every process
     return summary
 
 
 def run(recipe: str | Path | Mapping | Recipe, out: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
         plugins: Iterable[Any] = (), say: Callable[[str], None] | None = None, module: Callable[[], Any] | None = None,
-        datamodule: Any = None) -> Summary:
+        datamodule: Any = None, accept_plugin_changes: bool = False) -> Summary:
     """Run a recipe's lottery (every trial, or every point of its sweep) into ``out``
     (default ``runs/NAME-HASH``) and return its :class:`Summary`. ``lth run`` is this call.
 
@@ -136,11 +143,13 @@ def run(recipe: str | Path | Mapping | Recipe, out: str | Path | None = None, ov
     the user's own code: its training step, optimisers and logging as they are; the recipe
     then needs no ``model:`` or ``data:`` (see :mod:`lth_core.engines.foreign`). Rerunning
     into the same ``out`` reuses finished rounds and resumes a killed one at its last
-    checkpoint. ``say`` receives the progress lines (default: printed to standard error,
-    which terminals and notebooks both show).
+    checkpoint. A rerun over rounds made by another version of a plugin the run uses is
+    refused, naming it, unless ``accept_plugin_changes`` (``--accept-plugin-changes``).
+    ``say`` receives the progress lines (default: printed to standard error, which
+    terminals and notebooks both show).
     """
     if (module is None) != (datamodule is None):
         raise LthError("module= and datamodule= go together: your LightningModule factory and the LightningDataModule it trains on")
     code = UserCode(module, datamodule) if module is not None else None
     recipe, pm = prepared(recipe, overrides, plugins, code=code)
-    return execute(recipe, pm, out, say, code)
+    return execute(recipe, pm, out, say, code, accept_plugin_changes)

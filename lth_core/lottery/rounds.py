@@ -32,13 +32,14 @@ from lth_core.engines.base import Engine
 from lth_core.engines.foreign import Foreign
 from lth_core.engines.collectives import is_writer, speaker
 from lth_core.errors import LthError
-from lth_core.files import atomic_write_text, read_json
+from lth_core.files import atomic_write_text, make_dir, read_json
 from lth_core.lottery import tracking
 from lth_core.lottery.run import Run, Start, build_model, check_native_measures, load_data
 from lth_core.lottery.user_code import ModuleData, UserCode
-from lth_core.lottery.steps import Level, prune_step, run_controls
+from lth_core.lottery.steps import Level, check_rounds, prune_step, run_controls
 from lth_core.lottery.summary import format_table, progress_line
 from lth_core.lottery.train import train
+from lth_core.plugin_api.provenance import check_made_by, loaded, plugins_used
 from lth_core.plugin_api.registry import call_hook, get_plugin_manager, get_registry
 from lth_core.tickets.mask import Mask, choose_prunable
 from lth_core.tickets.pruning import Allocation
@@ -83,8 +84,8 @@ def _setup(recipe: Recipe, out_dir: Path, say: Callable[[str], None], pm: Any, g
     check_against_plugins(recipe, registry)
     data, model, builder, engine = _model_and_data(recipe, registry, engine, code)
     source = _transfer_source(recipe, model)
-    Allocation.of_recipe(recipe, Mask.ones_like(model))  # a wrong layer name fails before any folder exists
-    prepare_out_dir(recipe, out_dir)  # before connect: a folder of another recipe stops one process
+    check_rounds(recipe, Mask.ones_like(model))  # a wrong layer name, or rounds past the model's end, fail before any folder exists
+    prepare_out_dir(recipe, out_dir, pm, say)  # before connect: a folder of another recipe stops one process
     world = data_parallel.connect(recipe)  # data parallel: start or join the other processes
     engine = engine or (data_parallel.DataParallel() if world > 1 else Engine())
     initial = source.init if source else {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -163,11 +164,14 @@ def _conclude(run: Run, source: Ticket | None, started: float) -> dict:
     return summary
 
 
-def prepare_out_dir(recipe: Recipe, out_dir: Path) -> None:
-    """Refuse to mix two different recipes in one folder; record what produced the run."""
+def prepare_out_dir(recipe: Recipe, out_dir: Path, pm: Any = None, say: Callable[[str], None] = print) -> None:
+    """Refuse to mix two different recipes, or rounds of other plugin versions, in one
+    folder; record what produced the run (the plugins it uses: :mod:`lth_core.plugin_api.provenance`)."""
     if not is_writer():  # data parallel: rank 0 keeps the run folder
         return
-    out_dir.mkdir(parents=True, exist_ok=True)
+    pm = pm or get_plugin_manager()
+    used = plugins_used(recipe, get_registry(pm), pm)
+    make_dir(out_dir)
     run_json = out_dir / "run.json"
     if run_json.is_file():
         try:
@@ -180,12 +184,13 @@ def prepare_out_dir(recipe: Recipe, out_dir: Path) -> None:
                 f"{out_dir} holds a run of a different recipe (hash {previous}, this one {recipe.hash()}); "
                 "choose another --out or delete that folder"
             )
+    check_made_by(out_dir, loaded(pm), say)
     atomic_write_text(out_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     atomic_write_text(
         run_json,
         json.dumps(
             {"recipe_hash": recipe.hash(), "recipe_source": recipe.source, "lth_version": __version__,
-             "command": " ".join(sys.argv), "torch": torch.__version__, "pytorch_lightning": pl.__version__},
+             "command": " ".join(sys.argv), "torch": torch.__version__, "pytorch_lightning": pl.__version__, "plugins": used},
             indent=2,
         ),
     )

@@ -16,7 +16,8 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
-from lth_core.errors import PluginError
+from lth_core.errors import LthError, PluginError
+from lth_core.config import Recipe
 from lth_core.lottery.run import Run, Start
 from lth_core.lottery.summary import progress_line
 from lth_core.lottery.train import derived_seed, train, trained_weights
@@ -25,6 +26,7 @@ from lth_core.plugin_api.contexts import PruneContext, RewindContext
 from lth_core.plugin_api.criteria import prune_with, scores_of
 from lth_core.plugin_api.registry import call_plugin
 from lth_core.seeds import seeded_generator
+from lth_core.tickets.limits import rounds_limit
 from lth_core.tickets.mask import Mask
 from lth_core.tickets.pruning import Allocation, match_density
 from lth_core.tickets.ticket import load_ticket
@@ -113,8 +115,34 @@ def prune_step(run: Run, k: int, prev: Level, round0: Level, allocation: Allocat
     source.load_into(run.model)
     context = criterion_context(run, lot["criterion"], source.mask, k, source.state, step)
     new_mask = prune_with(run.registry, lot["criterion"], run.model, source.mask, context)
+    check_progress(run, k, new_mask, prev.mask)
     start = rewind(run, lot["rewind"], run.model, new_mask, k)
     return new_mask, start, source
+
+
+def check_rounds(recipe: Recipe, dense: Mask) -> Allocation:
+    """The recipe's allocation over the model's layers (a wrong ``layer_rates`` name fails
+    here), and a one-line refusal of more ``lottery.rounds`` than the model can be pruned
+    (:func:`lth_core.tickets.limits.rounds_limit`), naming the largest number that makes sense."""
+    allocation = Allocation.of_recipe(recipe, dense)
+    lot = recipe["lottery"]
+    limit = None if recipe["ticket"] else rounds_limit(allocation, dense, lot["mode"], lot["rounds"])
+    if limit is not None:
+        raise LthError(f"{recipe.source}: lottery.rounds: {lot['rounds']} is more than model {recipe['model']['name']!r} can be pruned "
+                       f"at lottery.rate {lot['rate']} ({lot['scope']} scope, {lot['mode']}): {limit.why}; "
+                       f"the largest lottery.rounds that makes sense here is {limit.rounds}")
+    return allocation
+
+
+def check_progress(run: Run, k: int, mask: Mask, previous: Mask) -> None:
+    """Stop when round ``k`` would train round ``k-1``'s mask again (pruning during
+    training can reach that sooner than the load check foresees): every later round
+    would repeat it, with no end but the disk's."""
+    if mask == previous:
+        kept = "round 0 is" if k == 1 else f"rounds 0-{k - 1} are"
+        raise LthError(f"round {k} would train the same mask as round {k - 1} ({mask.density():.2%} of weights): pruning "
+                       f"removes no more weights, so every later round would repeat it; {kept} kept in "
+                       f"{run.out_dir}; lottery.rounds: {k - 1} is as far as this run goes")
 
 
 def control_specs(run: Run) -> list[dict]:

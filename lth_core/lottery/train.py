@@ -19,13 +19,14 @@ from lth_core.engines.base import Fit
 from lth_core.engines.collectives import is_writer
 from lth_core.engines.trainer import make_trainer
 from lth_core.errors import LthError, NonFiniteLoss, PluginError, one_line
-from lth_core.files import atomic_write_text
+from lth_core.files import atomic_write_text, make_dir
 from lth_core.lottery import tracking
 from lth_core.lottery.callbacks import culprit, plugin_callbacks
 from lth_core.lottery.run import Run, Start
 from lth_core.lottery.summary import summarise
 from lth_core.plugin_api import contracts
 from lth_core.plugin_api.contexts import RoundContext
+from lth_core.plugin_api.provenance import plugins_used
 from lth_core.plugin_api.registry import call_hook
 from lth_core.seeds import salt
 from lth_core.tickets.mask import Mask, apply_mask
@@ -94,7 +95,7 @@ def _begin(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: P
     apply_mask(run.model, mask)
     ctx = RoundContext(recipe=run.recipe, round=round_, name=name, mask=mask, model=run.model, out_dir=folder,
                        registry=run.registry, data=run.data)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dir(folder)
     call_hook(run.pm, "on_round_start", context=ctx)
     pl.seed_everything(derived_seed(run.recipe, round_, name), verbose=False)
     return ctx
@@ -149,7 +150,8 @@ def _finish(run: Run, fit: Fit, start: Start) -> tuple[Ticket, dict, dict]:
     row.update({k: v for k, v in ctx.metrics.items() if k not in row})
     meta = {"round": ctx.round, "run": ctx.name, "recipe_hash": run.recipe.hash(), "seed": run.recipe["seed"],
             "model": run.recipe["model"], "data": run.recipe["data"]["name"], "start_step": start.step,
-            "optimizer": module.optimizer_cfg, "metrics": row, "lth_version": __version__}
+            "optimizer": module.optimizer_cfg, "metrics": row, "lth_version": __version__,
+            "plugins": plugins_used(run.recipe, run.registry, run.pm, fit.origins)}
     # Clone: on the CPU ``.cpu()`` aliases the live parameters, which the next round overwrites.
     trained = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
     ticket = Ticket(final_mask, start.weights, trained, meta)

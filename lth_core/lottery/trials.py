@@ -73,7 +73,7 @@ def run_experiment(recipe: Recipe, out_dir: str | Path, say: Callable[[str], Non
     n = recipe["trials"]
     if n == 1:
         return run_lottery(recipe, out_dir, say=say, pm=pm, code=code)
-    prepare_out_dir(recipe, out_dir)
+    prepare_out_dir(recipe, out_dir, pm, say)
     summaries, folders = [], []
     if recipe["vectorize_trials"] and code is not None:
         raise LthError(f"vectorize_trials stacks lth's own classifiers; a module of your own trains one trial after another: {OFF}")
@@ -102,7 +102,7 @@ def run_sweep(recipe: Recipe, out_dir: Path, say: Callable[[str], None] = print,
     ``lth report DIR/<point> ...`` compares points. ``sweep.md`` holds one line per point:
     its settings and the last round of the ticket (and of each control).
     """
-    prepare_out_dir(recipe, out_dir)
+    prepare_out_dir(recipe, out_dir, pm, say)
     points = recipe.sweep_points()
     results = []
     for i, (point, sub) in enumerate(points, start=1):

@@ -59,13 +59,18 @@ class RewindContext:
     ``initial`` is θ0's full state dict, ``generator`` a seeded CPU generator,
     ``seed`` an integer derived from the run seed for this round (for policies that build
     fresh weights with ``new_model``), ``new_model()`` builds a freshly initialised model
-    of the recipe's architecture under the current global RNG. ``run_dir`` is the run
-    folder (``round_0/`` holds what round 0's callbacks saved, e.g. weights at step k).
+    of the recipe's architecture under the current global RNG. ``round`` is the round
+    being created. ``options`` is a copy of the recipe's ``lottery.rewind_options`` (the
+    keys the policy declared with ``options=`` are checked at load; late rewinding reads
+    ``to``). ``run_dir`` is the run folder (``round_0/`` holds what round 0's callbacks
+    saved, e.g. weights at step k).
 
     A policy may also *set* two fields, read by the core after it returns:
-    ``start_step`` (train from step k of the schedule and data order: late rewinding) and
-    ``optimizer`` (a copy of the recipe's optimiser settings: fine-tuning lowers ``lr``).
-    ``max_steps`` and ``steps_per_epoch`` help convert "2ep" to steps.
+    ``start_step`` (train from step k of the schedule and data order: late rewinding; a
+    step in ``[0, max_steps)``) and ``optimizer`` (a copy of the recipe's optimiser
+    settings: fine-tuning lowers ``lr``). ``max_steps`` (``trainer.max_steps``, -1 when
+    training is limited otherwise) and ``steps_per_epoch`` (full training batches per
+    epoch) help convert "2ep" to steps.
     """
 
     initial: dict[str, Tensor]
@@ -85,7 +90,11 @@ class RewindContext:
 class RoundContext:
     """Describes one training run of the lottery: a round or one of its controls.
 
-    ``state`` is handed, after training, to the criterion that prunes the next round
+    ``recipe`` is the run's :class:`lth_core.Recipe`, ``round`` its round and ``name``
+    ``"ticket"`` or the control's name; ``mask`` is the mask it starts under and ``model``
+    the network (at its start weights when the run begins). ``out_dir`` is the run's own
+    folder (``round_<k>/`` or ``round_<k>/control_<name>/``; write files there only where
+    :func:`lth_core.is_writer` is true). ``state`` is handed, after training, to the criterion that prunes the next round
     (a movement criterion's callback accumulates its scores here, keyed by plugin).
     ``module`` is the lottery's view of the run once training starts: a
     :class:`lth_core.LotteryModule`, or for a user's own LightningModule
@@ -131,7 +140,9 @@ class MergeContext:
     """Passed to a merge strategy's ``merge_fn`` by ``lth merge``.
 
     ``model_name`` is the registered model of the tickets and ``new_model()`` builds a
-    fresh one (for structure and shapes; a strategy never trains it). ``data`` is the
+    fresh one (for structure and shapes; a strategy never trains it). ``recipe`` is the
+    :class:`lth_core.Recipe` the merge runs under (the first ticket's run's, or
+    ``--recipe``, with ``--set``). ``data`` is the
     recipe's :class:`lth_core.DataModule`, ``generator`` a CPU generator seeded from
     the recipe seed (e.g. the order of weight matching's coordinate descent).
     ``retrain(mask, start=None, start_step=0)`` trains ``mask`` with the recipe's training

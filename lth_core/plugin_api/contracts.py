@@ -86,15 +86,30 @@ def tensor_problem(value: Any, like: Tensor) -> str | None:
 
 
 def check_state(state: Any, own: dict[str, Tensor], source: str) -> dict[str, Tensor]:
-    """A rewind policy's state dict, checked entry by entry and cast to the model's dtypes."""
-    if not isinstance(state, dict) or set(state) != set(own):
-        got = sorted(state)[:3] if isinstance(state, dict) else type(state).__name__
-        raise PluginError(f"{source} must return the model's full state dict ({len(own)} entries), got {got}")
+    """A rewind policy's state dict, checked entry by entry and cast to the model's dtypes.
+
+    A dict with other keys than the model's names the keys it lacks (and those it should
+    not have): a policy that rewinds only the prunable weights learns it must return the
+    biases too."""
+    if not isinstance(state, dict):
+        raise PluginError(f"{source} must return the model's full state dict ({len(own)} entries), got {type(state).__name__}")
+    missing, extra = [k for k in own if k not in state], [k for k in state if k not in own]
+    if missing or extra:
+        problems = [f"lacks {len(missing)}: {_some(missing)}"] * bool(missing)
+        problems += [f"has {len(extra)} the model does not: {_some(extra)}"] * bool(extra)
+        raise PluginError(f"{source} must return the model's full state dict ({len(own)} entries); its dict "
+                          + " and ".join(problems))
     for n, t in state.items():
         problem = tensor_problem(t, own[n])
         if problem:
             raise PluginError(f"{source} returned {n} {problem}")
     return {n: t.to(own[n].dtype) for n, t in state.items()}
+
+
+def _some(keys: list, shown: int = 6) -> str:
+    """Up to ``shown`` keys, then how many more."""
+    more = f", ... ({len(keys) - shown} more)" if len(keys) > shown else ""
+    return ", ".join(map(str, keys[:shown])) + more
 
 
 def check_callback(cb: Any, source: str) -> pl.Callback:

@@ -23,12 +23,12 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from lth_core.config import TOP_LEVEL, Recipe, brief, options_of, parse, point_name, show_key
 from lth_core.errors import LthError, PluginError, choices
-from lth_core.plugin_api.registry import get_registry, raised
+from lth_core.plugin_api.registry import Registry, get_registry, raised
 
 SECTIONS_KIND = "recipe_sections"
 
 
-def check_against_plugins(recipe: Recipe, registry, command: str | None = None) -> None:
+def check_against_plugins(recipe: Recipe, registry: Registry, command: str | None = None) -> None:
     """Every plugin name in the recipe is registered; plugin options fit their factories,
     and ``lottery.criterion_options``/``rewind_options`` fit what the run's criteria and
     rewind policies read; every other top-level key is a registered section, valid, and
@@ -82,7 +82,7 @@ def check_sections(recipe: Recipe, registry, command: str | None = None) -> None
         _validated(entry.obj, value, show_key(key), _owner(entry), recipe.source)
 
 
-def section(recipe: Recipe, name: str, registry=None) -> BaseModel | None:
+def section(recipe: Recipe, name: str, registry: Registry | None = None) -> BaseModel | None:
     """The recipe's section ``name`` read through the model its plugin registered: the
     validated model instance, defaults applied; None when the recipe has no such section
     (or an empty one). The recipe itself keeps the section as written (its hash too)."""

@@ -74,7 +74,20 @@ class Registry:
             hook = getattr(self.pm.hook, hook_name)
             for impl in hook.get_hookimpls():
                 plugin_name = self.pm.get_name(impl.plugin) or repr(impl.plugin)
-                impl.function(register=self._registrar(kind, noun, plugin_name))
+                self._register(hook_name, plugin_name, impl.function, self._registrar(kind, noun, plugin_name))
+
+    def _register(self, hook_name: str, plugin: str, fn: Callable, register: Callable) -> None:
+        """Call one registration hook. An LthError (the registrar's refusal of a name, or the
+        plugin's own) reads as written; any other exception of a plugin's is one line naming
+        it; lth's own plugins keep their tracebacks."""
+        try:
+            fn(register=register)
+        except LthError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug in the plugin's registration
+            if is_core(plugin):
+                raise
+            raise raised(f"{hook_name} of plugin {plugin!r}", exc) from exc
 
     def _registrar(self, kind: str, noun: str, plugin: str) -> Callable:
         table = self.kinds[kind]
@@ -181,18 +194,22 @@ def _dist_name(ep: md.EntryPoint) -> str:
     return dist.metadata["Name"] if dist is not None else "?"
 
 
-def make_plugin_manager(autoload: bool | None = None, entry_points: bool = True) -> pluggy.PluginManager:
+def make_plugin_manager(autoload: bool | None = None, entry_points: bool = True,
+                        broken: list[dict] | None = None) -> pluggy.PluginManager:
     """Create the plugin manager: lth's own plugins, then every plugin of the ``lth`` entry points.
 
     A plugin that fails to import, or two distributions claiming the same plugin name,
-    raise :class:`PluginError` naming them. ``entry_points=False`` loads lth's own alone.
+    raise :class:`PluginError` naming them and the ways out. ``entry_points=False`` loads
+    lth's own alone. With a ``broken`` list, a plugin that fails to import is appended to
+    it (``{"name", "distribution", "version", "broken"}``) and the others load: what ``lth
+    plugins`` lists.
     """
     pm = pluggy.PluginManager("lth")
     pm.add_hookspecs(hookspecs)
     for module in CORE_PLUGINS:
         pm.register(importlib.import_module(module), name=module)
     if entry_points:
-        _load_entry_points(pm, autoload)
+        _load_entry_points(pm, autoload, broken)
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
@@ -200,7 +217,16 @@ def make_plugin_manager(autoload: bool | None = None, entry_points: bool = True)
     return pm
 
 
-def _load_entry_points(pm: pluggy.PluginManager, autoload: bool | None) -> None:
+def ways_out(ep: md.EntryPoint) -> str:
+    """What a user can do about a plugin that fails to load."""
+    dist = _dist_name(ep)
+    if _is_bundled(ep):
+        return "it is part of lth: reinstall lth (pip install --force-reinstall lth)"
+    return (f"to run without it, set {AUTOLOAD_ENV}=1 (lth's bundled plugins only) or remove it: lth uninstall {dist}; "
+            "lth --traceback ... shows where it failed")
+
+
+def _load_entry_points(pm: pluggy.PluginManager, autoload: bool | None, broken: list[dict] | None = None) -> None:
     """Register the ``lth`` entry points' plugins (only the bundled ones without autoload)."""
     if autoload is None:
         autoload = os.environ.get(AUTOLOAD_ENV, "") in ("", "0")
@@ -219,10 +245,12 @@ def _load_entry_points(pm: pluggy.PluginManager, autoload: bool | None) -> None:
         try:
             pm.load_setuptools_entrypoints("lth", name=ep.name)
         except Exception as exc:  # noqa: BLE001 - any import failure is the plugin's
-            raise PluginError(
-                f"plugin {ep.name!r} ({ep.value}, from {_dist_name(ep)}) failed to load: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+            problem = one_line(f"{type(exc).__name__}: {exc}")
+            if broken is None:
+                raise PluginError(f"plugin {ep.name!r} ({ep.value}, from {_dist_name(ep)}) failed to load: {problem}; {ways_out(ep)}") from exc
+            dist = getattr(ep, "dist", None)
+            broken.append({"name": ep.name, "distribution": _dist_name(ep), "version": dist.metadata["Version"] if dist else None,
+                           "broken": f"failed to load: {problem}; {ways_out(ep)}"})
 
 
 _PM: pluggy.PluginManager | None = None
@@ -235,6 +263,13 @@ def get_plugin_manager() -> pluggy.PluginManager:
     if _PM is None:
         _PM = make_plugin_manager()
     return _PM
+
+
+def listing_plugin_manager(broken: list[dict]) -> pluggy.PluginManager:
+    """The plugin manager ``lth plugins`` lists: the process-wide one when it is loaded
+    (every plugin loaded, and any registered since), else one that collects the plugins
+    failing to load into ``broken`` instead of stopping."""
+    return _PM if _PM is not None else make_plugin_manager(broken=broken)
 
 
 def core_plugin_manager() -> pluggy.PluginManager:
@@ -251,9 +286,10 @@ def get_registry(pm: pluggy.PluginManager | None = None) -> Registry:
     return Registry(pm or get_plugin_manager())
 
 
-def describe_plugins(pm: pluggy.PluginManager | None = None) -> list[dict]:
+def describe_plugins(pm: pluggy.PluginManager | None = None, broken: list[dict] | None = None) -> list[dict]:
     """Every loaded plugin with its version and the names it registers per kind (lth's own
-    plugins are lth itself, not installed plugins: ``lth --help`` lists their commands)."""
+    plugins are lth itself, not installed plugins: ``lth --help`` lists their commands),
+    then the ``broken`` ones that failed to load (:func:`make_plugin_manager`), by name."""
     pm = pm or get_plugin_manager()
     registry = get_registry(pm)
     versions = {
@@ -277,4 +313,4 @@ def describe_plugins(pm: pluggy.PluginManager | None = None) -> list[dict]:
                 "registers": {k: v for k, v in registers.items() if v},
             }
         )
-    return out
+    return out + [{**b, "hooks": [], "registers": {}} for b in sorted(broken or [], key=lambda b: b["name"])]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lth_core.files import read_json
+from lth_core.files import atomic_path, make_dir, read_json
 
 MERGE_FILE = "merge.json"
 
@@ -45,7 +45,8 @@ def path_figure(record: dict, out: Path, name: str) -> Path | None:
     fig.suptitle(f"Linear path between tickets ({record['strategy']})")
     fig.tight_layout()
     path = out / f"{name}.png"
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path
 
@@ -70,7 +71,7 @@ def barrier_table(record: dict) -> str:
 
 def merge_sections(dirs: list[Path], out: Path) -> list[str]:
     """Figures (written into ``out``) and Markdown for each merge folder."""
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     parts: list[str] = []
     for d in dirs:
         record = read_json(d / MERGE_FILE)

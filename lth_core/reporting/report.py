@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lth_core.errors import LthError
-from lth_core.files import read_json
+from lth_core.files import atomic_path, atomic_write_text, make_dir, read_json
 from lth_core.reporting.sections import claimed_sections, render_section
 
 #: The paper's highlighted levels of weights remaining (Frankle & Carbin, Figure 3).
@@ -136,13 +136,14 @@ def make_figures(series: list[Series], out: Path, rounds: list[int] | None = Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     figures: dict[str, Path] = {}
 
     def save(fig, name: str) -> None:
         path = out / f"{name}.png"
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
         plt.close(fig)
         figures[name] = path
 
@@ -294,9 +295,9 @@ def write_report(dirs: list[str | Path], out: str | Path, rounds: list[int] | No
     series = [Series.from_dir(d) for d in folders if is_run_folder(d)]
     sections = claimed_sections([d for d in folders if not is_run_folder(d)])
     parts = ["# Lottery ticket report", "", *_run_parts(series, out, rounds)]
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     for entry, claimed in sections:
         parts += render_section(entry, claimed, out)
     report = out / "report.md"
-    report.write_text("\n".join(parts))
+    atomic_write_text(report, "\n".join(parts))
     return report

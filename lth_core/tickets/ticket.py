@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from lth_core.errors import LthError
-from lth_core.files import atomic_write_tensors, atomic_write_text, json_digest, read_json, sha256_file
+from lth_core.files import atomic_write_tensors, atomic_write_text, json_digest, make_dir, read_json, sha256_file
 from lth_core.tickets.mask import Mask, check_mask_fits
 
 FILES = ("mask", "init", "final")
@@ -73,7 +73,7 @@ def save_ticket(ticket: Ticket, folder: str | os.PathLike) -> Path:
     (``ticket_sha256``), so any later change to any file of the ticket is detected.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dir(folder)
     tensors = {"mask": dict(ticket.mask.items()), "init": ticket.init}
     if ticket.final is not None:
         tensors["final"] = ticket.final

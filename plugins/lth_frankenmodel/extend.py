@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from lth_core import DataModule, LthError, Mask, PluginError, Recipe, Registry, Run, Start, __version__, atomic_write_text, build_model, call_plugin, check_against_plugins, get_plugin_manager, get_registry, load_data, read_json, train_run
+from lth_core import DataModule, LthError, Mask, PluginError, Recipe, Registry, Run, Start, __version__, atomic_write_text, build_model, call_plugin, check_against_plugins, get_plugin_manager, get_registry, load_data, make_dir, read_json, train_run
 
 from lth_frankenmodel.freeze import FreezeOwned
 from lth_frankenmodel.packed import EXTEND_JSON, Packed, claim, grow, load_source, save_packed
@@ -181,7 +181,7 @@ def _guard_out(out: Path, source_dir: Path, record: dict) -> None:
     start = out / START_JSON
     if start.is_file() and read_json(start) != record:
         raise LthError(f"{out} holds an unfinished extension of another ticket or recipe; choose another --out or delete it")
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     atomic_write_text(start, json.dumps(record, indent=2))
 
 

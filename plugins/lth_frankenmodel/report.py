@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lth_core import read_json
+from lth_core import atomic_path, make_dir, read_json
 
 from lth_frankenmodel.packed import EXTEND_JSON
 
@@ -85,7 +85,8 @@ def bar_figure(record: dict, path: Path) -> None:
     ax.legend(fontsize=7, loc="upper center", ncol=3)
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
 
@@ -93,7 +94,7 @@ def extension_sections(dirs: list[Path], out: Path) -> list[str]:
     """``report.md`` sections and one bar figure per extension folder."""
     parts: list[str] = []
     for d in dirs:
-        out.mkdir(parents=True, exist_ok=True)
+        make_dir(out)
         record = read_json(Path(d) / EXTEND_JSON)
         figure = out / f"extend_{Path(d).name}.png"
         bar_figure(record, figure)

@@ -51,7 +51,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from lth_core import Allocation, LthError, Mask, RoundContext, atomic_write_text, choices, hookimpl
+from lth_core import Allocation, LthError, Mask, RoundContext, atomic_write_text, choices, hookimpl, make_dir
 
 NAME = "gradual_pruning"
 SCHEDULES = ("cubic", "constant")
@@ -164,7 +164,7 @@ class GradualPruning(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         out = self.context.out_dir
         if out is not None and self.records:
-            Path(out).mkdir(parents=True, exist_ok=True)
+            make_dir(Path(out))
             record = {"criterion": self.criterion, "schedule": self.schedule, "start_step": self.start_step,
                       "end_step": self.end_step, "interval": self.interval, "steps": self.records}
             # atomically: a kill mid-write must not leave half a record beside a resumable run

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from lth_core import LthError, Mask, RoundContext, atomic_write_tensors, hookimpl, keep_top, prunable_parameters
+from lth_core import LthError, Mask, RoundContext, atomic_write_tensors, hookimpl, keep_top, make_dir, prunable_parameters
 
 METHODS = ("edge_popup", "bernoulli")
 SCORES = "supermask_scores"
@@ -226,7 +226,7 @@ class Supermask(pl.Callback):
     def _save_scores(self) -> None:
         if self.context.out_dir is None:
             return
-        self.context.out_dir.mkdir(parents=True, exist_ok=True)
+        make_dir(self.context.out_dir)
         atomic_write_tensors(self.context.out_dir / f"{SCORES}.safetensors", {layer.name: layer.scores for layer in self.layers})
 
     @torch.no_grad()
