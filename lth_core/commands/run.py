@@ -41,10 +41,10 @@ def run(args: argparse.Namespace) -> int:
     elif args.recipe is None:
         raise LthError("lth run needs a RECIPE (a YAML file or a bundled recipe name), or --resume DIR")
     recipe = load_recipe(args.recipe, args.set)  # recipe mistakes fail before torch loads
-    from lth_core.engines.collectives import is_writer
     from lth_core.lottery.api import default_out, execute, prepared
 
-    recipe, pm = prepared(recipe, command="run")  # a section of another command names it
+    recipe, pm = prepared(recipe, command="run")  # plugin names and options too; a section of another command names it
+    from lth_core.engines.collectives import is_writer
     out = Path(args.out) if args.out else default_out(recipe)
     if is_writer():  # data parallel: the other processes run the same command quietly
         print(f"lth: recipe {recipe.source} (hash {recipe.hash()}) -> {out}", file=sys.stderr)

@@ -14,12 +14,14 @@ from __future__ import annotations
 import copy
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from lth_core.config import Recipe, load_recipe, set_path, validate
 from lth_core.errors import LthError
 from lth_core.plugin_api.registry import get_plugin_manager, make_plugin_manager
-from lth_core.tickets.ticket import Ticket, load_ticket
+
+if TYPE_CHECKING:  # checking a recipe (``prepared``) imports no torch: its mistakes are reported at once
+    from lth_core.tickets.ticket import Ticket
 
 
 class Summary(dict):
@@ -46,6 +48,8 @@ class Summary(dict):
 
     def ticket(self, round: int, run: str = "ticket", trial: int | None = None, point: str | None = None) -> Ticket:
         """Round ``round``'s ticket (mask, start and trained weights, metadata), checked."""
+        from lth_core.tickets.ticket import load_ticket
+
         return load_ticket(self.ticket_dir(round, run, trial, point))
 
 

@@ -16,10 +16,14 @@ import gzip
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from lth_core import LthError, atomic_path, hookimpl
 
-from lth_core import DataBundle, LthError, atomic_path, hookimpl
+if TYPE_CHECKING:  # loading the plugin imports no torch: `lth plugins` and `lth --help` stay fast
+    import torch
+
+    from lth_core import DataBundle
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -37,6 +41,9 @@ def _standardise(train: torch.Tensor, test: torch.Tensor, dims: tuple) -> tuple[
 
 def digits() -> DataBundle:
     """scikit-learn's handwritten digits: 1x8x8 images, 10 classes."""
+    import torch
+
+    from lth_core import DataBundle
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -98,6 +105,10 @@ def _remedy(cls_name: str, download: bool) -> str:
 
 
 def _grey_bundle(cls_name: str, name: str, root: Path, download: bool) -> DataBundle:
+    import torch  # noqa: F401 - torchvision's tensors
+
+    from lth_core import DataBundle
+
     train, test = _torchvision_set(cls_name, root, download)
     xtr = train.data.unsqueeze(1).float() / 255.0
     xte = test.data.unsqueeze(1).float() / 255.0
@@ -134,6 +145,10 @@ def fashion_mnist(root: str = "", download: bool = True) -> DataBundle:
 
 def cifar10(root: str = "", download: bool = True) -> DataBundle:
     """CIFAR-10 (50k/10k, 3x32x32) through torchvision, standardised per channel."""
+    import torch
+
+    from lth_core import DataBundle
+
     train, test = _torchvision_set("CIFAR10", Path(root) if root else default_root(), download)
     xtr = torch.tensor(train.data).permute(0, 3, 1, 2).float() / 255.0
     xte = torch.tensor(test.data).permute(0, 3, 1, 2).float() / 255.0
