@@ -117,9 +117,7 @@ class StackedLoader:
         if len({len(ld) for ld in loaders}) != 1:
             raise LthError(f"vectorize_trials: the trials' loaders differ in length ({[len(ld) for ld in loaders]}); {OFF}")
         first = loaders[0]
-        self.shared = not any(ld.shuffle for ld in loaders) and all(
-            ld.x is first.x or (ld.x.shape == first.x.shape and torch.equal(ld.x, first.x) and torch.equal(ld.y, first.y))
-            for ld in loaders[1:])
+        self.shared = not any(ld.shuffle for ld in loaders) and all(ld.same_examples(first) for ld in loaders[1:])
 
     def __len__(self) -> int:
         return len(self.loaders[0])
@@ -136,15 +134,21 @@ class StackedLoader:
 
     def _gathered(self) -> Iterator[tuple[Tensor, Tensor]]:
         """Training chunks gathered straight into their slot of the stacked batch: the
-        tensors stacking each loader's chunk gives, without copying every chunk twice."""
-        sources = [(ld.loader.x, ld.loader.y) for ld in self.loaders]
+        tensors stacking each loader's chunk gives, without copying every chunk twice
+        (stored inputs, normalised once the stack is whole: the same values per element)."""
+        loaders = [ld.loader for ld in self.loaders]
+        norms = {ld.normalization for ld in loaders}
         for sels in zip(*(ld.indices() for ld in self.loaders)):
-            x = sources[0][0].new_empty((len(sels), len(sels[0]), *sources[0][0].shape[1:]))
-            y = sources[0][1].new_empty((len(sels), len(sels[0]), *sources[0][1].shape[1:]))
-            for i, (sel, (xs, ys)) in enumerate(zip(sels, sources)):
-                torch.index_select(xs, 0, sel, out=x[i])
-                torch.index_select(ys, 0, sel, out=y[i])
-            yield x, y
+            x = loaders[0].x.new_empty((len(sels), len(sels[0]), *loaders[0].x.shape[1:]))
+            y = loaders[0].y.new_empty((len(sels), len(sels[0]), *loaders[0].y.shape[1:]))
+            for i, (sel, ld) in enumerate(zip(sels, loaders)):
+                rows = ld.where(sel)
+                torch.index_select(ld.x, 0, rows, out=x[i])
+                torch.index_select(ld.y, 0, rows, out=y[i])
+            if len(norms) == 1:
+                yield (x if None in norms else next(iter(norms)).apply(x)), y
+            else:  # trials over differently normalised data: each slot its own
+                yield torch.stack([ld.normalization.apply(x[i]) if ld.normalization else x[i] for i, ld in enumerate(loaders)]), y
 
 
 class StackedLinear(nn.Module):
@@ -513,8 +517,9 @@ def _group_key(job: Job) -> str:
     optimiser and data shapes."""
     d = job.run.data
     resumed = job.keep is not None and job.keep.optimizer_state is not None
-    return json.dumps([job.start_step, resumed, job.module.steps_per_call, job.module.optimizer_cfg, list(d.train_x.shape),
-                       list(d.val_x.shape), list(d.test_x.shape), d.batch_size, d.eval_batch_size], sort_keys=True, default=str)
+    shapes = [[d.examples(split), *d.input_shape] for split in ("train", "val", "test")]
+    return json.dumps([job.start_step, resumed, job.module.steps_per_call, job.module.optimizer_cfg, *shapes,
+                       d.batch_size, d.eval_batch_size], sort_keys=True, default=str)
 
 
 def train_stacked(jobs: list[Job], mode: str = "stacked") -> None:

@@ -111,6 +111,10 @@ def default_out(recipe: Recipe) -> Path:
 def execute(recipe: Recipe, pm: Any, out: str | Path | None = None, say: Callable[[str], None] | None = None) -> Summary:
     """Run a :func:`prepared` recipe into ``out``; every process of a data-parallel run
     arrives at the end before it returns."""
+    from lth_core.plugin_api.datasets import preload
+    from lth_core.plugin_api.registry import get_registry
+
+    data = preload(recipe, get_registry(pm))  # before Lightning loads: a lower peak of memory (see preload)
     from lth_core.engines import data_parallel
     from lth_core.lottery.trials import run_experiment
     from lth_core.quiet import quiet_lightning
@@ -120,6 +124,7 @@ def execute(recipe: Recipe, pm: Any, out: str | Path | None = None, say: Callabl
     say = say or (lambda text: print(text, file=sys.stderr, flush=True))
     summary = Summary(run_experiment(recipe, out, say=say, pm=pm), out)
     data_parallel.disconnect()  # data parallel: wait for every process
+    del data  # held until every run of the recipe is done
     return summary
 
 
