@@ -158,9 +158,11 @@ def test_a_lottery_on_bytes_equals_the_lottery_on_floats(tiny_raw, tmp_path, pm)
         same_tickets(tmp_path / f"digits-{chunk}", tmp_path / f"digits_bytes-{chunk}", 2, ("control_random_reinit",))
 
 
-def test_stacked_trials_on_bytes_equal_those_on_floats(tiny_raw, tmp_path, pm) -> None:
-    """``vectorize_trials: batched`` gathers every trial's chunk into one stacked batch."""
-    tiny_raw.update(trials=2, vectorize_trials="batched")
+@pytest.mark.parametrize("mode", [True, "batched"], ids=["stacked", "batched"])
+def test_stacked_trials_on_bytes_equal_those_on_floats(mode, tiny_raw, tmp_path, pm) -> None:
+    """Stacked trials gather every trial's chunk into one stacked batch, which stays bytes
+    until the module normalises it step by step."""
+    tiny_raw.update(trials=2, vectorize_trials=mode)
     tiny_raw["lottery"]["rounds"] = 1
     with registered(pm, BytesDigits(), "bytes-digits"):
         for name in ("digits", "digits_bytes"):
