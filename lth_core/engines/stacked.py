@@ -582,6 +582,8 @@ def _fit_group(jobs: list[Job], mode: str = "stacked") -> None:
     chunk = first.module.steps_per_call  # train chose it for this run; every job's trainer counts calls so
     stacked.train_in_chunks(chunk, first.run.data.batch_size)
     max_steps = first.run.recipe["trainer"]["max_steps"]
+    for job in jobs:  # on a GPU the data stays there when it fits (the trials share one copy)
+        job.run.data.place(first.trainer.strategy.root_device)
     train = StackedLoader([train_loader(j.run.data, j.start_step, max_steps, chunk) for j in jobs], deferred=True)
     stacked.normalization = train.normalization  # None unless the chunks come as stored bytes
     evals = [StackedLoader(list(split)) for split in zip(*(j.run.data.eval_loaders() for j in jobs))]
