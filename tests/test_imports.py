@@ -58,3 +58,19 @@ def test_what_commands_load_imports_nothing_heavy() -> None:
 
 def test_a_training_process_gains_neither_scikit_learn_nor_wandb_from_lth_s_imports() -> None:
     assert imported(["torch", "pytorch_lightning"], all_modules(), ["sklearn", "wandb", "scipy", "matplotlib"]) == []
+
+
+def test_nothing_requires_torch_s_cuda_build() -> None:
+    """The README's CPU-only install (torch and torchvision from PyTorch's CPU index, versions
+    ``X+cpu``) satisfies lth's requirements, and lth requires no CUDA package."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = {r.name: r for r in map(Requirement, project["dependencies"])}
+    assert not [n for n in requirements if n.startswith(("nvidia", "cuda"))]
+    for name in ("torch", "torchvision"):
+        public = Version(importlib.metadata.version(name)).public  # this environment's version, as the CPU index has it
+        assert requirements[name].specifier.contains(f"{public}+cpu"), (name, str(requirements[name].specifier))
