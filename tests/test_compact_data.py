@@ -215,3 +215,18 @@ def test_a_bad_normalization_is_refused_naming_the_plugin(normalization, expecte
     with pytest.raises(PluginError) as caught:
         bundle.check("data set 'digits_bytes' (plugin 'x')")
     assert expected in str(caught.value)
+
+
+def test_a_tensor_is_copied_to_a_device_once_and_the_copy_goes_with_it() -> None:
+    """What :meth:`DataModule.place` uses (on the meta device, as no GPU is here): stacked
+    trials placing one shared bundle make one device copy, freed when the bundle is."""
+    from lth_core.data import loaders
+
+    t = torch.arange(12.0)
+    first = loaders._on(t, torch.device("meta"))
+    assert first.device.type == "meta" and loaders._on(t, torch.device("meta")) is first
+    key = (id(t), "meta")
+    assert key in loaders._DEVICE_COPIES
+    del t, first
+    gc.collect()
+    assert key not in loaders._DEVICE_COPIES

@@ -246,6 +246,8 @@ class DataModule:
         there with no host-to-device copy per step; True if it is there. The data fits when
         it takes at most a quarter of the device's free memory (training needs the rest)."""
         device = torch.device(device)
+        if device.type == "cuda" and device.index is None:  # "cuda" and "cuda:0" are one device
+            device = torch.device("cuda", torch.cuda.current_device())
         if self.device == device:
             return True
         if device.type != "cuda":
@@ -265,13 +267,18 @@ def _positions(rows: Tensor | None, index: slice | Tensor | None, n: int) -> Ten
     return base if index is None else base[index.to(base.device) if isinstance(index, Tensor) else index]
 
 
-_DEVICE_COPIES: "weakref.WeakKeyDictionary[Tensor, dict[str, Tensor]]" = weakref.WeakKeyDictionary()
+#: (id of a host tensor, device) -> (a weak reference to it, its copy on the device). Not a
+#: WeakKeyDictionary: it compares keys with ``==``, which a tensor answers element-wise.
+_DEVICE_COPIES: dict[tuple[int, str], tuple[weakref.ref, Tensor]] = {}
 
 
 def _on(t: Tensor, device: torch.device) -> Tensor:
     """``t`` on ``device``, one copy per tensor and device however many runs place it
-    (stacked trials share one bundle)."""
-    copies = _DEVICE_COPIES.setdefault(t, {})
-    if str(device) not in copies:
-        copies[str(device)] = t.to(device)
-    return copies[str(device)]
+    (stacked trials share one bundle); the copy goes when ``t`` does."""
+    key = (id(t), str(device))
+    held = _DEVICE_COPIES.get(key)
+    if held is not None and held[0]() is t:
+        return held[1]
+    copy = t.to(device)
+    _DEVICE_COPIES[key] = (weakref.ref(t, lambda _, key=key: _DEVICE_COPIES.pop(key, None)), copy)
+    return copy
