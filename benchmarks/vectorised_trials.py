@@ -30,7 +30,11 @@ of each repeat's own ratio: steadier on a machine whose speed drifts),
 ``paired_{batched,parallel}_vs_best_sequential`` and ``cpu_stacked_vs_sequential`` (the first ratio in the
 process's CPU time).
 
-    python benchmarks/vectorised_trials.py [--k 4] [--steps 400] [--repeats 7]   # OMP_NUM_THREADS=1 for one thread
+Every variant trains on the data as a lottery holds it (Fashion-MNIST's bytes, normalised
+per batch). ``--device cuda`` trains on the GPU with the data resident there (``parallel``
+and ``sequential_one_thread``, CPU-thread variants, are left out).
+
+    python benchmarks/vectorised_trials.py [--k 4] [--steps 400] [--repeats 7] [--device cuda]   # OMP_NUM_THREADS=1 for one thread
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ from lth_core import apply_mask
 from lth_core.engines.stacked import StackedLoader, StackedModule
 from lth_datasets import fashion_mnist
 from lth_models import lenet300
-from overhead import BATCH, OPT, _Clock, _trainer, make_mask  # noqa: E402 - benchmarks/ is on sys.path
+from overhead import BATCH, OPT, Data, _Clock, _trainer, make_mask  # noqa: E402 - benchmarks/ is on sys.path
 
 
 class CpuClock(_Clock):
@@ -80,46 +84,52 @@ def replicates(k: int) -> list:
     return out
 
 
-def loader(x: torch.Tensor, y: torch.Tensor, i: int) -> TensorLoader:
-    return TensorLoader(x, y, BATCH, shuffle=True, seed=i, drop_last=True)
+def loader(data: Data, i: int) -> TensorLoader:
+    return TensorLoader(data.stored, data.y, BATCH, shuffle=True, seed=i, drop_last=True, normalization=data.normalization)
 
 
-def sequential(k: int, x: torch.Tensor, y: torch.Tensor, steps: int, chunk: int = 50) -> tuple[float, float]:
+def sequential(k: int, data: Data, steps: int, chunk: int = 50) -> tuple[float, float]:
     """Wall and CPU seconds per network-step of K lottery rounds trained one after another."""
     from lth_core.engines.module import LotteryModule
 
     wall = cpu = 0.0
     for i, (model, mask) in enumerate(replicates(k)):
-        clock = CpuClock()
+        clock = CpuClock(data)
         module = LotteryModule(model, mask, OPT, num_classes=10)
         module.train_in_chunks(chunk, BATCH)
-        data = StepChunks(loader(x, y, i), 0, steps, chunk) if chunk > 1 else loader(x, y, i)
-        _trainer(steps, clock).fit(module, train_dataloaders=data)
+        batches = StepChunks(loader(data, i), 0, steps, chunk) if chunk > 1 else loader(data, i)
+        _trainer(steps, clock).fit(module, train_dataloaders=batches)
         wall, cpu = wall + clock.seconds, cpu + clock.cpu_seconds
     return wall / (k * steps), cpu / (k * steps)
 
 
-def sequential_one_thread(k: int, x: torch.Tensor, y: torch.Tensor, steps: int) -> tuple[float, float]:
+def sequential_one_thread(k: int, data: Data, steps: int) -> tuple[float, float]:
     """:func:`sequential` with one intra-op thread (on this VM sometimes faster than two)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return sequential(k, x, y, steps)
+        return sequential(k, data, steps)
     finally:
         torch.set_num_threads(threads)
 
 
-def stacked(k: int, x: torch.Tensor, y: torch.Tensor, steps: int, batched: bool = False, workers: int = 1) -> tuple[float, float]:
+def stacked(k: int, data: Data, steps: int, batched: bool = False, workers: int = 1) -> tuple[float, float]:
     """Wall and CPU seconds per network-step of the K replicates as one stacked model."""
     reps = replicates(k)
     module = StackedModule([m for m, _ in reps], [mk for _, mk in reps], OPT, num_classes=10,
                            input_shape=(1, 28, 28) if batched else None, workers=workers)
     assert module.batched == batched and module.workers == max(1, min(workers, k))
     module.train_in_chunks(50, BATCH)  # as vectorize_trials trains a round without callbacks
-    clock = CpuClock()
-    data = StackedLoader([StepChunks(loader(x, y, i), 0, steps, 50) for i in range(k)])
-    _trainer(steps, clock).fit(module, train_dataloaders=data)
+    clock = CpuClock(data)
+    batches = StackedLoader([StepChunks(loader(data, i), 0, steps, 50) for i in range(k)], deferred=True)
+    module.normalization = batches.normalization  # bytes normalised step by step, as a lottery's stacked trials do
+    _trainer(steps, clock).fit(module, train_dataloaders=batches)
     return clock.seconds / (k * steps), clock.cpu_seconds / (k * steps)
+
+
+def _rounded(value: float) -> float | None:
+    """A ratio for the JSON line; None for a variant this device does not run (``parallel`` on a GPU)."""
+    return None if value != value else round(value, 3)
 
 
 def main() -> None:
@@ -127,28 +137,34 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda to train on the GPU with the data resident there")
     args = ap.parse_args()
     quiet_lightning()
     warnings.filterwarnings("ignore")
+    device = torch.device(args.device)
     bundle = fashion_mnist()
-    x, y = bundle.train_x, bundle.train_y
+    data = Data(None, bundle.train_y.to(device), bundle.train_x.to(device), bundle.normalization, device)
     threads = torch.get_num_threads()
     runs = {"sequential": sequential, "sequential_per_step": lambda *a: sequential(*a, chunk=1),
-            "stacked": stacked, "batched": lambda *a: stacked(*a, batched=True),
-            "parallel": lambda *a: stacked(*a, workers=threads)}
-    if threads > 1:
+            "stacked": stacked, "batched": lambda *a: stacked(*a, batched=True)}
+    if device.type == "cpu":  # worker threads on CPU cores
+        runs["parallel"] = lambda *a: stacked(*a, workers=threads)
+    if threads > 1 and device.type == "cpu":
         runs["sequential_one_thread"] = sequential_one_thread
     times: dict[str, list[tuple[float, float]]] = {key: [] for key in runs}
     for _ in range(args.repeats):  # interleaved, so drift in the machine's load hits every variant
         for key, fn in runs.items():
-            times[key].append(fn(args.k, x, y, args.steps))
+            times[key].append(fn(args.k, data, args.steps))
     med = {key: statistics.median(t[0] for t in v) for key, v in times.items()}
     # Each repeat's own ratio, then their median: a slow spell of the machine hits the
     # variants of one repeat alike, so paired ratios scatter less than ratios of medians.
-    paired = {key: statistics.median(s[0] / t[0] for s, t in zip(times["sequential"], times[key])) for key in ("stacked", "batched", "parallel")}
+    variants = [key for key in ("stacked", "batched", "parallel") if key in times]
+    paired = {key: statistics.median(s[0] / t[0] for s, t in zip(times["sequential"], times[key])) for key in variants}
+    paired.setdefault("parallel", float("nan"))  # not on a GPU
     # Against the faster of one and two threads for the sequential rounds, repeat by repeat.
     best = [min(a[0], b[0]) for a, b in zip(times["sequential"], times.get("sequential_one_thread", times["sequential"]))]
-    paired_best = {key: statistics.median(b / t[0] for b, t in zip(best, times[key])) for key in ("batched", "parallel")}
+    paired_best = {key: statistics.median(b / t[0] for b, t in zip(best, times[key])) if key in times else float("nan")
+                   for key in ("batched", "parallel")}
     cpu = {key: statistics.median(t[1] for t in v) for key, v in times.items()}
     ratio = med["sequential"] / med["stacked"]
     print(f"LeNet-300-100, K={args.k}: ms per network-step  sequential {1000 * med['sequential']:.3f}  "
@@ -166,16 +182,16 @@ def main() -> None:
         "stacked_vs_sequential_per_step": round(med["sequential_per_step"] / med["stacked"], 3),
         "paired_stacked_vs_sequential": round(paired["stacked"], 3),
         "paired_batched_vs_sequential": round(paired["batched"], 3),
-        "paired_parallel_vs_sequential": round(paired["parallel"], 3),
-        "paired_batched_vs_best_sequential": round(paired_best["batched"], 3),
-        "paired_parallel_vs_best_sequential": round(paired_best["parallel"], 3),
+        "paired_parallel_vs_sequential": _rounded(paired["parallel"]),
+        "paired_batched_vs_best_sequential": _rounded(paired_best["batched"]),
+        "paired_parallel_vs_best_sequential": _rounded(paired_best["parallel"]),
         "cpu_stacked_vs_sequential": round(cpu["sequential"] / cpu["stacked"], 3),
         "ms_per_network_step": {key: round(1000 * v, 3) for key, v in med.items()},
         "cpu_ms_per_network_step": {key: round(1000 * v, 3) for key, v in cpu.items()},
         "runs_ms_per_network_step": {key: [round(1000 * t[0], 3) for t in v] for key, v in times.items()},
         "k": args.k, "steps": args.steps, "repeats": args.repeats,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "pytorch_lightning": pl.__version__,
+        "threads": torch.get_num_threads(), "device": str(device), "torch": torch.__version__, "pytorch_lightning": pl.__version__,
     }))
 
 

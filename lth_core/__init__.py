@@ -41,7 +41,7 @@ _export("Errors", "lth_core.errors", "LthError", "PluginError", "NonFiniteLoss",
 _export("Masks and pruning", "lth_core.tickets.mask", "Mask", "prunable_parameters", "apply_mask")
 _export("Masks and pruning", "lth_core.tickets.pruning", "Allocation", "prune_by_scores", "keep_top", "match_density")
 _export("Tickets", "lth_core.tickets.ticket", "Ticket", "save_ticket", "load_ticket", "is_ticket")
-_export("Data", "lth_core.data.bundle", "DataBundle")
+_export("Data", "lth_core.data.bundle", "DataBundle", "Normalization")
 _export("Data", "lth_core.data.loaders", "DataModule")
 _export("Running lth from Python", "lth_core.lottery.api", "run", "Summary")
 _export("Recipes", "lth_core.config.recipe", "Recipe", "load_recipe")
@@ -80,7 +80,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load
     from lth_core.config.explain import option_error  # noqa: F401
     from lth_core.config.markers import Expect, Number  # noqa: F401
     from lth_core.config.yaml_io import read_yaml  # noqa: F401
-    from lth_core.data.bundle import DataBundle  # noqa: F401
+    from lth_core.data.bundle import DataBundle, Normalization  # noqa: F401
     from lth_core.data.loaders import DataModule  # noqa: F401
     from lth_core.engines.collectives import is_writer  # noqa: F401
     from lth_core.engines.module import LotteryModule  # noqa: F401

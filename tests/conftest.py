@@ -41,6 +41,16 @@ TINY = {
 }
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """``@pytest.mark.gpu`` tests need CUDA: without a device they are skipped, saying so."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (pytest -m gpu on a machine with one)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def tiny_raw() -> dict:
     """A fresh copy of the tiny recipe as a plain dict (mutate freely)."""

@@ -60,3 +60,17 @@ def test_own_module_comparison_reports_both_runs(monkeypatch, capsys, tmp_path) 
     assert [r["round"] for r in out["rounds"]] == [0, 1] and out["rounds"][1]["weights_remaining"] < 1.0
     _ratio(out["own_vs_native"])
     _ratio(out["own_vs_plain_lightning"])
+
+
+@pytest.mark.parametrize("args", [[], ["--devices", "2"], ["--trials", "2", "--vectorize", "batched"]],
+                         ids=["one_process", "data_parallel", "stacked_trials"])
+def test_process_costs_reports_every_part_and_the_peak_memory(args, monkeypatch, capsys) -> None:
+    """A short lottery on the digits: every part of the time, shares summing to one, the
+    peak memory of every process (data parallel: two)."""
+    out = _last_json("process_costs.py", ["--data", "digits", "--steps", "20", *args], monkeypatch, capsys)
+    parts = {"imports", "data", "setup", "training", "evaluation", "pruning", "tickets", "checkpoints", "figures", "wandb", "other"}
+    assert set(out["share"]) == set(out["cpu_s"]) == parts
+    assert abs(sum(out["share"].values()) - 1.0) < 0.01 and out["share"]["imports"] > 0 and out["share"]["training"] > 0
+    assert out["processes"] == (2 if "--devices" in args else 1) == len(out["peak_rss_per_process_mb"])
+    assert all(m > 0 for m in out["peak_rss_per_process_mb"]) and out["peak_rss_at_exit_mb"] >= out["peak_rss_mb"] * 0.9
+    _ratio(out["wall_s"])

@@ -256,8 +256,8 @@ def export_ticket(ticket_dir: str | Path, out: str | Path, recipe: str | None = 
     rec, registry, data, model, ticket = _ticket_model(ticket_dir, recipe, pm)
     small = sparsify(compact(model), sparse_below)
     make_dir(out.parent)
-    atomic_write_bytes(out, _exported(small, data.test_x[:2]))
-    dense, dense_size = _dense_baseline(build_model(rec, registry, data, rec["seed"]).eval(), data.test_x[:2])
+    atomic_write_bytes(out, _exported(small, data.inputs("test", slice(0, 2))))
+    dense, dense_size = _dense_baseline(build_model(rec, registry, data, rec["seed"]).eval(), data.inputs("test", slice(0, 2)))
     record = {"ticket": str(ticket_dir), "file": str(out), "weights_remaining": ticket.mask.density(), "sparse_below": sparse_below,
               "dense_units": [int(m.weight.shape[0]) for m in chain(model) if isinstance(m, PARAMETRIC)],
               "file_bytes": {"compact": out.stat().st_size, "dense": dense_size},

@@ -50,10 +50,10 @@ def run(args: argparse.Namespace) -> int:
         raise LthError(f"{recipe.source} is a lottery of your own LightningModule ({recipe['model'].get('class', '?')}), "
                        "which `lth run` cannot build: run (or resume) it from Python with lth_core.run(recipe, out=DIR, "
                        "module=..., datamodule=...)")
-    from lth_core.engines.collectives import is_writer
     from lth_core.lottery.api import default_out, execute, prepared
 
-    recipe, pm = prepared(recipe, command="run")  # a section of another command names it
+    recipe, pm = prepared(recipe, command="run")  # plugin names and options too; a section of another command names it
+    from lth_core.engines.collectives import is_writer
     out = Path(args.out) if args.out else default_out(recipe)
     if is_writer():  # data parallel: the other processes run the same command quietly
         print(f"lth: recipe {recipe.source} (hash {recipe.hash()}) -> {out}", file=sys.stderr)

@@ -4,8 +4,10 @@ The valid keys and their types come from Lightning's own ``Trainer.__init__`` si
 so every Trainer argument stays available without lth listing them; :data:`TRAINER_RULES`
 adds what the annotations cannot say (``max_steps`` is whole and >= 1 or -1, ...). A
 value Lightning would refuse inside the first Trainer (a traceback, after the run folder
-exists) is refused at load in one line. ``pytorch_lightning`` is imported only when a
-recipe is checked, so a recipe mistake is reported before torch loads.
+exists) is refused at load in one line. The signature and the accelerator names are read
+from Lightning's source (:mod:`lth_core.config.lightning_source`) without importing it, so
+checking a recipe never loads torch; only a Lightning whose source that reader does not
+understand is imported.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import re
 import typing
 from typing import Any, Callable
 
+import lth_core.config.lightning_source as lightning_source
 from lth_core.config.messages import a_types, admits, brief, got, plain_types, show_key
 from lth_core.errors import LthError, choices
 from lth_core.config.parallel import check_trainer
@@ -43,9 +46,12 @@ def check_trainer_section(trainer: dict, batch_size: int, source: str) -> None:
 @functools.lru_cache(maxsize=1)
 def _trainer_params() -> dict[str, inspect.Parameter]:
     """``pytorch_lightning.Trainer``'s parameters: the valid ``trainer:`` keys and their types."""
-    import pytorch_lightning as pl
+    try:
+        params = lightning_source.trainer_parameters()
+    except (lightning_source.Unreadable, OSError, SyntaxError):  # a Lightning this reader does not know
+        import pytorch_lightning as pl
 
-    params = inspect.signature(pl.Trainer.__init__).parameters
+        params = inspect.signature(pl.Trainer.__init__).parameters
     return {n: p for n, p in params.items() if n != "self" and n not in RESERVED_TRAINER_KEYS}
 
 
@@ -104,9 +110,13 @@ def _too_big(value: Any) -> bool:
 
 @functools.lru_cache(maxsize=1)
 def _accelerators() -> frozenset[str]:
-    from pytorch_lightning.accelerators import AcceleratorRegistry
+    try:
+        names = lightning_source.accelerator_names()
+    except (lightning_source.Unreadable, OSError, SyntaxError):  # a Lightning this reader does not know
+        from pytorch_lightning.accelerators import AcceleratorRegistry
 
-    return frozenset(AcceleratorRegistry.available_accelerators()) | {"auto", "gpu"}
+        names = frozenset(AcceleratorRegistry.available_accelerators())
+    return names | {"auto", "gpu"}
 
 
 def _literals(annotation: Any) -> list:

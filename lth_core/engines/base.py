@@ -94,6 +94,7 @@ class Engine:
         checkpoints.attach(fit.trainer, checkpoints.RoundCheckpoint(
             fit.context, fit.identity, fit.start_step, every, fit.saved, fit.origins, fit.extra, fit.run.say))
         max_steps = fit.run.recipe["trainer"]["max_steps"]
+        fit.run.data.place(fit.trainer.strategy.root_device)  # on a GPU the data stays there when it fits
         loader = self.shard(train_loader(fit.run.data, fit.first_step, max_steps, fit.chunk))
         fit.trainer.fit(fit.module, train_dataloaders=loader, val_dataloaders=self.shard(fit.run.data.eval_loaders()))
         history = fit.module.history

@@ -14,13 +14,15 @@ from __future__ import annotations
 import copy
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from lth_core.config import Recipe, raw_recipe, set_path, validate
 from lth_core.errors import LthError
 from lth_core.plugin_api.registry import get_plugin_manager, make_plugin_manager
-from lth_core.lottery.user_code import RegistersUserCode, UserCode, user_recipe
-from lth_core.tickets.ticket import Ticket, load_ticket
+
+if TYPE_CHECKING:  # checking a recipe (``prepared``) imports no torch: its mistakes are reported at once
+    from lth_core.lottery.user_code import UserCode
+    from lth_core.tickets.ticket import Ticket
 
 
 class Summary(dict):
@@ -47,6 +49,8 @@ class Summary(dict):
 
     def ticket(self, round: int, run: str = "ticket", trial: int | None = None, point: str | None = None) -> Ticket:
         """Round ``round``'s ticket (mask, start and trained weights, metadata), checked."""
+        from lth_core.tickets.ticket import load_ticket
+
         return load_ticket(self.ticket_dir(round, run, trial, point))
 
 
@@ -72,6 +76,8 @@ def as_recipe(recipe: str | Path | Mapping | Recipe, overrides: Mapping[str, Any
             raise LthError(f"overrides keys are dotted recipe paths such as lottery.rate, got {key!r}")
         set_path(raw, key.split("."), copy.deepcopy(value), f"overrides[{key!r}]")
     if code is not None:
+        from lth_core.lottery.user_code import user_recipe
+
         raw = user_recipe(raw, code.factory, code.datamodule)
     return validate(raw, source=source, name=name)
 
@@ -99,7 +105,11 @@ def prepared(recipe: str | Path | Mapping | Recipe, overrides: Mapping[str, Any]
     from lth_core.plugin_api.registry import get_registry
 
     recipe = as_recipe(recipe, overrides, code)
-    pm = plugin_manager([*plugins, *([RegistersUserCode()] if code is not None else [])])
+    if code is not None:
+        from lth_core.lottery.user_code import RegistersUserCode
+
+        plugins = [*plugins, RegistersUserCode()]
+    pm = plugin_manager(list(plugins))
     check_against_plugins(recipe, get_registry(pm), command=command)
     return recipe, pm
 
@@ -114,6 +124,10 @@ def execute(recipe: Recipe, pm: Any, out: str | Path | None = None, say: Callabl
     """Run a :func:`prepared` recipe into ``out``; every process of a data-parallel run
     arrives at the end before it returns. What the machine refuses (a full disk, a
     read-only folder) is one :class:`LthError` line, as on the command line."""
+    from lth_core.plugin_api.datasets import preload
+    from lth_core.plugin_api.registry import get_registry
+
+    data = None if code else preload(recipe, get_registry(pm))  # before Lightning loads: a lower peak of memory (see preload)
     from lth_core.engines import data_parallel
     from lth_core.files import os_error_line
     from lth_core.lottery.trials import run_experiment
@@ -129,6 +143,7 @@ def execute(recipe: Recipe, pm: Any, out: str | Path | None = None, say: Callabl
     except OSError as exc:  # lth's writers name their paths (OutputError); this is anything else
         raise LthError(os_error_line(exc)) from exc
     data_parallel.disconnect()  # data parallel: wait for every process
+    del data  # held until every run of the recipe is done
     return summary
 
 
@@ -150,6 +165,10 @@ def run(recipe: str | Path | Mapping | Recipe, out: str | Path | None = None, ov
     """
     if (module is None) != (datamodule is None):
         raise LthError("module= and datamodule= go together: your LightningModule factory and the LightningDataModule it trains on")
-    code = UserCode(module, datamodule) if module is not None else None
+    code = None
+    if module is not None:
+        from lth_core.lottery.user_code import UserCode
+
+        code = UserCode(module, datamodule)
     recipe, pm = prepared(recipe, overrides, plugins, code=code)
     return execute(recipe, pm, out, say, code, accept_plugin_changes)

@@ -10,12 +10,12 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from lth_core.config import Recipe, options_of
-from lth_core.data.bundle import DataBundle, select_classes
+from lth_core.config import Recipe
 from lth_core.data.loaders import DataModule
 from lth_core.engines.base import Engine
 from lth_core.errors import LthError, PluginError
 from lth_core.plugin_api import contracts
+from lth_core.plugin_api.datasets import load_bundle
 from lth_core.plugin_api.registry import Registry, call_plugin
 from lth_core.seeds import seeded_generator
 from lth_core.tickets.mask import choose_prunable
@@ -99,16 +99,10 @@ def initialise(model: nn.Module, spec: dict, registry: Registry, seed: int) -> N
 
 
 def load_data(recipe: Recipe, registry: Registry) -> DataModule:
-    """The recipe's data set, checked (:meth:`DataBundle.check`) before anything trains on it."""
+    """The recipe's data set, checked (:meth:`DataBundle.check`) before anything trains on
+    it, and shared with the other runs of this process that use it (:func:`load_bundle`)."""
     spec = recipe["data"]
-    entry = registry.get("datasets", spec["name"])
-    options = options_of("data", spec)
-    source = f"data set {spec['name']!r} (plugin {entry.plugin!r})"
-    bundle = call_plugin(source, entry.obj, **options)
-    if not isinstance(bundle, DataBundle):
-        raise PluginError(f"{source} returned {type(bundle).__name__}, expected an lth_core.DataBundle")
-    bundle.check(source)
-    bundle = select_classes(bundle, spec.get("classes"))
+    bundle = load_bundle(spec, registry)
     return DataModule(bundle, spec["batch_size"], spec["eval_batch_size"], spec["val_size"], recipe["seed"], spec["subset"], spec.get("order_seed"))
 
 

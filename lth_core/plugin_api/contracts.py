@@ -43,7 +43,7 @@ def probe(model: nn.Module, source: str, data: DataModule) -> None:
     first step. Evaluation mode, no gradients and a forked RNG leave the model, its
     buffers and the random streams exactly as they were.
     """
-    x = data.train_x[:2]
+    x = data.inputs("train", slice(0, 2))
     expected, was_training = (x.shape[0], data.num_classes), model.training
     model.eval()
     try:

@@ -140,10 +140,14 @@ def register_datasets(register):
     ``register(name, factory)``. ``factory(**options) -> lth_core.DataBundle`` loads the
     whole data set once into tensors (inputs float32, labels int64) with its official
     train/test split. The core holds a validation split out of the training tensors and
-    batches by indexing, so factories only load and normalise. Options come from the
+    batches by indexing, so factories only load and normalise. Byte data (images) may
+    stay bytes: ``uint8`` inputs with a :class:`lth_core.Normalization` that the loaders
+    apply per batch. Options come from the
     recipe's ``data:`` section (minus the core's own keys) and are validated against the
     factory's keyword parameters (or the pydantic model given as ``options=``). The core checks the bundle: no empty split, one label
-    per input, finite float32 inputs of one shape, int64 labels in ``0..num_classes-1``.
+    per input, finite float32 inputs (or ``uint8`` with a valid normalization) of one
+    shape, int64 labels in ``0..num_classes-1``. The factory is called once per process
+    for the same options while runs use its data: it returns the same data for them.
     A factory that cannot find its files raises :class:`lth_core.LthError` saying
     where it looked and what to do.
     """

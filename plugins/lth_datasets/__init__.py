@@ -8,6 +8,10 @@
   ``dataset-fashion-mnist`` package (``/usr/share/datasets/fashion-mnist``).
 
 Inputs are standardised with the training split's statistics (per channel for CIFAR-10).
+MNIST, Fashion-MNIST and CIFAR-10 are bytes, and stay bytes: their bundles hold ``uint8``
+images with a :class:`lth_core.Normalization` the loaders apply to each batch (a quarter of
+the memory of float32 copies, the same values). Their IDX files are read directly when
+present (no torchvision, no copy); torchvision downloads them, and reads anything unusual.
 """
 
 from __future__ import annotations
@@ -15,11 +19,16 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from lth_core import LthError, atomic_path, hookimpl
 
-from lth_core import DataBundle, LthError, atomic_path, hookimpl
+if TYPE_CHECKING:  # loading the plugin imports no torch: `lth plugins` and `lth --help` stay fast
+    import torch
+
+    from lth_core import DataBundle
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -37,6 +46,9 @@ def _standardise(train: torch.Tensor, test: torch.Tensor, dims: tuple) -> tuple[
 
 def digits() -> DataBundle:
     """scikit-learn's handwritten digits: 1x8x8 images, 10 classes."""
+    import torch
+
+    from lth_core import DataBundle
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -97,12 +109,46 @@ def _remedy(cls_name: str, download: bool) -> str:
     return f"{debian}, {folder}, or {online}"
 
 
-def _grey_bundle(cls_name: str, name: str, root: Path, download: bool) -> DataBundle:
+def read_idx(path: Path, ndim: int) -> torch.Tensor | None:
+    """An IDX file of unsigned bytes (``ndim`` dimensions) as a ``uint8`` tensor read
+    straight into its own memory, or None when the file is not one (torchvision then
+    reads it and says what is wrong)."""
+    import numpy as np
+    import torch
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4 + 4 * ndim)
+        if len(head) < 4 + 4 * ndim or head[:4] != bytes((0, 0, 0x08, ndim)):
+            return None
+        shape = struct.unpack(f">{ndim}i", head[4:])
+        data = np.fromfile(path, dtype=np.uint8, offset=len(head))
+    except OSError:
+        return None
+    if data.size != int(np.prod(shape)):
+        return None
+    return torch.from_numpy(data).view(*shape)
+
+
+def _idx_splits(cls_name: str, root: Path, download: bool) -> tuple:
+    """(train images, train labels, test images, test labels) of an MNIST-like data set:
+    ``uint8`` images and int64 labels, read directly when the four files are well formed."""
+    raw = root / cls_name / "raw"
+    if raw.is_dir():
+        parts = [read_idx(raw / f, 3 if "images" in f else 1) for f in IDX_FILES]
+        if all(p is not None for p in parts):
+            return parts[0], parts[1].long(), parts[2], parts[3].long()
     train, test = _torchvision_set(cls_name, root, download)
-    xtr = train.data.unsqueeze(1).float() / 255.0
-    xte = test.data.unsqueeze(1).float() / 255.0
-    xtr, xte = _standardise(xtr, xte, dims=(0, 1, 2, 3))
-    return DataBundle(xtr, train.targets.long(), xte, test.targets.long(), 10, name)
+    return train.data, train.targets.long(), test.data, test.targets.long()
+
+
+def _grey_bundle(cls_name: str, name: str, root: Path, download: bool) -> DataBundle:
+    """28x28 greyscale bytes, standardised over the whole training split (per batch)."""
+    from lth_core import DataBundle, Normalization
+
+    xtr, ytr, xte, yte = _idx_splits(cls_name, root, download)
+    xtr, xte = xtr.unsqueeze(1), xte.unsqueeze(1)
+    return DataBundle(xtr, ytr, xte, yte, 10, name, Normalization.of(xtr, 255.0))
 
 
 def mnist(root: str = "", download: bool = True) -> DataBundle:
@@ -134,11 +180,16 @@ def fashion_mnist(root: str = "", download: bool = True) -> DataBundle:
 
 def cifar10(root: str = "", download: bool = True) -> DataBundle:
     """CIFAR-10 (50k/10k, 3x32x32) through torchvision, standardised per channel."""
+    import torch
+
+    from lth_core import DataBundle, Normalization
+
     train, test = _torchvision_set("CIFAR10", Path(root) if root else default_root(), download)
-    xtr = torch.tensor(train.data).permute(0, 3, 1, 2).float() / 255.0
-    xte = torch.tensor(test.data).permute(0, 3, 1, 2).float() / 255.0
-    xtr, xte = _standardise(xtr, xte, dims=(0, 2, 3))
-    return DataBundle(xtr, torch.tensor(train.targets), xte, torch.tensor(test.targets), 10, "cifar10")
+    # The images as torchvision holds them (N, 32, 32, 3), seen channels first: no copy.
+    xtr = torch.from_numpy(train.data).permute(0, 3, 1, 2)
+    xte = torch.from_numpy(test.data).permute(0, 3, 1, 2)
+    norm = Normalization.of(xtr, 255.0, per_channel=True)
+    return DataBundle(xtr, torch.tensor(train.targets), xte, torch.tensor(test.targets), 10, "cifar10", norm)
 
 
 @hookimpl

@@ -23,16 +23,22 @@ model each round is pruned from. The criteria need trained weights: with
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
+from typing import TYPE_CHECKING
 
-from lth_core import LthError, Mask, PruneContext, hookimpl
+from lth_core import LthError, hookimpl
+
+if TYPE_CHECKING:  # loading the plugin imports no torch: `lth plugins` and `lth --help` stay fast
+    from torch import Tensor, nn
+
+    from lth_core import Mask, PruneContext
 
 PRUNED = -1.0  # score of already pruned weights (they stay pruned; any finite value does)
 
 
 def _weights(name: str, model: nn.Module, mask: Mask, context: PruneContext) -> dict[str, tuple[Tensor, Tensor]]:
     """(wi, wf) per masked layer, as float64 CPU tensors; refuses an untrained model."""
+    import torch
+
     params = dict(model.named_parameters())
     pairs = {}
     for n in mask:
@@ -61,6 +67,8 @@ def weight_movement(model: nn.Module, mask: Mask, context: PruneContext) -> dict
 
 def _ranks(values: Tensor) -> Tensor:
     """0 for the smallest value, len-1 for the largest (stable: ties keep their order)."""
+    import torch
+
     order = torch.argsort(values, stable=True)
     ranks = torch.empty_like(order)
     ranks[order] = torch.arange(values.numel())
@@ -73,6 +81,8 @@ def large_init_large_final(model: nn.Module, mask: Mask, context: PruneContext) 
     Ranks are taken per unit of ``context.allocation``: per layer, or jointly over the
     layers global pruning pools.
     """
+    import torch
+
     pairs = _weights("large_init_large_final", model, mask, context)
     groups = context.allocation.units(mask)
     scores = {n: torch.full(mask[n].shape, PRUNED, dtype=torch.float64) for n in mask}

@@ -18,7 +18,6 @@ examples, argmax over its own output units, PackNet using only the weights of ta
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from dataclasses import dataclass, field
@@ -152,10 +151,9 @@ def training_data(data: DataModule, tasks: list[dict], rehearsal: int, seed: int
         if idx.numel() < rehearsal:
             raise LthError(f"extend.rehearsal={rehearsal} but old class at unit {unit} has only {idx.numel()} training examples")
         keep[idx[torch.randperm(idx.numel(), generator=g)[:rehearsal]]] = True
-    out = copy.copy(data)
-    out.train_x, out.train_y = data.train_x[keep], y[keep]
-    if out.batch_size > out.train_x.shape[0]:
-        raise LthError(f"data.batch_size={out.batch_size} is larger than the extension's training examples ({out.train_x.shape[0]})")
+    out = data.with_train(keep)
+    if out.batch_size > out.examples("train"):
+        raise LthError(f"data.batch_size={out.batch_size} is larger than the extension's training examples ({out.examples('train')})")
     return out
 
 
@@ -244,7 +242,7 @@ class Variants:
         """Train variant ``name`` on ``train_data`` from ``weights``; its trained weights."""
         t0 = time.time()
         self.run.data = train_data
-        self.run.say(f"extend [{name}]: {train_data.train_x.shape[0]} training examples, {self.steps} steps")
+        self.run.say(f"extend [{name}]: {train_data.examples('train')} training examples, {self.steps} steps")
         mask, start = Mask.ones_like(self.run.model), Start(weights, 0, self.recipe["optimizer"])
         ticket, _, _ = train_run(self.run, len(self.start.tasks), name, mask, start, self.out / "runs" / name, callbacks)
         self.timings[name] = round(time.time() - t0, 2)

@@ -24,8 +24,9 @@ from torch import Tensor
 
 from lth_core import Allocation, LthError, Mask, Ticket, atomic_write_tensors, atomic_write_text, is_ticket, load_ticket, prune_by_scores, read_json, read_yaml, save_ticket, sha256_file
 
+from lth_frankenmodel.report import EXTEND_JSON  # noqa: F401 - defined with the report, which is torch-free
+
 OWNERSHIP_FILE = "ownership.safetensors"
-EXTEND_JSON = "extend.json"
 OWNER_DTYPE = torch.int16
 
 

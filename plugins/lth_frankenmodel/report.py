@@ -12,7 +12,8 @@ from pathlib import Path
 
 from lth_core import atomic_path, make_dir, read_json
 
-from lth_frankenmodel.packed import EXTEND_JSON
+#: The record ``lth extend`` writes last (torch-free here: ``lth report`` and ``lth plugins`` import this module).
+EXTEND_JSON = "extend.json"
 
 
 def is_extension(folder: Path) -> bool:

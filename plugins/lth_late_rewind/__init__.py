@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
-from safetensors.torch import load_file
-from torch import Tensor, nn
+from lth_core import LthError, hookimpl
 
-from lth_core import LthError, Mask, RewindContext, RoundContext, atomic_write_tensors, hookimpl
+if TYPE_CHECKING:  # loading the plugin imports no torch: `lth plugins` and `lth --help` stay fast
+    from torch import Tensor, nn
+
+    from lth_core import Mask, RewindContext, RoundContext
+    from lth_late_rewind.callback import SaveRewindPoint
 
 POLICY = "late"
 OPTION = "lottery.rewind_options.to"
@@ -70,31 +72,6 @@ def rewind_file(folder: Path | str, k: int) -> Path:
     return Path(folder) / f"rewind_{k}.safetensors"
 
 
-class SaveRewindPoint(pl.Callback):
-    """Saves the model's full state dict once, at lottery step ``k`` of round 0."""
-
-    def __init__(self, k: int, path: Path, context: RoundContext) -> None:
-        self.k, self.path, self.context, self.saved = k, path, context, False
-
-    def _save(self, pl_module) -> None:
-        run = self.context.module  # the lottery's view of the run
-        if not self.saved and run.step == self.k:
-            atomic_write_tensors(self.path, run.model.state_dict(), metadata={"step": str(self.k)})
-            self.saved = True
-
-    def state_dict(self) -> dict:
-        return {"saved": self.saved}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.saved = state_dict["saved"]
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        self._save(pl_module)  # k = 0: θ0 as trained (mask already enforced)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._save(pl_module)  # after the optimiser step: module.step counts it
-
-
 def late_rewind(model: nn.Module, mask: Mask, context: RewindContext) -> dict[str, Tensor]:
     """θk saved by round 0; the schedule and data order resume at step k."""
     check_option_keys(context.options, POLICY)
@@ -107,6 +84,8 @@ def late_rewind(model: nn.Module, mask: Mask, context: RewindContext) -> dict[st
             f"late rewinding to step {k}: {path} does not exist; round 0 saves it only when it is trained with "
             f"lottery.rewind: late and {OPTION} giving step {k} (rerun into a new folder)"
         )
+    from safetensors.torch import load_file
+
     state = load_file(str(path))
     own = model.state_dict()
     if set(state) != set(own):
@@ -128,7 +107,18 @@ def save_rewind_point(context: RoundContext) -> SaveRewindPoint | None:
             f"{OPTION}={options.get('to')!r} is step {k}, but training stops at trainer.max_steps={max_steps}: "
             "the rewind point must come before the end of training"
         )
+    from lth_late_rewind.callback import SaveRewindPoint
+
     return SaveRewindPoint(k, rewind_file(context.out_dir, k), context)
+
+
+def __getattr__(name: str) -> Any:
+    """``SaveRewindPoint`` loads on first use: it is a Lightning callback (torch)."""
+    if name == "SaveRewindPoint":
+        from lth_late_rewind.callback import SaveRewindPoint
+
+        return SaveRewindPoint
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @hookimpl

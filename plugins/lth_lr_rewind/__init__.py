@@ -20,11 +20,14 @@ for every rewind policy.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import Tensor, nn
+from lth_core import LthError, hookimpl
 
-from lth_core import LthError, Mask, RewindContext, hookimpl
+if TYPE_CHECKING:  # loading the plugin imports no torch: `lth plugins` and `lth --help` stay fast
+    from torch import Tensor, nn
+
+    from lth_core import Mask, RewindContext
 
 #: Options of the rewind policies bundled with lth; a late-rewound recipe may run a
 #: fine-tuning control with its ``to:`` option present.

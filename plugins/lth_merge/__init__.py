@@ -17,16 +17,20 @@ non-zero wherever any member is.
 from __future__ import annotations
 
 from functools import reduce
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+from lth_core import LthError, hookimpl
 
-from lth_core import LthError, Mask, MergeContext, MergeResult, Ticket, hookimpl
-from lth_merge.matching import layer_chain, match, permute
+if TYPE_CHECKING:  # loading the plugin imports no torch: `lth plugins` and `lth --help` stay fast
+    from torch import Tensor
+
+    from lth_core import Mask, MergeContext, MergeResult, Ticket
 
 
 def mean_state(states: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     """The elementwise mean of state dicts; integer buffers (counters) come from the first."""
+    import torch
+
     out = {}
     for key, first in states[0].items():
         if first.is_floating_point():
@@ -37,6 +41,8 @@ def mean_state(states: list[dict[str, Tensor]]) -> dict[str, Tensor]:
 
 
 def _retrain(tickets: list[Ticket], context: MergeContext, mask: Mask, rewind_from: int) -> MergeResult:
+    from lth_core import MergeResult
+
     if not 0 <= rewind_from < len(tickets):
         raise LthError(f"merge option rewind_from={rewind_from} must name a ticket: 0..{len(tickets) - 1}")
     ticket = context.retrain(mask, tickets[rewind_from].init, int(tickets[rewind_from].meta.get("start_step", 0)))
@@ -46,15 +52,21 @@ def _retrain(tickets: list[Ticket], context: MergeContext, mask: Mask, rewind_fr
 
 def union(tickets: list[Ticket], context: MergeContext, rewind_from: int = 0) -> MergeResult:
     """Keep a weight that any ticket keeps; retrain from ticket ``rewind_from``'s rewind weights."""
+    from lth_core import Mask
+
     return _retrain(tickets, context, reduce(Mask.union, [t.mask for t in tickets]), rewind_from)
 
 
 def intersection(tickets: list[Ticket], context: MergeContext, rewind_from: int = 0) -> MergeResult:
     """Keep a weight that every ticket keeps; retrain from ticket ``rewind_from``'s rewind weights."""
+    from lth_core import Mask
+
     return _retrain(tickets, context, reduce(Mask.intersection, [t.mask for t in tickets]), rewind_from)
 
 
 def _averaged(finals: list[dict[str, Tensor]], masks: list[Mask], info: dict) -> MergeResult:
+    from lth_core import Mask, MergeResult
+
     weights = mean_state(finals)
     return MergeResult(weights=weights, mask=reduce(Mask.union, masks), endpoints=finals, info=info)
 
@@ -68,6 +80,9 @@ def weight_matching(tickets: list[Ticket], context: MergeContext, max_iter: int 
     """Align every ticket's hidden units to the first's (weights and mask), then average."""
     if max_iter < 1:
         raise LthError(f"merge option max_iter must be >= 1, got {max_iter}")
+    from lth_core import Mask
+    from lth_merge.matching import layer_chain, match, permute  # torch and scipy, when a merge aligns
+
     chain = layer_chain(context.new_model(), context.model_name)
     anchor = tickets[0]
     finals, masks, info = [anchor.final], [anchor.mask], {"alignment": []}
@@ -83,6 +98,8 @@ def weight_matching(tickets: list[Ticket], context: MergeContext, max_iter: int 
 
 def ensemble(tickets: list[Ticket], context: MergeContext) -> MergeResult:
     """No merged weights: the prediction is the mean of the members' logits."""
+    from lth_core import MergeResult
+
     return MergeResult(members=[t.final for t in tickets])
 
 

@@ -9,46 +9,38 @@ The convolutional models (``conv2``, ``conv4``, ``conv6``, ``vgg19``, ``resnet20
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+from lth_core import hookimpl
+from lth_models.convnets import conv2, conv4, conv6, resnet20, vgg19
 
-
-class MLP(nn.Module):
-    """Flatten, then Linear + ReLU per hidden layer, then a Linear output layer."""
-
-    def __init__(self, in_features: int, hidden: list[int], num_classes: int, dropout: float = 0.0):
-        super().__init__()
-        sizes = [in_features, *hidden]
-        layers: list[nn.Module] = [nn.Flatten()]
-        for a, b in zip(sizes[:-1], sizes[1:]):
-            layers += [nn.Linear(a, b), nn.ReLU()]
-            if dropout:
-                layers.append(nn.Dropout(dropout))
-        layers.append(nn.Linear(sizes[-1], num_classes))
-        self.net = nn.Sequential(*layers)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_normal_(m.weight)
-                nn.init.zeros_(m.bias)
-
-    def forward(self, x):
-        return self.net(x)
+if TYPE_CHECKING:  # the networks (torch) load when a model is built, not when the plugin loads
+    from torch import nn
 
 
 def mlp(input_shape: tuple, num_classes: int, hidden: list = (300, 100), dropout: float = 0.0) -> nn.Module:
     """A multilayer perceptron with the given hidden widths."""
     if not all(isinstance(h, int) and h > 0 for h in hidden):
         raise ValueError(f"hidden must be a list of positive integers, got {hidden!r}")
+    from lth_models.networks import MLP
+
     return MLP(math.prod(input_shape), list(hidden), num_classes, dropout)
 
 
 def lenet300(input_shape: tuple, num_classes: int, dropout: float = 0.0) -> nn.Module:
     """LeNet-300-100 as in the paper (hidden widths 300 and 100)."""
+    from lth_models.networks import MLP
+
     return MLP(math.prod(input_shape), [300, 100], num_classes, dropout)
 
 
-from lth_core import hookimpl
-from lth_models.convnets import conv2, conv4, conv6, resnet20, vgg19  # noqa: E402
+def __getattr__(name: str) -> Any:
+    """``MLP`` loads on first use: it is an ``nn.Module`` (torch)."""
+    if name == "MLP":
+        from lth_models.networks import MLP
+
+        return MLP
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @hookimpl

@@ -10,7 +10,7 @@ under plain gradient descent W_{t+1} = W_t - lr·g_t, so -W_t·g_t > 0 exactly w
 points away from zero). The lowest scores are pruned, as for every criterion: a weight that
 shrank towards zero scores low, one that grew scores high, whatever its final magnitude.
 
-How it is collected: the criterion is registered with ``collects=MovementScores``, so when
+How it is collected: the criterion is registered with ``collects=collect_movement``, so when
 a recipe uses ``movement`` anywhere (``lottery.criterion``, a control's criterion, a
 callback option that names a criterion) the core adds a :class:`MovementScores` callback
 to every training run. After each backward pass
@@ -39,72 +39,18 @@ the paper's.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
-import torch
-from torch import Tensor, nn
+from lth_core import LthError, hookimpl
 
-from lth_core import LthError, Mask, PruneContext, RoundContext, hookimpl
+if TYPE_CHECKING:  # loading the plugin imports no torch: `lth plugins` and `lth --help` stay fast
+    from torch import Tensor, nn
+
+    from lth_core import Mask, PruneContext, RoundContext
+    from lth_movement.callback import MovementScores
 
 NAME = "movement"
 STATE_KEY = "movement"  # context.state key, the plugin's name
-
-
-class MovementScores(pl.Callback):
-    """Accumulates S += -W ⊙ ∂L/∂W at every optimiser step of one training run.
-
-    Publishes ``{"scores": {name: S}, "steps": n}`` in ``context.state["movement"]``;
-    ``steps`` counts the optimiser steps of this run (``trainer.max_steps`` minus the step
-    training resumed at, under late rewinding).
-    """
-
-    def __init__(self, context: RoundContext):
-        self.context = context
-        self.names: list[str] = []
-        self.params: list[nn.Parameter] = []
-        self.scores: list[Tensor] = []
-        self.steps = 0
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Bind to the parameters the optimiser trains (already on their device).
-        run = self.context.module  # the lottery's view of the run
-        params = dict(run.model.named_parameters())
-        self.names = list(run.mask)
-        self.params = [params[n] for n in self.names]
-        self.scores = [torch.zeros_like(p, dtype=torch.float32, memory_format=torch.contiguous_format) for p in self.params]
-        self.steps = 0
-        self._publish(self.scores)
-
-    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
-        self.accumulate()
-
-    def accumulate(self) -> None:
-        """Add ``-W ⊙ grad`` of the current weights and gradients (one optimiser step)."""
-        with torch.no_grad():
-            for s, p in zip(self.scores, self.params):
-                if p.grad is not None:
-                    s.addcmul_(p.detach().float(), p.grad.detach().float(), value=-1.0)
-        self.steps += 1
-        self.context.state[STATE_KEY]["steps"] = self.steps
-
-    def state_dict(self) -> dict[str, Any]:
-        """The scores so far, for a checkpoint inside the run."""
-        return {"scores": dict(zip(self.names, self.scores)), "steps": self.steps}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Back to a checkpoint's scores, in place: ``context.state`` shares these tensors."""
-        with torch.no_grad():
-            for name, s in zip(self.names, self.scores):
-                s.copy_(state_dict["scores"][name])
-        self.steps = state_dict["steps"]
-        self.context.state[STATE_KEY]["steps"] = self.steps
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._publish([s.detach().cpu().clone() for s in self.scores])
-
-    def _publish(self, scores: list[Tensor]) -> None:
-        self.context.state[STATE_KEY] = {"scores": dict(zip(self.names, scores)), "steps": self.steps}
 
 
 def movement_scores(model: nn.Module, mask: Mask, context: PruneContext) -> dict[str, Tensor]:
@@ -124,6 +70,22 @@ def movement_scores(model: nn.Module, mask: Mask, context: PruneContext) -> dict
     return {n: scores[n].detach().cpu().float() for n in mask}
 
 
+def collect_movement(context: RoundContext) -> MovementScores:
+    """The callback accumulating S for one training run (Lightning loads only now)."""
+    from lth_movement.callback import MovementScores
+
+    return MovementScores(context)
+
+
+def __getattr__(name: str) -> Any:
+    """``MovementScores`` loads on first use: it is a Lightning callback (torch)."""
+    if name == "MovementScores":
+        from lth_movement.callback import MovementScores
+
+        return MovementScores
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 @hookimpl
 def register_criteria(register):
-    register(NAME, movement_scores, options=[], collects=MovementScores)
+    register(NAME, movement_scores, options=[], collects=collect_movement)

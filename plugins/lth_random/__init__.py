@@ -7,13 +7,19 @@ every layer and trains it from the ticket's own rewind weights.
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
+from typing import TYPE_CHECKING
 
-from lth_core import Mask, PruneContext, hookimpl
+from lth_core import hookimpl
+
+if TYPE_CHECKING:  # loading the plugin imports no torch: `lth plugins` and `lth --help` stay fast
+    from torch import Tensor, nn
+
+    from lth_core import Mask, PruneContext
 
 
 def random_scores(model: nn.Module, mask: Mask, context: PruneContext) -> dict[str, Tensor]:
+    import torch
+
     return {name: torch.rand(m.shape, generator=context.generator) for name, m in mask.items()}
 
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from typing import TYPE_CHECKING
 
-from lth_core import Mask, RewindContext, hookimpl
+from lth_core import hookimpl
+
+if TYPE_CHECKING:  # loading the plugin imports no torch: `lth plugins` and `lth --help` stay fast
+    from torch import Tensor, nn
+
+    from lth_core import Mask, RewindContext
 
 
 def rewind_to_init(model: nn.Module, mask: Mask, context: RewindContext) -> dict[str, Tensor]:
