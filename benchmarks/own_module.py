@@ -41,9 +41,10 @@ class FashionMNIST(pl.LightningDataModule):
         order = torch.randperm(len(bundle.train_y), generator=torch.Generator().manual_seed(0))
         n_val = 5000  # as the recipe's data.val_size
         val, train = order[:n_val], order[n_val:]
-        self.train_set = TensorDataset(bundle.train_x[train], bundle.train_y[train])
-        self.val_set = TensorDataset(bundle.train_x[val], bundle.train_y[val])
-        self.test_set = TensorDataset(bundle.test_x, bundle.test_y)
+        x, test_x = bundle.normalise(bundle.train_x), bundle.normalise(bundle.test_x)  # stored as uint8: the float32 the model sees
+        self.train_set = TensorDataset(x[train], bundle.train_y[train])
+        self.val_set = TensorDataset(x[val], bundle.train_y[val])
+        self.test_set = TensorDataset(test_x, bundle.test_y)
 
     def train_dataloader(self):
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True)
