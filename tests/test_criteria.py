@@ -369,7 +369,8 @@ def test_lth_plugins_json_lists_the_criteria(pm: pluggy.PluginManager, capsys: p
     """Users find these criteria (and the movement collector hook) with `lth plugins --json`."""
     assert cli.main(["plugins", "--json"]) == 0
     by_name = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
-    assert by_name["movement"]["registers"] == {"criteria": ["movement"]}
-    assert by_name["movement"]["hooks"] == ["register_criteria"]  # its collector is declared when it registers
+    assert by_name["movement"]["registers"] == {"criteria": ["movement", "movement_imp"], "callbacks": ["movement_pruning"]}
+    assert by_name["movement"]["hooks"] == ["register_callbacks", "register_criteria"]  # its collector is declared when it registers
+    assert by_name["dst"]["registers"] == {"callbacks": ["rigl", "set"]}
     assert by_name["deconstruct"]["registers"] == {"criteria": sorted(DECONSTRUCT)}
     assert by_name["movement"]["distribution"] == by_name["deconstruct"]["distribution"] == "lth"

@@ -255,6 +255,24 @@ def test_bernoulli_supermask_resumes_its_scores_and_random_draws(tmp_path: Path,
     assert any(line.startswith("round 0 [ticket]: resumed at step 60") for line in lines), lines
 
 
+@pytest.mark.parametrize("callback", [
+    {"name": "rigl", "density": 0.2, "update_every": 10},
+    {"name": "set", "density": 0.2, "update_every": 10},
+    {"name": "movement_pruning", "method": "hard", "density": 0.2, "end_step": 60},
+    {"name": "movement_pruning", "method": "soft", "l1": 50.0, "end_step": 60},
+], ids=["rigl", "set", "movement_hard", "movement_soft"])
+def test_a_callback_that_owns_the_mask_resumes_at_its_mask_scores_and_optimiser_state(callback: dict, tmp_path: Path, pm) -> None:
+    """Masks that move both ways (issue 23): stopped at step 55, mid-schedule (updates every
+    10 steps, movement's scores learned at every step), each resumes at its checkpoint of
+    step 40 and ends bit for bit as the uninterrupted run: mask, weights, scores, records."""
+    raw = tiny(callbacks=[callback])
+    raw["lottery"]["rounds"] = 0
+    out, lines, _ = stopped_and_resumed(raw, tmp_path, pm, round_=0, step=55)
+    assert f"round 0 [ticket]: resumed at step 40 from {out / 'round_0' / 'checkpoint.json'}" in lines
+    record = "movement_pruning.json" if callback["name"] == "movement_pruning" else f"{callback['name']}.json"
+    assert (out / "round_0" / record).read_bytes() == (tmp_path / "baseline" / "round_0" / record).read_bytes()
+
+
 @pytest.fixture(scope="module")
 def stopped(tmp_path_factory) -> tuple[dict, Path, Path]:
     """A baseline and one run stopped at step 50 of round 1 (checkpoint at 40); tests copy it."""

@@ -99,6 +99,20 @@ def broadcast_tensors(tensors: dict[str, torch.Tensor] | None) -> dict[str, torc
     return out
 
 
+def mean_over_processes(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The mean of each tensor over the processes of a data-parallel run, in name order
+    (one process: ``tensors`` as they are). Every process must pass the same names."""
+    dist = _dist()
+    if dist is None or not tensors:
+        return tensors
+    out = {}
+    for name in sorted(tensors):
+        t = tensors[name].detach().to(_device()).contiguous().clone()
+        dist.all_reduce(t)
+        out[name] = t.div_(dist.get_world_size()).to(tensors[name].device)
+    return {n: out[n] for n in tensors}
+
+
 def all_gather_json(value: Any) -> list:
     """Every process's JSON-able ``value``, in rank order, on every process."""
     dist, dev = _dist(), _device()

@@ -33,12 +33,12 @@ from torch import Tensor
 
 from lth_core.engines import checkpoints
 from lth_core.engines.base import Engine, Fit
-from lth_core.engines.enforcer import MaskEnforcer
+from lth_core.engines.enforcer import MaskedRun, MaskEnforcer
 from lth_core.errors import LthError
-from lth_core.tickets.mask import Mask, check_tighter
+from lth_core.tickets.mask import Mask
 
 
-class ModuleRun:
+class ModuleRun(MaskedRun):
     """The lottery's view of a run of the user's module: what :class:`LotteryModule` offers."""
 
     multi_step = False
@@ -57,12 +57,8 @@ class ModuleRun:
         """The lottery's step: the Trainer's global step plus where training resumed."""
         return (int(self.trainer.global_step) if self.trainer is not None else 0) + self.step_offset
 
-    def set_mask(self, mask: Mask) -> None:
-        """Tighten the mask mid-training; pruned weights are zeroed at once."""
-        check_tighter(self.mask, mask)
-        self.mask = mask
-        if self.enforcer is not None:
-            self.enforcer.set_mask(mask)
+    def attached(self) -> pl.Trainer | None:
+        return self.trainer
 
 
 class MeasureAndMask(pl.Callback):
@@ -103,6 +99,8 @@ class MeasureAndMask(pl.Callback):
         better = value < self.best_value if self.mode == "min" else value > self.best_value
         # A mask tightened since the best evaluation makes that network another one: the
         # ticket's early-stopping step is the best under the mask it ends with.
+        if self.run.mask_owner:  # the mask moved both ways: an earlier network is not the ticket
+            return
         if math.isfinite(value) and (self.best is None or better or density != self.best_density):
             self.best = {k: v.detach().to("cpu", copy=True) for k, v in self.run.model.state_dict().items()}
             self.best_step, self.best_value, self.best_density = row["step"], value, density

@@ -12,9 +12,9 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics import MeanMetric
 
 from lth_core.errors import NonFiniteLoss
-from lth_core.engines.enforcer import MaskEnforcer
+from lth_core.engines.enforcer import MaskedRun, MaskEnforcer
 from lth_core.engines.private_apis import attached_trainer, counted_step, skip_graph_capture_check
-from lth_core.tickets.mask import Mask, check_tighter
+from lth_core.tickets.mask import Mask
 
 EVAL_SPLITS = ("val", "test")
 
@@ -67,7 +67,7 @@ def lr_factor(cfg: dict):
     return factor
 
 
-class LotteryModule(pl.LightningModule):
+class LotteryModule(pl.LightningModule, MaskedRun):
     """Trains ``model`` with cross-entropy under ``mask``; measures val and test at each eval.
 
     It is the ``pl_module`` every training callback receives (``context.module`` of the
@@ -75,7 +75,10 @@ class LotteryModule(pl.LightningModule):
 
     - ``model``: the network being trained (``nn.Module``);
     - ``mask``: the :class:`lth_core.Mask` in force (read it; never assign it);
-    - :meth:`set_mask`: tighten the mask during training (checked, applied at once);
+    - :meth:`set_mask`: change the mask during training (checked, applied at once; only
+      tighter unless a callback owns the mask, ``mask_owner``);
+    - :meth:`capture_dense_grads` / :meth:`dense_grads`: the next backward's gradients
+      before masking (what a pruned weight would get: RigL regrows by it);
     - ``step``: the lottery's step (Lightning's ``global_step`` plus where training resumed);
     - ``history``: one row per evaluation point,
       ``{"step", "weights_remaining", "val_loss", "val_acc", "test_loss", "test_acc"}``;
@@ -128,17 +131,9 @@ class LotteryModule(pl.LightningModule):
         """The lottery's step: Lightning's global step plus where training resumed."""
         return int(self.global_step) + self.step_offset
 
-    def set_mask(self, mask: Mask) -> None:
-        """Tighten the mask mid-training (gradual pruning); pruned weights are zeroed now.
-
-        A callback's mask is checked before it takes effect: a Mask with the current
-        layers, shapes and bool tensors that revives no pruned weight (a weight at zero has
-        lost its value; reviving it would not be the run the recipe describes).
-        """
-        check_tighter(self.mask, mask)
-        self.mask = mask
-        if self.enforcer is not None:
-            self.enforcer.set_mask(mask)
+    def attached(self):
+        """The Trainer fitting this module now, or None."""
+        return attached_trainer(self)
 
     def on_fit_end(self) -> None:
         if self.enforcer is not None:

@@ -9,7 +9,7 @@ from lth_core.tickets.mask import Mask
 
 
 def summarise(history: list[dict], round_: int, mask: Mask, steps: int, monitor: str = "val_loss",
-              mode: str = "min", test_metric: str = "test_acc") -> dict:
+              mode: str = "min", test_metric: str = "test_acc", final_only: bool = False) -> dict:
     """The paper's measurements from a run's evaluation history.
 
     The early-stopping step is the evaluation with the best ``monitor`` (lowest for ``min``,
@@ -17,12 +17,16 @@ def summarise(history: list[dict], round_: int, mask: Mask, steps: int, monitor:
     looks at evaluations made under the run's final mask: when a callback pruned during
     training, an earlier, denser network is not this ticket. ``test_acc`` is
     ``test_metric`` there, ``test_acc_final`` at the last evaluation; ``val_loss_min`` and
-    ``val_acc`` are the chosen evaluation's, when it recorded them.
+    ``val_acc`` are the chosen evaluation's, when it recorded them. ``final_only`` (a
+    callback owned the mask, which moves both ways at a constant density) makes the last
+    evaluation the early-stopping step: any earlier one was another mask's network.
     """
     if not history:
         raise LthError("a round finished with no evaluation: set trainer.max_steps >= 1")
     density = mask.density()
     finite = [h for h in history if math.isfinite(h.get(monitor, math.nan)) and h.get("weights_remaining", density) == density]
+    if final_only:
+        finite = []
     pick = min if mode == "min" else max
     best = pick(finite, key=lambda h: h[monitor]) if finite else history[-1]
     last = history[-1]

@@ -110,9 +110,22 @@ def _prepare(run: Run, ctx: RoundContext, start: Start, extra_callbacks: tuple) 
     ctx.module = run.engine.module(run, ctx, optimizer, first)
     origins: dict[int, str] = {}
     callbacks = plugin_callbacks(run, ctx, origins) + list(extra_callbacks) + run.engine.callbacks(ctx.module, origins)
+    _hand_mask_to_owner(ctx, callbacks, origins)
     chunk = run.engine.steps_per_call(run, ctx.module, callbacks)
     trainer = make_trainer(run.recipe, run.logger, run.out_dir, first, callbacks, chunk)
     return Fit(run, ctx, ctx.module, trainer, identity, start.step, saved, origins, extra_callbacks, chunk)
+
+
+def _hand_mask_to_owner(ctx: RoundContext, callbacks: list, origins: dict[int, str]) -> None:
+    """The callback that owns the run's mask (``owns_mask = True``), if any, may grow it
+    within the round's start mask; two owners would fight over it, so that is refused."""
+    owners = [cb for cb in callbacks if getattr(cb, "owns_mask", False)]
+    if len(owners) > 1:
+        names = "; ".join(f"{origins.get(id(cb), 'a callback')} ({type(cb).__name__})" for cb in owners)
+        raise PluginError(f"round {ctx.round} [{ctx.name}] has {len(owners)} callbacks that own the mask ({names}); "
+                          "one callback at a time may grow and shrink it: keep one of them in the recipe")
+    if owners:
+        ctx.module.give_mask_to(origins.get(id(owners[0]), type(owners[0]).__name__), ctx.mask)
 
 
 def _explained(run: Run, fit: Fit, exc: Exception) -> LthError | None:
@@ -146,7 +159,7 @@ def _finish(run: Run, fit: Fit, start: Start) -> tuple[Ticket, dict, dict]:
     final_mask = contracts.check_final_mask(ctx.mask, module, fit.origins, ctx.round, ctx.name)
     lot = run.recipe["lottery"]
     row = summarise(module.history, ctx.round, final_mask, module.step, lot.get("monitor", "val_loss"),
-                    lot.get("monitor_mode", "min"), lot.get("test_metric", "test_acc"))
+                    lot.get("monitor_mode", "min"), lot.get("test_metric", "test_acc"), final_only=bool(module.mask_owner))
     row.update({k: v for k, v in ctx.metrics.items() if k not in row})
     meta = {"round": ctx.round, "run": ctx.name, "recipe_hash": run.recipe.hash(), "seed": run.recipe["seed"],
             "model": run.recipe["model"], "data": run.recipe["data"]["name"], "start_step": start.step,

@@ -120,6 +120,17 @@ class RoundContext:
     module: Any = None
     metrics: dict[str, float] = field(default_factory=dict)
 
+    def last_step(self) -> int | None:
+        """The lottery step at which this run's training ends: ``trainer.max_steps``, else
+        ``trainer.max_epochs`` times the steps of an epoch; ``None`` when neither is set.
+        Schedules inside a run (pruning, mask updates) are laid out against it."""
+        trainer = self.recipe["trainer"]
+        max_steps = trainer.get("max_steps", -1)
+        if max_steps is not None and max_steps > 0:
+            return int(max_steps)
+        epochs = trainer.get("max_epochs", -1) or -1
+        return epochs * len(self.data.train_loader(0)) if epochs > 0 else None
+
     def prune(self, criterion: str, model: nn.Module, mask: Mask, allocation: Allocation, *, initial: dict[str, Tensor],
               seed: tuple = (), where: str = "") -> Mask:
         """``mask`` pruned by the registered ``criterion`` to ``allocation``, exactly as the

@@ -190,6 +190,24 @@ def register_callbacks(register):
     checks that mask when training ends: the round's layers and shapes, ``torch.bool``,
     only tighter than the round's start mask, and every pruned weight exactly zero.
 
+    **A callback that owns the mask** (``owns_mask = True`` on the callback: RigL, SET,
+    movement pruning) may also grow it back: its ``set_mask`` may bring back weights
+    pruned during the run, never one the round started without (a regrown weight is zero,
+    having been pruned, and its state in every optimiser of the run, Adam's moments or
+    SGD's momentum, is reset to zero). One owner per training run: a recipe whose callbacks bring
+    two is refused before training. What the core still promises with an owner: when
+    training ends the ticket's mask is the one in force (``context.module.mask``), fitting
+    the round's layers, ``torch.bool``, and every weight it prunes exactly zero; the run's
+    summary reports the final network (an earlier evaluation was another mask's, so early
+    stopping does not pick it); a checkpoint inside the run holds the mask in force, the
+    weights, every optimiser's state and the owner's ``state_dict()`` (its scores, its
+    records), so a killed run resumes at the same mask, scores and optimiser state. An
+    owner that needs the gradient pruned weights would get (RigL regrows where it is
+    largest) calls ``context.module.capture_dense_grads()`` before the step's backward (in
+    ``on_train_batch_start``) and reads ``context.module.dense_grads()`` after it (averaged
+    over the processes of a data-parallel run). ``context.last_step()`` tells a schedule
+    where training ends.
+
     Checkpoints inside a run (:mod:`lth_core.engines.checkpoints`) keep a callback's
     ``state_dict()`` and give it back with ``load_state_dict`` at the first batch of the
     resumed run, after ``on_train_start`` saw the run's start. Define both (``state_dict``

@@ -118,12 +118,8 @@ def check_mask_fits(mask: Mask, model: nn.Module, source: str = "mask") -> None:
             raise LthError(f"{source} does not fit this model: {n} is {tuple(mask[n].shape)}, model has {tuple(p.shape)}")
 
 
-def check_tighter(current: Mask, new: object, who: str = "a callback") -> None:
-    """Refuse a mask that does not fit ``current`` or revives a weight it prunes.
-
-    A weight at zero has lost its value; reviving it would not be the run the recipe
-    describes, so masks set during training (and a criterion's own masks) only tighten.
-    """
+def check_fits_mask(current: Mask, new: object, who: str = "a callback") -> None:
+    """Refuse a mask that is not a :class:`Mask` of ``current``'s layers, shapes and bool tensors."""
     if not isinstance(new, Mask):
         raise LthError(f"{who} set a mask of type {type(new).__name__}; it must be an lth_core.Mask")
     if set(new) != set(current):
@@ -131,8 +127,19 @@ def check_tighter(current: Mask, new: object, who: str = "a callback") -> None:
     for n, m in new.items():
         if m.dtype != torch.bool or m.shape != current[n].shape:
             raise LthError(f"{who} set a mask whose {n} is {m.dtype} {tuple(m.shape)}; it must be torch.bool {tuple(current[n].shape)}")
+
+
+def check_tighter(current: Mask, new: object, who: str = "a callback", rule: str = "masks may only tighten") -> None:
+    """Refuse a mask that does not fit ``current`` or revives a weight it prunes.
+
+    A weight at zero has lost its value; reviving it would not be the run the recipe
+    describes, so masks set during training (and a criterion's own masks) only tighten,
+    unless a callback owns the run's mask (``owns_mask = True``: dynamic sparse training).
+    """
+    check_fits_mask(current, new, who)
+    for n, m in new.items():
         if bool((m & ~current[n]).any()):
-            raise LthError(f"{who}'s mask revives {int((m & ~current[n]).sum())} pruned weights of {n}; masks may only tighten")
+            raise LthError(f"{who}'s mask revives {int((m & ~current[n]).sum())} pruned weights of {n}; {rule}")
 
 
 def parameters_by_name(model: nn.Module, names: Iterable[str]) -> dict[str, nn.Parameter]:
