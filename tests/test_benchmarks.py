@@ -74,3 +74,22 @@ def test_process_costs_reports_every_part_and_the_peak_memory(args, monkeypatch,
     assert out["processes"] == (2 if "--devices" in args else 1) == len(out["peak_rss_per_process_mb"])
     assert all(m > 0 for m in out["peak_rss_per_process_mb"]) and out["peak_rss_at_exit_mb"] >= out["peak_rss_mb"] * 0.9
     _ratio(out["wall_s"])
+
+
+@pytest.mark.skipif(not FASHION.is_file(), reason="needs Debian's dataset-fashion-mnist (installed by .ci/run)")
+def test_moving_masks_table_has_each_method_at_its_density(monkeypatch, capsys, tmp_path) -> None:
+    """A few steps of three of the table's runs: they finish, and each ticket has the density
+    its method promises (RigL exactly IMP's 10-round density; soft movement whatever its
+    penalty leaves; SNIP one global prune to the same count)."""
+    only = ["rigl_10", "movement_soft_10", "snip_10"]
+    out = _last_json("moving_masks.py", [str(tmp_path), "--steps", "30", "--seeds", "0", "--jobs", "1", "--only", *only],
+                     monkeypatch, capsys)
+    assert out["failed"] == []
+    found = out["results"]
+    assert set(found) == {"rigl/ticket/10", "movement_soft/ticket/10", "snip/ticket/10", "snip/random_pruning/10"}
+    target = out["densities"]["10"]
+    for key in ("rigl/ticket/10", "snip/ticket/10", "snip/random_pruning/10"):
+        assert found[key]["weights_remaining"] == pytest.approx(target, abs=2e-5)
+    assert 0 < found["movement_soft/ticket/10"]["weights_remaining"] <= 1
+    assert all(0.1 < r["test_acc_final"] <= 1 for r in found.values())  # 30 steps already beat chance (0.1)
+    assert (tmp_path / "table.md").read_text().count("not run") > 0

