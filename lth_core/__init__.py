@@ -52,6 +52,7 @@ _export("Recipes", "lth_core.config.markers", "Expect", "Number")
 _export("Recipes", "lth_core.config.explain", "option_error")
 _export("Files", "lth_core.files", "atomic_path", "atomic_write_text", "atomic_write_tensors", "make_dir", "OutputError", "read_json", "sha256_file")
 _export("Files", "lth_core.engines.collectives", "is_writer")
+_export("Data parallel", "lth_core.engines.collectives", "mean_over_processes")
 _export("Seeds", "lth_core.seeds", "derive_seed", "seeded_generator")
 _export("Training runs (for commands that train, and callbacks that watch them)", "lth_core.engines.module", "LotteryModule")
 _export("Training runs (for commands that train, and callbacks that watch them)", "lth_core.lottery.run",

@@ -544,3 +544,27 @@ def test_rigl_runs_on_a_users_own_lightning_module(tmp_path: Path) -> None:
     record = json.loads((tmp_path / "round_0" / "rigl.json").read_text())
     assert [u["step"] for u in record["updates"]] == [20, 40, 60, 80]
     assert summary["rounds"][0]["test_acc"] > 0.5
+
+
+@pytest.mark.parametrize("method", ["hard", "soft"])
+def test_movement_pruning_runs_on_a_users_own_lightning_module(tmp_path: Path, method: str) -> None:
+    """The scores wrap the user's own layers: the ticket is those layers' final mask, with
+    the masked weights exactly zero, and the module's plain layers come back."""
+    from test_own_module import MLP, Digits
+
+    options = {"density": 0.25} if method == "hard" else {"l1": 50.0, "score_lr": 0.1}  # 120 steps: scores must move fast
+    recipe = {"name": "own-movement", "seed": 0, "trainer": {"max_steps": 120, "val_check_interval": 20},
+              "lottery": {"rounds": 0, "monitor": "val_loss"}, "controls": [], "tracking": "none",
+              "callbacks": [{"name": "movement_pruning", "method": method, **options}]}
+    summary = lth_core.run(recipe, out=tmp_path, module=MLP, datamodule=Digits(), say=lambda _: None)
+    ticket = summary.ticket(0)
+    density = ticket.mask.density()
+    if method == "hard":
+        counts = {n: int(m.sum()) for n, m in ticket.mask.items()}
+        assert counts == {n: round(0.25 * m.numel()) for n, m in ticket.mask.items()}
+    else:
+        assert 0 < density < 1  # the penalty pruned some, not all
+    for n, m in ticket.mask.items():
+        assert not ticket.final[n][~m.bool()].any()
+    assert summary["rounds"][0]["weights_remaining"] == pytest.approx(density)
+    assert summary["rounds"][0]["test_acc"] > 0.5

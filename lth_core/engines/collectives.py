@@ -101,7 +101,12 @@ def broadcast_tensors(tensors: dict[str, torch.Tensor] | None) -> dict[str, torc
 
 def mean_over_processes(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The mean of each tensor over the processes of a data-parallel run, in name order
-    (one process: ``tensors`` as they are). Every process must pass the same names."""
+    (one process: ``tensors`` as they are). Every process must pass the same names.
+
+    For a callback that keeps trainable tensors of its own (not the model's parameters,
+    which DDP averages): average their gradients before stepping so every process takes
+    the same step (``movement_pruning``'s scores), or a per-batch statistic before acting
+    on it (RigL's dense gradient)."""
     dist = _dist()
     if dist is None or not tensors:
         return tensors

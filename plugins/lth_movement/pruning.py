@@ -25,6 +25,7 @@ from lth_core import (
     keep_top,
     layer_counts,
     make_dir,
+    mean_over_processes,
     prunable_parameters,
 )
 from lth_movement import SCORES_FILE, cubic
@@ -113,9 +114,11 @@ class MovementPruning(pl.Callback):
 
     # -- Lightning hooks -----------------------------------------------------------------
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Scores at zero beside every prunable weight, trained by an Adam of their own at
-        ``score_lr`` (the run's optimisers and schedules stay as the recipe or module made them)."""
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Every prunable layer's ``weight`` becomes W ⊙ M(S): now, before a data-parallel
+        wrapper is built over the parameters (it must see the layers as they will train)."""
+        if stage != "fit" or self.layers:
+            return
         run, start = self.context.module, self.context.mask
         params = prunable_parameters(run.model)
         finals = layer_counts(self.densities, start) if self.densities else {}
@@ -128,9 +131,18 @@ class MovementPruning(pl.Callback):
             parametrize.register_parametrization(module, "weight", _Masked(lambda layer=layer: self.layer_mask(layer)),
                                                  unsafe=True)
             self.layers.append(layer)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Scores at zero beside every prunable weight, on its device now, trained by an Adam of
+        their own at ``score_lr`` (the run's optimisers and schedules stay as the recipe or
+        module made them)."""
+        for layer in self.layers:
+            weight = layer.module.parametrizations.weight.original
+            layer.scores = torch.zeros_like(weight, requires_grad=True)
+            layer.cache = None
         self.optimizer = torch.optim.Adam([layer.scores for layer in self.layers], lr=self.score_lr)
         self.stepped = -1
-        run.density_fn = self.current_density
+        self.context.module.density_fn = self.current_density
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         """The scores' step, beside the weights' (once per training step, whatever the
@@ -139,6 +151,10 @@ class MovementPruning(pl.Callback):
         if self.stepped == t:
             return
         self.stepped = t
+        grads = mean_over_processes({layer.name: layer.scores.grad for layer in self.layers if layer.scores.grad is not None})
+        for layer in self.layers:  # data parallel: the whole batch's gradient on every process, as DDP's for weights
+            if layer.name in grads:
+                layer.scores.grad = grads[layer.name]
         if self.method == "soft" and self.l1:
             self._add_l1_gradient(self.l1 * self.tau(t) / self.threshold)
         self.optimizer.step()
