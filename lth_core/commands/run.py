@@ -32,6 +32,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="run folder (default: runs/NAME-HASH); rerunning into it resumes")
     parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR (a killed run resumes at its last checkpoint) with DIR/recipe.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key, e.g. lottery.rate=0.1")
+    parser.add_argument("--quiet", "-q", action="store_true",
+                        help="print no progress (no bar, no per-run lines, no table): warnings, errors and the summary's path only")
     parser.add_argument("--accept-plugin-changes", action="store_true",
                         help="reuse finished rounds made by other versions of the run's plugins (refused otherwise; each ticket.json says which made it)")
 
@@ -55,9 +57,10 @@ def run(args: argparse.Namespace) -> int:
     recipe, pm = prepared(recipe, command="run")  # plugin names and options too; a section of another command names it
     from lth_core.engines.collectives import is_writer
     out = Path(args.out) if args.out else default_out(recipe)
-    if is_writer():  # data parallel: the other processes run the same command quietly
+    if is_writer() and not args.quiet:  # data parallel: the other processes run the same command quietly
         print(f"lth: recipe {recipe.source} (hash {recipe.hash()}) -> {out}", file=sys.stderr)
-    execute(recipe, pm, out, say=lambda s: print(s, file=sys.stderr, flush=True), accept_plugin_changes=args.accept_plugin_changes)
+    execute(recipe, pm, out, say=lambda s: print(s, file=sys.stderr, flush=True), accept_plugin_changes=args.accept_plugin_changes,
+            quiet=args.quiet)
     if is_writer():
         print(out / ("sweep.json" if recipe["sweep"] else "summary.json"))
     return 0

@@ -48,7 +48,7 @@ from lth_core.version import __version__
 
 
 def run_lottery(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] = print, pm=None, group: str | None = None,
-                engine: Engine | None = None, code: UserCode | None = None) -> dict:
+                engine: Engine | None = None, code: UserCode | None = None, progress: Any = None) -> dict:
     """Run a whole lottery and return (and write) ``summary.json``.
 
     With ``ticket: PATH`` in the recipe it does not search: round 0 trains the dense
@@ -60,6 +60,7 @@ def run_lottery(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] 
     module and datamodule, trained instead of the recipe's registered model and data.
     """
     run, source = _setup(recipe, Path(out_dir), say, pm, group, engine, code)
+    run.progress = progress
     total = 1 if source else recipe["lottery"]["rounds"]
     started = time.time()
     round0 = prev = _dense_round(run, total)

@@ -52,6 +52,8 @@ class Run:
     engine: Engine = field(default_factory=Engine)
     #: Builds a fresh model under a seed when the model is the user's own (``module=``).
     builder: Callable[[int], nn.Module] | None = None
+    #: The lottery's clock and progress display (None: nothing shown, as in tests calling ``run_lottery``).
+    progress: Any = None
 
     def new_model(self, seed: int) -> nn.Module:
         """A fresh, checked model of the recipe, initialised under ``seed``."""
