@@ -128,6 +128,7 @@ class ProgressBar(pl.Callback):
     """
 
     multi_step_safe = True
+    stack_safe = True  # it only reads the step and history, of a stacked model too
 
     def __init__(self, progress: Progress, label: str, view: Any, first_step: int, total: int):
         self.progress, self.label, self.view = progress, label, view
