@@ -223,7 +223,7 @@ def _errors(chain: Path, tmp_path: Path) -> dict:
         "not a ticket": ([str(chain / "a"), "--recipe", recipe()], "neither a ticket folder"),
         "overlapping classes": ([ticket, "--recipe", recipe(extend__classes=[4, 5])], "[4] are already taught"),
         "class out of range": ([ticket, "--recipe", recipe(extend__classes=[5, 12])], "extend.classes names [12]; data set 'digits' has classes 0..9"),
-        "unknown extend key": ([ticket, "--recipe", recipe(extend__rehersal=3)], "unknown key extend.rehersal; valid: baselines, classes, prune, rehearsal"),
+        "unknown extend key": ([ticket, "--recipe", recipe(extend__rehersal=3)], "unknown key extend.rehersal (did you mean 'rehearsal'?); valid: baselines, classes, prune, rehearsal"),
         "bad prune": ([ticket, "--recipe", recipe(extend__prune=1.5)], "extend.prune must be in [0, 1)"),
         "no extend section": ([ticket, "--recipe", recipe(extend={})], "has no extend: section"),
         "another model": ([ticket, "--recipe", recipe(model={"name": "mlp", "hidden": [32]})], "differs from the ticket's"),

@@ -12,12 +12,15 @@ content of ``summary.json``) that also loads any round's ticket.
 from __future__ import annotations
 
 import copy
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 from lth_core.config import Recipe, raw_recipe, set_path, validate
-from lth_core.errors import LthError
+from lth_core.errors import Interrupted, LthError, StopRequested
 from lth_core.plugin_api.registry import get_plugin_manager, make_plugin_manager
 
 if TYPE_CHECKING:  # checking a recipe (``prepared``) imports no torch: its mistakes are reported at once
@@ -140,13 +143,43 @@ def execute(recipe: Recipe, pm: Any, out: str | Path | None = None, say: Callabl
     progress = Progress.for_recipe(recipe, quiet=quiet)
     say = progress.wrap(say or (lambda text: print(text, file=sys.stderr, flush=True)))
     try:
-        with accepting_changes(accept_plugin_changes):
+        with accepting_changes(accept_plugin_changes), stop_on_ctrl_c():
             summary = Summary(run_experiment(recipe, out, say=say, pm=pm, code=code, progress=progress), out)
     except OSError as exc:  # lth's writers name their paths (OutputError); this is anything else
         raise LthError(os_error_line(exc)) from exc
+    except (StopRequested, KeyboardInterrupt):
+        progress.clear()
+        raise Interrupted(interrupted_line(out, code is not None)) from None
     data_parallel.disconnect()  # data parallel: wait for every process
     del data  # held until every run of the recipe is done
     return summary
+
+
+@contextmanager
+def stop_on_ctrl_c() -> Iterator[None]:
+    """Ctrl-C raises :class:`StopRequested` while the lottery runs, which Lightning passes
+    on (it would turn a ``KeyboardInterrupt`` into ``sys.exit(1)``); the handler before is
+    restored after. Only the main thread may set signal handlers; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(_signum: int, _frame: Any) -> None:
+        raise StopRequested()
+
+    before = signal.signal(signal.SIGINT, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def interrupted_line(out: Path, own_module: bool = False) -> str:
+    """What Ctrl-C leaves the user: where the run is and the command that continues it."""
+    again = ("lth_core.run(recipe, out=..., module=..., datamodule=...) with the same out" if own_module
+             else f"lth run --resume {out}")
+    return (f"interrupted: finished rounds and the last checkpoint are kept in {out}; "
+            f"continue with: {again}")
 
 
 def run(recipe: str | Path | Mapping | Recipe, out: str | Path | None = None, overrides: Mapping[str, Any] | None = None,

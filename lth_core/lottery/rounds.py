@@ -40,6 +40,7 @@ from lth_core.lottery.steps import Level, check_rounds, prune_step, run_controls
 from lth_core.lottery.summary import format_table, progress_line
 from lth_core.lottery.train import train
 from lth_core.plugin_api.provenance import check_made_by, loaded, plugins_used
+from lth_core.reporting.report import write_report
 from lth_core.plugin_api.registry import call_hook, get_plugin_manager, get_registry
 from lth_core.tickets.mask import Mask, choose_prunable
 from lth_core.tickets.pruning import Allocation
@@ -48,7 +49,8 @@ from lth_core.version import __version__
 
 
 def run_lottery(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] = print, pm=None, group: str | None = None,
-                engine: Engine | None = None, code: UserCode | None = None, progress: Any = None) -> dict:
+                engine: Engine | None = None, code: UserCode | None = None, progress: Any = None,
+                report: bool = False) -> dict:
     """Run a whole lottery and return (and write) ``summary.json``.
 
     With ``ticket: PATH`` in the recipe it does not search: round 0 trains the dense
@@ -58,6 +60,8 @@ def run_lottery(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] 
     ``engine`` carries out the training runs (default: data parallel when the recipe's
     trainer asks for several processes, else one process); ``code`` is the user's own
     module and datamodule, trained instead of the recipe's registered model and data.
+    ``report`` writes ``out_dir/report`` (figures and ``report.md``) at the end; ``progress``
+    (:mod:`lth_core.lottery.progress`) shows each run's step and the ETAs.
     """
     run, source = _setup(recipe, Path(out_dir), say, pm, group, engine, code)
     run.progress = progress
@@ -73,7 +77,7 @@ def run_lottery(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] 
             run.say(f"round {k}/{total}: pruned to {mask.density():.2%} of weights")
         prev = _ticket_run(run, k, total, mask, start)
         run_controls(run, k, total, prev.mask, start, origin)
-    return _conclude(run, source, started)
+    return _conclude(run, source, started, report)
 
 
 def _setup(recipe: Recipe, out_dir: Path, say: Callable[[str], None], pm: Any, group: str | None,
@@ -144,8 +148,9 @@ def _unless_written(ticket: Ticket) -> dict[str, Tensor] | None:
     return None if is_writer() else ticket.final
 
 
-def _conclude(run: Run, source: Ticket | None, started: float) -> dict:
-    """``summary.json``, the plugins' end-of-run hook, the W&B run's end, the table."""
+def _conclude(run: Run, source: Ticket | None, started: float, report: bool = False) -> dict:
+    """``summary.json``, the report (when asked), the plugins' end-of-run hook, the W&B
+    run's end (which logs the report's figures), the table."""
     recipe = run.recipe
     summary = {
         "recipe": recipe.to_dict(),
@@ -159,6 +164,8 @@ def _conclude(run: Run, source: Ticket | None, started: float) -> dict:
         summary["transferred_from"] = {"path": str(recipe["ticket"]), **{k: source.meta.get(k) for k in ("round", "data", "recipe_hash", "seed", "weights_remaining")}}
     if is_writer():
         atomic_write_text(run.out_dir / "summary.json", json.dumps(summary, indent=2))
+        if report:
+            write_report([run.out_dir], run.out_dir / "report")
     call_hook(run.pm, "on_run_end", summary=summary, out_dir=run.out_dir)
     tracking.finish(run.logger, summary, run.out_dir)
     run.say(format_table(summary))

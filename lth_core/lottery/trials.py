@@ -74,7 +74,7 @@ def run_experiment(recipe: Recipe, out_dir: str | Path, say: Callable[[str], Non
         return run_sweep(recipe, out_dir, say=say, pm=pm, code=code, progress=progress)
     n = recipe["trials"]
     if n == 1:
-        return run_lottery(recipe, out_dir, say=say, pm=pm, code=code, progress=progress)
+        return run_lottery(recipe, out_dir, say=say, pm=pm, code=code, progress=progress, report=True)
     prepare_out_dir(recipe, out_dir, pm, say)
     summaries, folders = [], []
     if recipe["vectorize_trials"] and code is not None:
