@@ -33,7 +33,7 @@ from lth_core.engines.foreign import Foreign
 from lth_core.engines.collectives import is_writer, speaker
 from lth_core.errors import LthError
 from lth_core.files import atomic_write_text, make_dir, read_json
-from lth_core.lottery import tracking
+from lth_core.lottery import growth, tracking
 from lth_core.lottery.run import Run, Start, build_model, check_native_measures, load_data
 from lth_core.lottery.user_code import ModuleData, UserCode
 from lth_core.lottery.steps import Level, check_rounds, prune_step, run_controls
@@ -95,6 +95,7 @@ def _setup(recipe: Recipe, out_dir: Path, say: Callable[[str], None], pm: Any, g
     engine = engine or (data_parallel.DataParallel() if world > 1 else Engine())
     initial = source.init if source else {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     run = Run(recipe, out_dir, registry, pm, data, model, initial, say=speaker(say), engine=engine, builder=builder)
+    run.accepted = growth.accepted_hashes(out_dir, recipe)  # this recipe's, and those the folder grew from
     run.logger = tracking.make_logger(recipe, out_dir, run.say, group=group) if is_writer() else None
     if code is not None:
         run.say("a module of your own: a killed run resumes at its last checkpoint (weights, optimisers, schedulers, "
@@ -188,20 +189,33 @@ def prepare_out_dir(recipe: Recipe, out_dir: Path, pm: Any = None, say: Callable
             raise LthError(f"{exc}; it says which recipe the folder's rounds belong to: choose another --out, "
                            "or delete it to run into this folder anyway") from None
         if previous and previous != recipe.hash():
-            raise LthError(
-                f"{out_dir} holds a run of a different recipe (hash {previous}, this one {recipe.hash()}); "
-                "choose another --out or delete that folder"
-            )
+            grown_from = growth.grows(out_dir, recipe, previous)
+            if grown_from is None:
+                raise growth.refusal(out_dir, recipe, previous)
+            recorded = _recorded(out_dir)
+            say(f"growing {out_dir}: {growth.differences(recorded, recipe.to_dict())}; its finished rounds and trials are reused")
+            if recorded.get("trials", 1) == 1 and recipe["trials"] > 1:
+                growth.nest_single_trial(out_dir, say)
+        else:
+            grown_from = read_json(run_json).get("grown_from", [])
+    else:
+        grown_from = []
     check_made_by(out_dir, loaded(pm), say)
     atomic_write_text(out_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     atomic_write_text(
         run_json,
         json.dumps(
-            {"recipe_hash": recipe.hash(), "recipe_source": recipe.source, "lth_version": __version__,
+            {"recipe_hash": recipe.hash(), **({"grown_from": grown_from} if grown_from else {}),
+             "recipe_source": recipe.source, "lth_version": __version__,
              "command": " ".join(sys.argv), "torch": torch.__version__, "pytorch_lightning": pl.__version__, "plugins": used},
             indent=2,
         ),
     )
+
+
+def _recorded(out_dir: Path) -> dict:
+    """The recipe a run folder recorded (``recipe.yaml``), as a dict."""
+    return yaml.safe_load((out_dir / "recipe.yaml").read_text(encoding="utf-8"))
 
 
 def _transfer_source(recipe: Recipe, model: nn.Module) -> Ticket | None:

@@ -74,7 +74,7 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
 def _reuse(run: Run, round_: int, name: str, folder: Path) -> tuple[Ticket, dict, dict] | None:
     """The finished ticket of this recipe in ``folder`` (its weights loaded into the model), or None."""
     ticket = run.engine.reuse(run, folder)
-    if ticket is None or ticket.meta.get("recipe_hash") != run.recipe.hash():
+    if ticket is None or ticket.meta.get("recipe_hash") not in (run.accepted or {run.recipe.hash()}):
         return None
     run.model.load_state_dict(trained_weights(ticket, folder))
     run.say(f"round {round_} [{name}]: reusing finished ticket in {folder}")
