@@ -42,8 +42,10 @@ def test_a_bad_set_value_is_blamed_on_the_set(capsys) -> None:
 
 def test_a_mistake_in_the_file_still_names_the_file(tmp_path, capsys) -> None:
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(bundled_recipes()["quickstart"].read_text().replace("rate: 0.2", "rat: 0.2"))
-    line = _error(capsys, "run", str(recipe), "--set", "lottery.rounds=2")
+    text = bundled_recipes()["quickstart"].read_text()
+    assert "\n  rate: " in text
+    recipe.write_text(text.replace("\n  rate: ", "\n  rat: "))
+    line = _error(capsys, "run", str(recipe), "--set", "lottery.rounds=2", "--out", str(tmp_path / "never"))
     assert line.startswith(f"lth: error: {recipe}: unknown key lottery.rat (did you mean 'rate'?); valid: ")
 
 

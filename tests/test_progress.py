@@ -59,7 +59,7 @@ def test_a_terminal_gets_one_line_redrawn_in_place(tmp_path: Path) -> None:
         chunks.append(data)
     assert proc.wait(timeout=600) == 0
     text = b"".join(chunks).decode()
-    assert "\r\x1b[K" in text and re.search(r"\r\x1b\[Kround \d/2 \[ticket\] step \d+/60", text)
+    assert "\r\x1b[K" in text and re.search(r"\r\x1b\[Kround \d/2 \[ticket\] step \d+/60 \[#*-*\]  ", text)  # with its bar
     for line in text.replace("\r\n", "\n").split("\n"):  # every result line starts clean
         if "weights remaining" in line:
             assert line.split("\r\x1b[K")[-1].startswith("round ")

@@ -46,10 +46,6 @@ def run(args: argparse.Namespace) -> int:
     elif args.recipe is None:
         raise LthError("lth run needs a RECIPE (a YAML file or a bundled recipe name), or --resume DIR")
     recipe, pm = _checked(args)
-    if recipe["model"]["name"] == USER_MODULE:
-        raise LthError(f"{recipe.source} is a lottery of your own LightningModule ({recipe['model'].get('class', '?')}), "
-                       "which `lth run` cannot build: run (or resume) it from Python with lth_core.run(recipe, out=DIR, "
-                       "module=..., datamodule=...)")
     from lth_core.lottery.api import default_out, execute
     from lth_core.engines.collectives import is_writer
     out = Path(args.out) if args.out else default_out(recipe)
@@ -98,6 +94,10 @@ def _checked(args: argparse.Namespace):
 
     try:
         recipe = load_recipe(args.recipe, args.set)
+        if recipe["model"]["name"] == USER_MODULE:
+            raise LthError(f"{recipe.source} is a lottery of your own LightningModule ({recipe['model'].get('class', '?')}), "
+                           "which `lth run` cannot build: run (or resume) it from Python with lth_core.run(recipe, out=DIR, "
+                           "module=..., datamodule=...)")
         return prepared(recipe, command="run")  # plugin names and options too; a section of another command names it
     except LthError as exc:
         if not args.set or str(exc).startswith(f"recipe {args.recipe!r} not found"):

@@ -149,6 +149,9 @@ def execute(recipe: Recipe, pm: Any, out: str | Path | None = None, say: Callabl
         raise LthError(os_error_line(exc)) from exc
     except (StopRequested, KeyboardInterrupt):
         progress.clear()
+        from lth_core.lottery.tracking import abandon
+
+        abandon()  # the W&B run ends here, so that the resumed run can continue it
         raise Interrupted(interrupted_line(out, code is not None)) from None
     data_parallel.disconnect()  # data parallel: wait for every process
     del data  # held until every run of the recipe is done

@@ -94,6 +94,9 @@ class Progress:
     def line(self, label: str, step: int, total: int, val_loss: float | None, rate: float) -> str:
         """``round 2/5 [ticket] step 300/400  val loss 0.0812  run ETA 0:04  lottery ETA 1:12 (run 5/16)``."""
         parts = [f"{label} step {step}/{total}" if total else f"{label} step {step}"]
+        if total and self.mode == "live":  # a bar where the line is redrawn; plain lines stay plain
+            done = min(20, int(20 * step / total))
+            parts[0] += " [" + "#" * done + "-" * (20 - done) + "]"
         if val_loss is not None:
             parts.append(f"val loss {val_loss:.4f}")
         if total:

@@ -108,6 +108,14 @@ def recorded_run(out_dir: Path) -> str | None:
     return f"W&B run {run_id}" + (f" (offline; upload with: {sync_command(out_dir, run_id)})" if offline else "")
 
 
+def abandon(exit_code: int = 130) -> None:
+    """End the W&B run of an interrupted lottery (nothing when W&B was never started): a
+    run left open keeps its id in use, and the resumed process could not continue it."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=exit_code)
+
+
 def log_round(logger, row: dict, run_name: str) -> None:
     """One summary point per round (test accuracy, weights remaining, early-stop step...)."""
     if logger is None:
