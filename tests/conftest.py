@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +27,34 @@ from lth_core import quiet_lightning  # noqa: E402
 torch.set_num_threads(1)
 
 quiet_lightning()
+
+#: Real Fashion-MNIST for the tests: Debian's dataset-fashion-mnist where it is installed
+#: (``.ci/run`` installs it), else the subset shipped in ``tests/data/fashion-mnist`` (the
+#: first 6,000 training and 1,000 test images, MIT licence), so that every test runs after
+#: ``pip install -e ".[test]" && pytest``. ``LTH_TEST_FASHION=subset`` uses the subset even
+#: where the package is installed. Tests that need all 70,000 images check ``FULL_FASHION``.
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+FASHION_SUBSET = Path(__file__).parent / "data" / "fashion-mnist"
+FULL_FASHION = (DEBIAN_FASHION / "train-images-idx3-ubyte.gz").is_file() and os.environ.get("LTH_TEST_FASHION") != "subset"
+needs_full_fashion = pytest.mark.skipif(not FULL_FASHION, reason="needs all of Fashion-MNIST: Debian's dataset-fashion-mnist (.ci/run installs it)")
+
+
+def _fashion_data_root() -> Path:
+    """A data root (``LTH_DATA``) for the whole session holding Fashion-MNIST's unpacked IDX
+    files, read by the ``fashion_mnist`` data set (and by subprocesses, which inherit it)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from lth_datasets import prepare_debian_fashion_mnist
+
+    root = Path(tempfile.mkdtemp(prefix="lth-test-data-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    assert prepare_debian_fashion_mnist(DEBIAN_FASHION if FULL_FASHION else FASHION_SUBSET, root)
+    return root
+
+
+os.environ["LTH_DATA"] = str(_fashion_data_root())
 
 #: A real but tiny lottery on scikit-learn's digits: seconds per round on a CPU.
 TINY = {

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 
 def _last_json(script: str, args: list[str], monkeypatch, capsys) -> dict:
@@ -30,14 +29,12 @@ def _ratio(value) -> None:
     assert isinstance(value, float) and math.isfinite(value) and value > 0
 
 
-@pytest.mark.skipif(not FASHION.is_file(), reason="needs Debian's dataset-fashion-mnist (installed by .ci/run)")
 def test_overhead_reports_both_ratios(monkeypatch, capsys) -> None:
     out = _last_json("overhead.py", ["--steps", "30", "--repeats", "1"], monkeypatch, capsys)
     _ratio(out["lth_vs_raw"])
     _ratio(out["modelpruning_vs_lth"])
 
 
-@pytest.mark.skipif(not FASHION.is_file(), reason="needs Debian's dataset-fashion-mnist (installed by .ci/run)")
 def test_vectorised_trials_reports_every_ratio(monkeypatch, capsys) -> None:
     out = _last_json("vectorised_trials.py", ["--k", "2", "--steps", "50", "--repeats", "1"], monkeypatch, capsys)
     for key in ("stacked_vs_sequential", "batched_vs_sequential", "paired_stacked_vs_sequential",
@@ -54,7 +51,6 @@ def test_torch_func_comparison_reports_speed_and_distance(monkeypatch, capsys) -
     assert set(out["max_weight_diff"]) == {"batched", "func"} and all(math.isfinite(v) for v in out["max_weight_diff"].values())
 
 
-@pytest.mark.skipif(not FASHION.is_file(), reason="needs Debian's dataset-fashion-mnist (installed by .ci/run)")
 def test_own_module_comparison_reports_both_runs(monkeypatch, capsys, tmp_path) -> None:
     out = _last_json("own_module.py", ["--rounds", "1", "--steps", "20", "--out", str(tmp_path)], monkeypatch, capsys)
     assert [r["round"] for r in out["rounds"]] == [0, 1] and out["rounds"][1]["weights_remaining"] < 1.0
@@ -76,7 +72,6 @@ def test_process_costs_reports_every_part_and_the_peak_memory(args, monkeypatch,
     _ratio(out["wall_s"])
 
 
-@pytest.mark.skipif(not FASHION.is_file(), reason="needs Debian's dataset-fashion-mnist (installed by .ci/run)")
 def test_moving_masks_table_has_each_method_at_its_density(monkeypatch, capsys, tmp_path) -> None:
     """A few steps of three of the table's runs: they finish, and each ticket has the density
     its method promises (RigL exactly IMP's 10-round density; soft movement whatever its

@@ -17,7 +17,6 @@ from lth_core.config import bundled_recipes, load_recipe
 from lth_core.plugin_api.options import check_against_plugins
 from lth_core.lottery.trials import run_experiment
 
-FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 RECIPES = sorted(bundled_recipes())
 #: Recipes for `lth extend` (an extend: section) extend a ticket; tests/test_extend.py runs them shortened.
 EXTENSION_RECIPES = {r for r in RECIPES if load_recipe(r).get("extend")}
@@ -56,7 +55,6 @@ def test_paper_settings_are_what_the_comments_say():
     assert load_recipe("lenet300_fashion_mnist_oneshot")["lottery"]["mode"] == "one_shot"
 
 
-@pytest.mark.skipif(not FASHION.is_file(), reason="needs Debian's dataset-fashion-mnist (.ci/run installs it)")
 @pytest.mark.parametrize("name", [r for r in RECIPES if r != "quickstart" and r not in EXTENSION_RECIPES])
 def test_recipe_runs_shortened_on_fashion_mnist(name, tmp_path):
     overrides = list(SHORT)

@@ -77,7 +77,7 @@ def runs(tmp_path_factory) -> dict:
     recipe = tmp / "ddp.yaml"
     recipe.write_text(yaml.safe_dump(_recipe(ddp=True)))
     done = _lth_run(recipe, tmp / "ddp")
-    run_lottery(validate(_recipe(ddp=False), name="tiny"), tmp / "single", say=lambda _s: None)
+    run_lottery(validate(_recipe(ddp=False), name="tiny"), tmp / "single", say=lambda _s: None, report=True)  # as lth run: with its report
     return {"recipe": recipe, "ddp": tmp / "ddp", "single": tmp / "single", "done": done}
 
 

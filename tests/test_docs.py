@@ -1,4 +1,6 @@
-"""The plugin examples in README.md and CONTRIBUTING.md are real code that works."""
+"""The documentation is real: the examples in README.md, docs/ and CONTRIBUTING.md run, the
+site builds with ``mkdocs build --strict`` (a broken link or reference fails), its hook
+reference is generated from the hookspecs, and user docs speak to users."""
 
 from __future__ import annotations
 
@@ -95,9 +97,9 @@ def test_contributing_examples_register_and_run(pm, tiny_raw, tmp_path):
 
 
 def test_readme_python_api_example_runs_as_written(tmp_path, monkeypatch, capsys):
-    """The README's "From Python" block, run as written (in a scratch folder): a criterion
+    """The "From Python" page's first block, run as written (in a scratch folder): a criterion
     defined in the block prunes two rounds of the quickstart through ``plugins=``."""
-    block = next(b for b in python_blocks(ROOT / "README.md") if "lth_core.run(" in b)
+    block = next(b for b in python_blocks(ROOT / "docs" / "python.md") if "lth_core.run(" in b)
     monkeypatch.chdir(tmp_path)
     module = as_module("readme_python_api", block)
     summary = module.summary
@@ -110,9 +112,9 @@ def test_readme_python_api_example_runs_as_written(tmp_path, monkeypatch, capsys
 
 
 def test_readme_own_lightning_module_example_runs_as_written(tmp_path, monkeypatch, capsys):
-    """The README's complete example (a datamodule, a module, one call) runs as written:
+    """The "From Python" page's complete example (a datamodule, a module, one call) runs as written:
     three rounds of the user's own classifier with the random-reinit control."""
-    block = next(b for b in python_blocks(ROOT / "README.md") if "module=Classifier" in b)
+    block = next(b for b in python_blocks(ROOT / "docs" / "python.md") if "module=Classifier" in b)
     monkeypatch.chdir(tmp_path)
     module = as_module("readme_own_module", block)
     summary = module.summary
@@ -121,3 +123,56 @@ def test_readme_own_lightning_module_example_runs_as_written(tmp_path, monkeypat
     assert summary["rounds"][1]["test_acc"] > 0.8
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == 3 and printed[0].startswith("50.0% remaining: ticket 0.")
+
+
+#: Python blocks of the user docs the tests above run, by a line each holds.
+RUN_BY_TESTS = ("noisy_magnitude", "lth_core.run(", "module=Classifier")
+#: Blocks that are parts of a session, not programs: what each needs that a page cannot give.
+FRAGMENTS = {"load_ticket(\"runs/quickstart-...": "a finished run's folder and its model"}
+USER_DOCS = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "sdk.md")]
+
+
+def test_every_python_block_of_the_user_docs_is_run_or_a_named_fragment() -> None:
+    """A block meant to run is run by a test above; the others are named here, and compile."""
+    for page in USER_DOCS:
+        for block in python_blocks(page):
+            compile(block, str(page), "exec")
+            known = [m for m in (*RUN_BY_TESTS, *FRAGMENTS) if m in block]
+            assert known, f"{page.name}: a python block no test runs and FRAGMENTS does not name:\n{block[:300]}"
+
+
+def test_the_plugins_page_shows_the_readme_s_tested_plugin() -> None:
+    readme = next(b for b in python_blocks(ROOT / "README.md") if "noisy_magnitude" in b)
+    page = next(b for b in python_blocks(ROOT / "docs" / "plugins.md") if "noisy_magnitude" in b)
+    assert page == readme  # the README's copy is the one test_readme_plugin_runs_in_a_lottery runs
+
+
+def test_user_docs_name_machines_and_commands_not_issues() -> None:
+    words = re.compile(r"\b(issue \d+|issue-\d+|this VM|the VM's)", re.I)
+    found = [(p.name, m.group(0)) for p in USER_DOCS for m in words.finditer(p.read_text())]
+    assert not found, found
+
+
+def test_the_readme_is_a_front_page() -> None:
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 220
+    order = [next(i for i, line in enumerate(lines) if line.startswith(h)) for h in
+             ("# lth", "## Install", "## The quickstart", "## Commands", "## A plugin", "## Documentation")]
+    assert order == sorted(order)
+
+
+def test_the_site_builds_strict_with_the_hook_reference(tmp_path) -> None:
+    """``mkdocs build --strict``: a broken link, a missing page or an unresolved docstring
+    reference fails; the hook reference holds every hook of the hookspecs."""
+    import subprocess
+
+    from lth_core.plugin_api import hookspecs
+
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    hooks = (tmp_path / "site" / "hooks" / "index.html").read_text()
+    names = [n for n, f in vars(hookspecs).items() if callable(f) and hasattr(f, "lth_spec")]
+    assert names and all(f'id="lth_core.plugin_api.hookspecs.{n}"' in hooks for n in names), names
+    home = (tmp_path / "site" / "index.html").read_text()
+    assert "The quickstart" in home and 'href="python/"' in home  # the README, its links turned to the site's

@@ -34,8 +34,7 @@ from lth_movement.pruning import _StraightThrough
 
 from conftest import registered
 
-FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
-needs_fashion = pytest.mark.skipif(not FASHION.is_file(), reason="needs Debian's dataset-fashion-mnist (installed by .ci/run)")
+needs_fashion = pytest.mark.usefixtures()  # Fashion-MNIST is always there: Debian's, else the tests' subset (conftest)
 
 #: LeNet-300-100 on Fashion-MNIST with the paper's Adam, one training run of 300 steps.
 LENET = {

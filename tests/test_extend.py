@@ -30,7 +30,6 @@ from lth_frankenmodel.extend import extend, make_model, training_data
 from lth_frankenmodel.packed import OWNERSHIP_FILE, from_extension
 
 A, B, C = [0, 1, 2, 3, 4], [5, 6, 7], [8, 9]
-FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 
 def extension_recipe(raw: dict, classes: list[int], **extend_cfg) -> dict:
@@ -223,7 +222,7 @@ def _errors(chain: Path, tmp_path: Path) -> dict:
         "not a ticket": ([str(chain / "a"), "--recipe", recipe()], "neither a ticket folder"),
         "overlapping classes": ([ticket, "--recipe", recipe(extend__classes=[4, 5])], "[4] are already taught"),
         "class out of range": ([ticket, "--recipe", recipe(extend__classes=[5, 12])], "extend.classes names [12]; data set 'digits' has classes 0..9"),
-        "unknown extend key": ([ticket, "--recipe", recipe(extend__rehersal=3)], "unknown key extend.rehersal; valid: baselines, classes, prune, rehearsal"),
+        "unknown extend key": ([ticket, "--recipe", recipe(extend__rehersal=3)], "unknown key extend.rehersal (did you mean 'rehearsal'?); valid: baselines, classes, prune, rehearsal"),
         "bad prune": ([ticket, "--recipe", recipe(extend__prune=1.5)], "extend.prune must be in [0, 1)"),
         "no extend section": ([ticket, "--recipe", recipe(extend={})], "has no extend: section"),
         "another model": ([ticket, "--recipe", recipe(model={"name": "mlp", "hidden": [32]})], "differs from the ticket's"),
@@ -267,7 +266,6 @@ def test_the_extension_report_is_the_plugins_section():
     assert "extension" not in get_registry(core_plugin_manager()).kinds["report_sections"]
 
 
-@pytest.mark.skipif(not FASHION.is_file(), reason="needs Debian's dataset-fashion-mnist")
 def test_bundled_frankenmodel_recipes_run_shortened_on_fashion_mnist(tmp_path):
     short = ["trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.enable_progress_bar=false",
              "trainer.limit_val_batches=1", "tracking=none", "data.batch_size=16", "data.eval_batch_size=500",

@@ -27,10 +27,16 @@ def test_every_bundled_recipe_keeps_its_hash():
     assert not changed, f"recipe hashes changed (every run folder of these recipes would be orphaned): {changed}"
 
 
+#: The quickstart as it was when the hashes were pinned (the bundled one has since changed
+#: its budget, a new experiment with a new hash): the overrides are hashed on top of it.
+QUICKSTART_V1 = GOLDEN / "quickstart_v1.yaml"
+
+
 @pytest.mark.parametrize("command", sorted(HASHES["with_overrides"]))
 def test_overridden_recipes_keep_their_hash(command):
     name, *rest = command.split(" --set ")
-    assert load_recipe(name, rest).hash() == HASHES["with_overrides"][command]
+    assert name == "quickstart"
+    assert load_recipe(QUICKSTART_V1, rest).hash() == HASHES["with_overrides"][command]
 
 
 def _resume(folder: Path, capsys) -> list[str]:

@@ -29,7 +29,6 @@ from lth_core.tickets.ticket import load_ticket
 
 from conftest import TINY
 
-FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 LAYERS = {"net.1.weight": 64 * 64, "net.3.weight": 64 * 32, "net.5.weight": 32 * 10}  # mlp [64, 32] on 8x8 digits
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -430,7 +429,6 @@ def test_equal_compute_recipes_arithmetic() -> None:
         assert text.startswith("#") and "lth report" in text and "55,000" in text
 
 
-@pytest.mark.skipif(not FASHION.is_file(), reason="needs Debian's dataset-fashion-mnist")
 def test_equal_compute_comparison_on_fashion_mnist_and_report(tmp_path: Path) -> None:
     """Both recipes, shortened alike (IMP: 2 rounds of 6 steps, no control; gradual: 18 steps,
     pruning at every epoch of a 600-image subset; one batch per evaluation), train the same total steps, reach the same per-layer

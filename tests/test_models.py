@@ -41,7 +41,6 @@ PLANS = {
     "conv6": [64, 64, "M", 128, 128, "M", 256, 256, "M"],
     "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512],
 }
-DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
 def build(name: str, shape: tuple = CIFAR, seed: int = 0, **options) -> nn.Module:
@@ -448,14 +447,12 @@ def test_model_options_are_validated_from_factory_signatures() -> None:
 # --- a whole lottery on real Fashion-MNIST ---------------------------------------------------
 
 
-@pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="Debian's dataset-fashion-mnist package is not installed")
 def test_conv2_lottery_on_fashion_mnist(tmp_path: Path, monkeypatch, pm) -> None:
     """Conv-2 through ``run_lottery`` on real 1x28x28 Fashion-MNIST with the paper's
     per-layer rates (conv 10%, fc 20%, by module name): both rounds train and learn, the
     round-1 mask has exact per-layer counts, its ticket rewinds to θ0 and its pruned
     weights end at zero. Evaluation uses 200 validation and the first 200 test images
     (``limit_val_batches: 1``) and batches of 30 to stay fast on a CPU."""
-    monkeypatch.setenv("LTH_DATA", str(tmp_path / "data"))
     raw = {
         "name": "conv2-fashion",
         "seed": 0,

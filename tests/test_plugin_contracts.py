@@ -35,6 +35,7 @@ from lth_core import Mask
 from lth_core.plugin_api.registry import get_registry
 from lth_core.config import validate
 from lth_core.tickets.ticket import is_ticket
+from conftest import needs_full_fashion
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 LTH = [str(Path(sys.executable).with_name("lth"))] if Path(sys.executable).with_name("lth").is_file() else [sys.executable, "-m", "lth_core.commands.cli"]
@@ -556,7 +557,7 @@ def test_the_cli_prints_a_wrong_data_root_on_one_line(tiny_raw, tmp_path) -> Non
     assert lines[-1].startswith(f"lth: error: data set 'fashion_mnist' (plugin 'datasets'): FashionMNIST could not be loaded from {tmp_path / 'nowhere'}: ")
 
 
-@pytest.mark.skipif(not DEBIAN_FASHION.is_file(), reason="needs Debian's dataset-fashion-mnist")
+@needs_full_fashion
 def test_debian_s_fashion_mnist_loads_when_no_root_is_given(monkeypatch, pm, tiny_raw, tmp_path) -> None:
     """No data.root and no download: Debian's files are unpacked under $LTH_DATA and pass every check."""
     monkeypatch.setenv("LTH_DATA", str(tmp_path / "cache"))

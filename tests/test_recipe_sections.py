@@ -106,7 +106,7 @@ def test_a_plugin_section_is_kept_as_written_and_read_through_its_model(third_pa
 @pytest.mark.parametrize(("notes", "message"), [
     ({"owner": "ana", "priority": 9}, "r.yaml: notes.priority must be in [1, 5], got 9"),
     ({"owner": "ana", "priority": True}, "r.yaml: notes.priority must be an integer, got True"),
-    ({"ownr": "ana"}, "r.yaml: unknown key notes.ownr; valid: owner, priority, tags"),
+    ({"ownr": "ana"}, "r.yaml: unknown key notes.ownr (did you mean 'owner'?); valid: owner, priority, tags"),
     ({"priority": 2}, "r.yaml: notes.owner is required"),
     ({"owner": "ana", "tags": ["a", 3]}, "r.yaml: notes.tags.1 must be a string, got int 3"),
     (5, "r.yaml: notes must be a mapping, got int 5"),
@@ -255,7 +255,7 @@ def test_a_criterion_options_model_checks_values(third_party, tiny_raw):
     tiny_raw["lottery"]["criterion_options"] = {"alpha": -1.0}
     assert _refused(tiny_raw, third_party) == "lottery.criterion_options.alpha must be > 0, got -1.0"
     tiny_raw["lottery"]["criterion_options"] = {"alpah": 1.0}
-    assert _refused(tiny_raw, third_party) == "unknown option lottery.criterion_options.alpah for criterion 'scaled'; valid: alpha"
+    assert _refused(tiny_raw, third_party) == "unknown option lottery.criterion_options.alpah for criterion 'scaled' (did you mean 'alpha'?); valid: alpha"
 
 
 # --- hash markers and layering ------------------------------------------------------------------

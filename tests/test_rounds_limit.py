@@ -51,7 +51,9 @@ def test_a_million_rounds_are_refused_at_load_naming_the_largest_sensible_number
     """``lth run quickstart --set lottery.rounds=1000000``: one line, before any folder."""
     out = tmp_path / "never"
     proc = subprocess.run([sys.executable, "-m", "lth_core.commands.cli", "run", "quickstart", "--out", str(out),
-                           "--set", "lottery.rounds=1000000", "--set", "tracking=none"], capture_output=True, text=True, timeout=300)
+                           "--set", "lottery.rounds=1000000", "--set", "tracking=none",
+                           "--set", "lottery.rate=0.2", "--set", "lottery.layer_rates.last=0.1"],  # the paper's rates
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("lth: error: ") and "lottery.rounds: 1000000 is more than model 'lenet300' can be pruned at lottery.rate 0.2" in line

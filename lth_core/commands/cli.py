@@ -115,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         from lth_core.files import os_error_line
 
         return _fail(exc, os_error_line(exc), show_traceback)
-    except KeyboardInterrupt:
-        print("lth: interrupted; finished rounds and the last checkpoint are kept, rerun the same command (or lth run --resume DIR) to continue", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # a run says where it is (Interrupted); anything else, in general
+        line = str(exc) or "interrupted; finished rounds and the last checkpoint are kept, rerun the same command (or lth run --resume DIR) to continue"
+        print(f"lth: {line}", file=sys.stderr)
         return 130
 
 

@@ -41,10 +41,12 @@ def recipes(args: argparse.Namespace) -> int:
     """Each bundled recipe with its description's first line."""
     from lth_core.config import bundled_recipes, read_yaml
 
-    for name, path in sorted(bundled_recipes().items()):
+    found = sorted(bundled_recipes().items())
+    width = max((len(name) for name, _ in found), default=0) + 2  # one column of names, descriptions aligned after it
+    for name, path in found:
         raw = read_yaml(path) or {}
         desc = raw.get("description", "") if isinstance(raw, dict) else ""
-        print(f"{name:<28} {desc.strip().splitlines()[0] if desc else ''}")
+        print(f"{name:<{width}}{desc.strip().splitlines()[0] if desc else ''}".rstrip())
         if args.paths:
-            print(f"{'':<28} {path}")
+            print(f"{'':<{width}}{path}")
     return 0

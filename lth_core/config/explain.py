@@ -22,7 +22,7 @@ from pydantic_core import PydanticCustomError
 
 from lth_core.config.markers import MAX_COUNT, Expect
 from lth_core.config.messages import a_types, admits, brief, choice_text, dotted, got, literal_choices, plain_types
-from lth_core.errors import LthError, choices, one_line
+from lth_core.errors import LthError, choices, did_you_mean, one_line
 
 #: The error type of a check a model makes itself (``PydanticCustomError(LTH_ERROR, "as a
 #: count must be >= 1")``): its message follows the key, then the value.
@@ -77,7 +77,7 @@ def explain(exc: ValidationError, model: Any, data: Any, where: str = "") -> str
 def _words(error: dict, spot: _Spot, where: str) -> str:
     kind, name = error["type"], dotted(spot.path, where)
     if kind == "extra_forbidden":
-        return f"unknown key {name}; valid: {choices(_fields(spot.parent))}"
+        return f"unknown key {name}{did_you_mean(spot.path[-1] if spot.path else None, _fields(spot.parent))}; valid: {choices(_fields(spot.parent))}"
     if kind == "invalid_key":
         return f"{name or 'the recipe'} keys must be names (strings), got {brief(error['input'])}"
     if kind == "missing":

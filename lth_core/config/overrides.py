@@ -40,6 +40,23 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+def blame_override(message: str, source: str, overrides: list[str]) -> str:
+    """``message`` about the recipe at ``source``, blamed on the ``--set`` that wrote the
+    value it is about (its key, or its value quoted, is in the message): the file is fine,
+    the command line is what to fix."""
+    for text in reversed(overrides):
+        key, _, value = text.partition("=")
+        key, value = key.strip(), value.strip()
+        at_key = re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", message)
+        words = [value, *re.findall(r"[\w.-]+", value)]  # the value, or a name in a list or mapping it holds
+        at_value = any(w and (f"'{w}'" in message or f'"{w}"' in message) for w in words)
+        at_section = f"unknown key '{key.split('.')[0]}'" in message  # a misspelt top-level section
+        if at_key or at_value or at_section:
+            rest = message[len(source) + 2:] if message.startswith(f"{source}: ") else message
+            return f"--set {text}: {rest}"
+    return message
+
+
 def set_path(raw: dict, path: list[str], value: Any, where: str) -> None:
     """Set ``raw[a][b]...= value``; a numeric part indexes a list (``callbacks.0.density``)."""
     node: Any = raw

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import lth_core.config.lightning_source as lightning_source
 from lth_core.config.messages import a_types, admits, brief, got, plain_types, show_key
-from lth_core.errors import LthError, choices
+from lth_core.errors import LthError, choices, did_you_mean
 from lth_core.config.parallel import check_trainer
 from lth_core.config.schema import MAX_COUNT
 
@@ -198,7 +198,7 @@ def _check_trainer_keys(t: dict, source: str) -> None:
     params = _trainer_params()
     for key, value in t.items():
         if key not in params:
-            raise LthError(f"{source}: unknown key trainer.{show_key(key)}; valid: {choices(params)}")
+            raise LthError(f"{source}: unknown key trainer.{show_key(key)}{did_you_mean(key, params)}; valid: {choices(params)}")
         _check_trainer_value(key, value, source)
     if t.get("max_steps") == -1 and t.get("max_epochs") == -1 and t.get("max_time") is None:
         raise LthError(f"{source}: trainer.max_steps and trainer.max_epochs are both -1, so training would never end; "

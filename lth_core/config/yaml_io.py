@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from lth_core.errors import LthError, choices, one_line
+from lth_core.errors import LthError, choices, did_you_mean, one_line
 
 #: A recipe is a page of YAML; a bigger file is a mistake (or an attack on the parser).
 MAX_RECIPE_BYTES = 1 << 20
@@ -142,4 +142,4 @@ def resolve_recipe_path(spec: str) -> Path:
         return bundled[spec]
     if path.suffix in (".yaml", ".yml") and path.name and Path(path.name).stem in bundled and not path.exists():
         return bundled[Path(path.name).stem]
-    raise LthError(f"recipe {spec!r} not found: not a file and not a bundled recipe ({choices(bundled)})")
+    raise LthError(f"recipe {spec!r} not found{did_you_mean(spec, bundled)}: not a file and not a bundled recipe ({choices(bundled)})")

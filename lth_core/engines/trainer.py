@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +44,7 @@ def make_trainer(recipe: Any, logger: Any, out_dir: Path, start_step: int, callb
     kwargs = dict(recipe["trainer"])
     if start_step and kwargs.get("max_steps", -1) > 0:
         kwargs["max_steps"] -= start_step  # resume the schedule at step k, end where it ends
-    kwargs.setdefault("enable_progress_bar", sys.stderr.isatty())
+    kwargs.setdefault("enable_progress_bar", False)  # lth's own line (lottery/progress.py) shows step, loss and ETA
     kwargs.setdefault("enable_model_summary", False)
     kwargs.setdefault("log_every_n_steps", recipe["tracking"]["log_every_n_steps"])
     if chunk > 1:  # Lightning counts calls: evaluate and log on the same steps as one step per call

@@ -12,12 +12,15 @@ content of ``summary.json``) that also loads any round's ticket.
 from __future__ import annotations
 
 import copy
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 from lth_core.config import Recipe, raw_recipe, set_path, validate
-from lth_core.errors import LthError
+from lth_core.errors import Interrupted, LthError, StopRequested
 from lth_core.plugin_api.registry import get_plugin_manager, make_plugin_manager
 
 if TYPE_CHECKING:  # checking a recipe (``prepared``) imports no torch: its mistakes are reported at once
@@ -120,7 +123,7 @@ def default_out(recipe: Recipe) -> Path:
 
 
 def execute(recipe: Recipe, pm: Any, out: str | Path | None = None, say: Callable[[str], None] | None = None,
-            code: UserCode | None = None, accept_plugin_changes: bool = False) -> Summary:
+            code: UserCode | None = None, accept_plugin_changes: bool = False, quiet: bool = False) -> Summary:
     """Run a :func:`prepared` recipe into ``out``; every process of a data-parallel run
     arrives at the end before it returns. What the machine refuses (a full disk, a
     read-only folder) is one :class:`LthError` line, as on the command line."""
@@ -130,26 +133,61 @@ def execute(recipe: Recipe, pm: Any, out: str | Path | None = None, say: Callabl
     data = None if code else preload(recipe, get_registry(pm))  # before Lightning loads: a lower peak of memory (see preload)
     from lth_core.engines import data_parallel
     from lth_core.files import os_error_line
+    from lth_core.lottery.progress import Progress
     from lth_core.lottery.trials import run_experiment
     from lth_core.plugin_api.provenance import accepting_changes
     from lth_core.quiet import quiet_lightning
 
     quiet_lightning()
     out = Path(out) if out is not None else default_out(recipe)
-    say = say or (lambda text: print(text, file=sys.stderr, flush=True))
+    progress = Progress.for_recipe(recipe, quiet=quiet)
+    say = progress.wrap(say or (lambda text: print(text, file=sys.stderr, flush=True)))
     try:
-        with accepting_changes(accept_plugin_changes):
-            summary = Summary(run_experiment(recipe, out, say=say, pm=pm, code=code), out)
+        with accepting_changes(accept_plugin_changes), stop_on_ctrl_c():
+            summary = Summary(run_experiment(recipe, out, say=say, pm=pm, code=code, progress=progress), out)
     except OSError as exc:  # lth's writers name their paths (OutputError); this is anything else
         raise LthError(os_error_line(exc)) from exc
+    except (StopRequested, KeyboardInterrupt):
+        progress.clear()
+        from lth_core.lottery.tracking import abandon
+
+        abandon()  # the W&B run ends here, so that the resumed run can continue it
+        raise Interrupted(interrupted_line(out, code is not None)) from None
     data_parallel.disconnect()  # data parallel: wait for every process
     del data  # held until every run of the recipe is done
     return summary
 
 
+@contextmanager
+def stop_on_ctrl_c() -> Iterator[None]:
+    """Ctrl-C raises :class:`StopRequested` while the lottery runs, which Lightning passes
+    on (it would turn a ``KeyboardInterrupt`` into ``sys.exit(1)``); the handler before is
+    restored after. Only the main thread may set signal handlers; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(_signum: int, _frame: Any) -> None:
+        raise StopRequested()
+
+    before = signal.signal(signal.SIGINT, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def interrupted_line(out: Path, own_module: bool = False) -> str:
+    """What Ctrl-C leaves the user: where the run is and the command that continues it."""
+    again = ("lth_core.run(recipe, out=..., module=..., datamodule=...) with the same out" if own_module
+             else f"lth run --resume {out}")
+    return (f"interrupted: finished rounds and the last checkpoint are kept in {out}; "
+            f"continue with: {again}")
+
+
 def run(recipe: str | Path | Mapping | Recipe, out: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
         plugins: Iterable[Any] = (), say: Callable[[str], None] | None = None, module: Callable[[], Any] | None = None,
-        datamodule: Any = None, accept_plugin_changes: bool = False) -> Summary:
+        datamodule: Any = None, accept_plugin_changes: bool = False, quiet: bool = False) -> Summary:
     """Run a recipe's lottery (every trial, or every point of its sweep) into ``out``
     (default ``runs/NAME-HASH``) and return its :class:`Summary`. ``lth run`` is this call.
 
@@ -161,7 +199,10 @@ def run(recipe: str | Path | Mapping | Recipe, out: str | Path | None = None, ov
     checkpoint. A rerun over rounds made by another version of a plugin the run uses is
     refused, naming it, unless ``accept_plugin_changes`` (``--accept-plugin-changes``).
     ``say`` receives the progress lines (default: printed to standard error, which
-    terminals and notebooks both show).
+    terminals and notebooks both show); while a run trains, its step, last validation
+    loss and ETA (and the whole lottery's) are redrawn in place on a terminal or in a
+    notebook and printed as a plain line every minute otherwise. ``quiet`` shows neither
+    (warnings still).
     """
     if (module is None) != (datamodule is None):
         raise LthError("module= and datamodule= go together: your LightningModule factory and the LightningDataModule it trains on")
@@ -171,4 +212,4 @@ def run(recipe: str | Path | Mapping | Recipe, out: str | Path | None = None, ov
 
         code = UserCode(module, datamodule)
     recipe, pm = prepared(recipe, overrides, plugins, code=code)
-    return execute(recipe, pm, out, say, code, accept_plugin_changes)
+    return execute(recipe, pm, out, say, code, accept_plugin_changes, quiet)

@@ -33,13 +33,14 @@ from lth_core.engines.foreign import Foreign
 from lth_core.engines.collectives import is_writer, speaker
 from lth_core.errors import LthError
 from lth_core.files import atomic_write_text, make_dir, read_json
-from lth_core.lottery import tracking
+from lth_core.lottery import growth, tracking
 from lth_core.lottery.run import Run, Start, build_model, check_native_measures, load_data
 from lth_core.lottery.user_code import ModuleData, UserCode
 from lth_core.lottery.steps import Level, check_rounds, prune_step, run_controls
 from lth_core.lottery.summary import format_table, progress_line
 from lth_core.lottery.train import train
 from lth_core.plugin_api.provenance import check_made_by, loaded, plugins_used
+from lth_core.reporting.report import write_report
 from lth_core.plugin_api.registry import call_hook, get_plugin_manager, get_registry
 from lth_core.tickets.mask import Mask, choose_prunable
 from lth_core.tickets.pruning import Allocation
@@ -48,7 +49,8 @@ from lth_core.version import __version__
 
 
 def run_lottery(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] = print, pm=None, group: str | None = None,
-                engine: Engine | None = None, code: UserCode | None = None) -> dict:
+                engine: Engine | None = None, code: UserCode | None = None, progress: Any = None,
+                report: bool = False) -> dict:
     """Run a whole lottery and return (and write) ``summary.json``.
 
     With ``ticket: PATH`` in the recipe it does not search: round 0 trains the dense
@@ -58,8 +60,11 @@ def run_lottery(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] 
     ``engine`` carries out the training runs (default: data parallel when the recipe's
     trainer asks for several processes, else one process); ``code`` is the user's own
     module and datamodule, trained instead of the recipe's registered model and data.
+    ``report`` writes ``out_dir/report`` (figures and ``report.md``) at the end; ``progress``
+    (:mod:`lth_core.lottery.progress`) shows each run's step and the ETAs.
     """
     run, source = _setup(recipe, Path(out_dir), say, pm, group, engine, code)
+    run.progress = progress
     total = 1 if source else recipe["lottery"]["rounds"]
     started = time.time()
     round0 = prev = _dense_round(run, total)
@@ -72,7 +77,7 @@ def run_lottery(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] 
             run.say(f"round {k}/{total}: pruned to {mask.density():.2%} of weights")
         prev = _ticket_run(run, k, total, mask, start)
         run_controls(run, k, total, prev.mask, start, origin)
-    return _conclude(run, source, started)
+    return _conclude(run, source, started, report)
 
 
 def _setup(recipe: Recipe, out_dir: Path, say: Callable[[str], None], pm: Any, group: str | None,
@@ -90,6 +95,7 @@ def _setup(recipe: Recipe, out_dir: Path, say: Callable[[str], None], pm: Any, g
     engine = engine or (data_parallel.DataParallel() if world > 1 else Engine())
     initial = source.init if source else {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     run = Run(recipe, out_dir, registry, pm, data, model, initial, say=speaker(say), engine=engine, builder=builder)
+    run.accepted = growth.accepted_hashes(out_dir, recipe)  # this recipe's, and those the folder grew from
     run.logger = tracking.make_logger(recipe, out_dir, run.say, group=group) if is_writer() else None
     if code is not None:
         run.say("a module of your own: a killed run resumes at its last checkpoint (weights, optimisers, schedulers, "
@@ -143,8 +149,9 @@ def _unless_written(ticket: Ticket) -> dict[str, Tensor] | None:
     return None if is_writer() else ticket.final
 
 
-def _conclude(run: Run, source: Ticket | None, started: float) -> dict:
-    """``summary.json``, the plugins' end-of-run hook, the W&B run's end, the table."""
+def _conclude(run: Run, source: Ticket | None, started: float, report: bool = False) -> dict:
+    """``summary.json``, the report (when asked), the plugins' end-of-run hook, the W&B
+    run's end (which logs the report's figures), the table."""
     recipe = run.recipe
     summary = {
         "recipe": recipe.to_dict(),
@@ -158,6 +165,8 @@ def _conclude(run: Run, source: Ticket | None, started: float) -> dict:
         summary["transferred_from"] = {"path": str(recipe["ticket"]), **{k: source.meta.get(k) for k in ("round", "data", "recipe_hash", "seed", "weights_remaining")}}
     if is_writer():
         atomic_write_text(run.out_dir / "summary.json", json.dumps(summary, indent=2))
+        if report:
+            write_report([run.out_dir], run.out_dir / "report")
     call_hook(run.pm, "on_run_end", summary=summary, out_dir=run.out_dir)
     tracking.finish(run.logger, summary, run.out_dir)
     run.say(format_table(summary))
@@ -180,20 +189,33 @@ def prepare_out_dir(recipe: Recipe, out_dir: Path, pm: Any = None, say: Callable
             raise LthError(f"{exc}; it says which recipe the folder's rounds belong to: choose another --out, "
                            "or delete it to run into this folder anyway") from None
         if previous and previous != recipe.hash():
-            raise LthError(
-                f"{out_dir} holds a run of a different recipe (hash {previous}, this one {recipe.hash()}); "
-                "choose another --out or delete that folder"
-            )
+            grown_from = growth.grows(out_dir, recipe, previous)
+            if grown_from is None:
+                raise growth.refusal(out_dir, recipe, previous)
+            recorded = _recorded(out_dir)
+            say(f"growing {out_dir}: {growth.differences(recorded, recipe.to_dict())}; its finished rounds and trials are reused")
+            if recorded.get("trials", 1) == 1 and recipe["trials"] > 1:
+                growth.nest_single_trial(out_dir, say)
+        else:
+            grown_from = read_json(run_json).get("grown_from", [])
+    else:
+        grown_from = []
     check_made_by(out_dir, loaded(pm), say)
     atomic_write_text(out_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     atomic_write_text(
         run_json,
         json.dumps(
-            {"recipe_hash": recipe.hash(), "recipe_source": recipe.source, "lth_version": __version__,
+            {"recipe_hash": recipe.hash(), **({"grown_from": grown_from} if grown_from else {}),
+             "recipe_source": recipe.source, "lth_version": __version__,
              "command": " ".join(sys.argv), "torch": torch.__version__, "pytorch_lightning": pl.__version__, "plugins": used},
             indent=2,
         ),
     )
+
+
+def _recorded(out_dir: Path) -> dict:
+    """The recipe a run folder recorded (``recipe.yaml``), as a dict."""
+    return yaml.safe_load((out_dir / "recipe.yaml").read_text(encoding="utf-8"))
 
 
 def _transfer_source(recipe: Recipe, model: nn.Module) -> Ticket | None:

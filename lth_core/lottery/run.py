@@ -52,6 +52,11 @@ class Run:
     engine: Engine = field(default_factory=Engine)
     #: Builds a fresh model under a seed when the model is the user's own (``module=``).
     builder: Callable[[int], nn.Module] | None = None
+    #: The lottery's clock and progress display (None: nothing shown, as in tests calling ``run_lottery``).
+    progress: Any = None
+    #: Recipe hashes whose finished tickets this lottery reuses: its own and, when more
+    #: rounds or trials grew the folder, the ones it grew from (:mod:`lth_core.lottery.growth`).
+    accepted: set[str] = field(default_factory=set)
 
     def new_model(self, seed: int) -> nn.Module:
         """A fresh, checked model of the recipe, initialised under ``seed``."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from lth_core.errors import LthError
+from lth_core.reporting.figures import is_capped
 from lth_core.tickets.mask import Mask
 
 
@@ -56,14 +57,20 @@ def format_table(summary: dict) -> str:
     for name, rows in summary["controls"].items():
         for r in rows:
             by_round.setdefault(r["round"], {})[name] = r
-    header = f"{'round':>5} {'remaining':>9} " + " ".join(f"{n + ' acc':>22} {'stop':>6}" for n in names)
-    lines = [header, "-" * len(header)]
+    header = f"{'round':>5} {'remaining':>9} " + " ".join(f"{n + ' acc':>22} {'stop':>7}" for n in names)
+    lines, capped = [header, "-" * len(header)], False
     for k in sorted(by_round):
         cells = by_round[k]
         wr = cells["ticket"]["weights_remaining"]
         parts = []
         for n in names:
             r = cells.get(n)
-            parts.append(f"{r['test_acc']:>22.4f} {r['early_stop_step']:>6d}" if r else f"{'-':>22} {'-':>6}")
-        lines.append(f"{k:>5} {wr:>9.2%} " + " ".join(parts))
+            mark = "*" if r and is_capped(r) else " "
+            capped = capped or mark == "*"
+            parts.append(f"{r['test_acc']:>22.4f} {r['early_stop_step']:>6d}{mark}" if r else f"{'-':>22} {'-':>6} ")
+        lines.append((f"{k:>5} {wr:>9.2%} " + " ".join(parts)).rstrip())
+    if capped:
+        lines.append("* capped: the early stop is the run's last step; the minimum validation loss may lie beyond "
+                     "trainer.max_steps")
     return "\n".join(lines)
+

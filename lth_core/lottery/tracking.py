@@ -52,7 +52,11 @@ def make_logger(recipe: Recipe, out_dir: Path, say=print, group: str | None = No
     from pytorch_lightning.loggers import WandbLogger
 
     # Start the run ourselves so its settings are exactly ours (mode, folder, no prompt).
+    # A resumed run folder continues its W&B run (the id kept in the folder), not a new one.
+    run_id = run_id_of(out_dir)
     run = wandb.init(
+        id=run_id,
+        resume="allow",
         project=cfg["project"],
         entity=cfg["entity"],
         name=f"{recipe.name}-{recipe.hash()}",
@@ -64,9 +68,52 @@ def make_logger(recipe: Recipe, out_dir: Path, say=print, group: str | None = No
     )
     logger = WandbLogger(experiment=run, save_dir=str(out_dir))
     if mode == "offline":
-        run_dir = Path(run.dir).parent
-        say(f"W&B is offline (no credentials); upload later with: wandb sync {run_dir}")
+        say(f"W&B is offline (no credentials); upload later with: {sync_command(out_dir, run_id)}")
     return logger
+
+
+#: The file in a run folder that holds its W&B run's id.
+RUN_ID_FILE = "wandb_run_id"
+
+
+def run_id_of(out_dir: Path) -> str:
+    """The folder's W&B run id: the one recorded by its first run, else a new one, recorded
+    now so that a resumed (or grown) run logs into the same W&B run."""
+    from lth_core.files import atomic_write_text
+
+    path = Path(out_dir) / RUN_ID_FILE
+    if path.is_file():
+        recorded = path.read_text(encoding="utf-8", errors="replace").strip()
+        if re.fullmatch(r"[a-z0-9]{8,64}", recorded):
+            return recorded
+    import secrets
+
+    run_id = secrets.token_hex(8)
+    atomic_write_text(path, run_id + "\n")
+    return run_id
+
+
+def sync_command(out_dir: Path, run_id: str) -> str:
+    """How to upload an offline W&B run (every session of it: one folder per resume)."""
+    return f"wandb sync {Path(out_dir) / 'wandb'}/offline-run-*-{run_id}"
+
+
+def recorded_run(out_dir: Path) -> str | None:
+    """Where a finished run folder's W&B run is, in words (None without one)."""
+    path = Path(out_dir) / RUN_ID_FILE
+    if not path.is_file():
+        return None
+    run_id = path.read_text(encoding="utf-8", errors="replace").strip()
+    offline = any((Path(out_dir) / "wandb").glob(f"offline-run-*-{run_id}"))
+    return f"W&B run {run_id}" + (f" (offline; upload with: {sync_command(out_dir, run_id)})" if offline else "")
+
+
+def abandon(exit_code: int = 130) -> None:
+    """End the W&B run of an interrupted lottery (nothing when W&B was never started): a
+    run left open keeps its id in use, and the resumed process could not continue it."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=exit_code)
 
 
 def log_round(logger, row: dict, run_name: str) -> None:
@@ -107,7 +154,8 @@ def log_report(logger, summary: dict, out_dir: Path) -> None:
     for name, rows in [("ticket", summary["rounds"])] + list(summary["controls"].items()):
         for r in rows:
             table.add_data(name, *(r[c] for c in columns[1:]))
-    figures = make_figures([Series.from_dir(out_dir)], out_dir / "report")
+    written = sorted((out_dir / "report").glob("*.png"))  # lth run wrote the report just before
+    figures = {p.stem: p for p in written} or make_figures([Series.from_dir(out_dir)], out_dir / "report")
     exp.log({"lottery/summary": table, **{f"report/{k}": wandb.Image(str(v)) for k, v in figures.items()}})
 
 

@@ -9,6 +9,7 @@ engine's (:mod:`lth_core.engines.base`).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from lth_core.errors import LthError, NonFiniteLoss, PluginError, one_line
 from lth_core.files import atomic_write_text, make_dir
 from lth_core.lottery import tracking
 from lth_core.lottery.callbacks import culprit, plugin_callbacks
+from lth_core.lottery.progress import ProgressBar
 from lth_core.lottery.run import Run, Start
 from lth_core.lottery.summary import summarise
 from lth_core.plugin_api import contracts
@@ -44,9 +46,12 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
     """
     reused = _reuse(run, round_, name, folder)
     if reused is not None:
+        if run.progress is not None:
+            run.progress.run_finished()
         return reused
     mask, start = run.engine.agree(run, mask, start)
     fit = _prepare(run, _begin(run, round_, name, mask, start, folder), start, extra_callbacks)
+    began = time.monotonic()
     try:
         run.engine.fit(fit)
     except checkpoints.StaleCheckpoint as exc:
@@ -61,13 +66,15 @@ def train(run: Run, round_: int, name: str, mask: Mask, start: Start, folder: Pa
         raise problem from (None if isinstance(problem, NonFiniteLoss) else exc)
     run.model.cpu()
     run.engine.verify(fit)
+    if run.progress is not None:
+        run.progress.run_finished(max(0, fit.module.step - fit.first_step), time.monotonic() - began)
     return _finish(run, fit, start)
 
 
 def _reuse(run: Run, round_: int, name: str, folder: Path) -> tuple[Ticket, dict, dict] | None:
     """The finished ticket of this recipe in ``folder`` (its weights loaded into the model), or None."""
     ticket = run.engine.reuse(run, folder)
-    if ticket is None or ticket.meta.get("recipe_hash") != run.recipe.hash():
+    if ticket is None or ticket.meta.get("recipe_hash") not in (run.accepted or {run.recipe.hash()}):
         return None
     run.model.load_state_dict(trained_weights(ticket, folder))
     run.say(f"round {round_} [{name}]: reusing finished ticket in {folder}")
@@ -112,8 +119,19 @@ def _prepare(run: Run, ctx: RoundContext, start: Start, extra_callbacks: tuple) 
     callbacks = plugin_callbacks(run, ctx, origins) + list(extra_callbacks) + run.engine.callbacks(ctx.module, origins)
     _hand_mask_to_owner(ctx, callbacks, origins)
     chunk = run.engine.steps_per_call(run, ctx.module, callbacks)
+    if run.progress is not None and is_writer():  # after steps_per_call: it acts between calls only
+        callbacks.append(_progress_bar(run, ctx, first))
     trainer = make_trainer(run.recipe, run.logger, run.out_dir, first, callbacks, chunk)
     return Fit(run, ctx, ctx.module, trainer, identity, start.step, saved, origins, extra_callbacks, chunk)
+
+
+def _progress_bar(run: Run, ctx: RoundContext, first: int) -> ProgressBar:
+    """The run's progress line: ``round k/N [name]`` (and the trial, when there are several)."""
+    rounds = 1 if run.recipe["ticket"] else run.recipe["lottery"]["rounds"]
+    trial = run.out_dir.name if run.out_dir.name.startswith("trial_") else None
+    label = (f"{trial} " if trial else "") + f"round {ctx.round}/{rounds} [{ctx.name}]"
+    steps = run.recipe["trainer"].get("max_steps", -1)
+    return ProgressBar(run.progress, label, ctx.module, first, steps if steps and steps > 0 else 0)
 
 
 def _hand_mask_to_owner(ctx: RoundContext, callbacks: list, origins: dict[int, str]) -> None:

@@ -19,6 +19,7 @@ from lth_core.engines.lockstep import Lockstep
 from lth_core.engines.stacked import OFF
 from lth_core.errors import LthError
 from lth_core.files import atomic_write_text
+from lth_core.lottery.progress import Progress
 from lth_core.lottery.rounds import prepare_out_dir, run_lottery
 from lth_core.lottery.tracking import log_report_run, resolve_mode
 from lth_core.lottery.user_code import UserCode
@@ -65,24 +66,25 @@ def aggregate(recipe: Recipe, summaries: list[dict], folders: list[Path]) -> dic
 
 
 def run_experiment(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] = print, pm=None,
-                   code: UserCode | None = None) -> dict:
-    """Run every trial of a recipe (one trial: exactly :func:`run_lottery`)."""
+                   code: UserCode | None = None, progress: Progress | None = None) -> dict:
+    """Run every trial of a recipe (one trial: exactly :func:`run_lottery`); ``progress``
+    shows how far every run is and when the whole experiment will end."""
     out_dir = Path(out_dir)
     if recipe["sweep"]:
-        return run_sweep(recipe, out_dir, say=say, pm=pm, code=code)
+        return run_sweep(recipe, out_dir, say=say, pm=pm, code=code, progress=progress)
     n = recipe["trials"]
     if n == 1:
-        return run_lottery(recipe, out_dir, say=say, pm=pm, code=code)
+        return run_lottery(recipe, out_dir, say=say, pm=pm, code=code, progress=progress, report=True)
     prepare_out_dir(recipe, out_dir, pm, say)
     summaries, folders = [], []
     if recipe["vectorize_trials"] and code is not None:
         raise LthError(f"vectorize_trials stacks lth's own classifiers; a module of your own trains one trial after another: {OFF}")
     if recipe["vectorize_trials"]:  # the same trials, trained as one stacked model (the loop has none left)
-        summaries, folders = run_trials_stacked(recipe, out_dir, say=say, pm=pm, group=f"{recipe.name}-{recipe.hash()}")
+        summaries, folders = run_trials_stacked(recipe, out_dir, say=say, pm=pm, group=f"{recipe.name}-{recipe.hash()}", progress=progress)
     for i in range(len(summaries), n):
         say(f"trial {i + 1}/{n} (seed {recipe['seed'] + i})")
         folder = out_dir / f"trial_{i}"
-        summaries.append(run_lottery(recipe.for_trial(i), folder, say=say, pm=pm, group=f"{recipe.name}-{recipe.hash()}", code=code))
+        summaries.append(run_lottery(recipe.for_trial(i), folder, say=say, pm=pm, group=f"{recipe.name}-{recipe.hash()}", code=code, progress=progress))
         folders.append(folder)
     summary = aggregate(recipe, summaries, folders)
     if not is_writer():  # data parallel: rank 0 writes the aggregate and the report
@@ -95,7 +97,8 @@ def run_experiment(recipe: Recipe, out_dir: str | Path, say: Callable[[str], Non
     return summary
 
 
-def run_sweep(recipe: Recipe, out_dir: Path, say: Callable[[str], None] = print, pm=None, code: UserCode | None = None) -> dict:
+def run_sweep(recipe: Recipe, out_dir: Path, say: Callable[[str], None] = print, pm=None, code: UserCode | None = None,
+              progress: Progress | None = None) -> dict:
     """Run every point of ``sweep:`` into ``DIR/<point>/`` and tabulate them in ``DIR/sweep.json``.
 
     Each point is a complete run folder (with its trials), so it resumes like any run and
@@ -108,7 +111,7 @@ def run_sweep(recipe: Recipe, out_dir: Path, say: Callable[[str], None] = print,
     for i, (point, sub) in enumerate(points, start=1):
         folder = out_dir / point_name(point)
         say(f"sweep point {i}/{len(points)}: {point_name(point)}")
-        summary = run_experiment(sub, folder, say=say, pm=pm, code=code)
+        summary = run_experiment(sub, folder, say=say, pm=pm, code=code, progress=progress)
         last = summary["rounds"][-1]
         controls = {c: rows[-1] for c, rows in summary["controls"].items() if rows}
         results.append({"point": point, "folder": folder.name, "recipe_hash": sub.hash(), "last_round": last, "controls": controls})
@@ -151,7 +154,8 @@ def check_stackable(recipe: Recipe) -> None:
                            "set tracking: none (or WANDB_MODE=disabled), or vectorize_trials: false")
 
 
-def run_trials_stacked(recipe: Recipe, out_dir: Path, say: Callable[[str], None] = print, pm=None, group: str | None = None) -> tuple[list[dict], list[Path]]:
+def run_trials_stacked(recipe: Recipe, out_dir: Path, say: Callable[[str], None] = print, pm=None, group: str | None = None,
+                       progress: Progress | None = None) -> tuple[list[dict], list[Path]]:
     """Every trial of ``recipe`` into ``out_dir/trial_<i>/``, trained stacked: (summaries, folders)."""
     check_stackable(recipe)
     n = recipe["trials"]
@@ -165,6 +169,6 @@ def run_trials_stacked(recipe: Recipe, out_dir: Path, say: Callable[[str], None]
         def tell(text: str) -> None:
             say(f"[trial {i}] {text}")
 
-        return lambda: run_lottery(recipe.for_trial(i), folders[i], say=tell, pm=pm, group=group, engine=lockstep.engine(i))
+        return lambda: run_lottery(recipe.for_trial(i), folders[i], say=tell, pm=pm, group=group, engine=lockstep.engine(i), progress=progress)
 
     return lockstep.run([body(i) for i in range(n)]), folders

@@ -22,7 +22,7 @@ from typing import Any, Callable
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from lth_core.config import TOP_LEVEL, Recipe, brief, options_of, parse, point_name, show_key
-from lth_core.errors import LthError, PluginError, choices
+from lth_core.errors import LthError, PluginError, choices, did_you_mean
 from lth_core.plugin_api.registry import Registry, get_registry, raised
 
 SECTIONS_KIND = "recipe_sections"
@@ -70,7 +70,7 @@ def check_sections(recipe: Recipe, registry, command: str | None = None) -> None
         if key in TOP_LEVEL:
             continue
         if key not in sections:
-            raise LthError(f"{recipe.source}: unknown key {key!r}; valid: {choices([*TOP_LEVEL, *sections])}")
+            raise LthError(f"{recipe.source}: unknown key {key!r}{did_you_mean(key, [*TOP_LEVEL, *sections])}; valid: {choices([*TOP_LEVEL, *sections])}")
         if _empty(value):
             continue
         entry = sections[key]
@@ -130,7 +130,7 @@ def check_options(fn: Callable, options: dict, where: str, skip: tuple = (), mod
         for key in options:
             if key not in names:
                 valid = choices(names) if names else "none (it takes no options)"
-                raise LthError(f"unknown option {where}.{show_key(key)}; valid: {valid}")
+                raise LthError(f"unknown option {where}.{show_key(key)}{did_you_mean(key, names)}; valid: {valid}")
     _validated(model, options, where, owner)
 
 
@@ -289,7 +289,7 @@ def _check_shared_options(options: dict, entries: list, key: str, nouns: tuple[s
             names = ", ".join(repr(e.name) for e in unique)
             noun = nouns[0] if len(unique) == 1 else nouns[1]
             valid = choices(accepted) if accepted else f"none ({'it reads' if len(unique) == 1 else 'they read'} no options)"
-            raise LthError(f"unknown option lottery.{key}.{show_key(option)} for {noun} {names}; valid: {valid}")
+            raise LthError(f"unknown option lottery.{key}.{show_key(option)} for {noun} {names}{did_you_mean(option, accepted)}; valid: {valid}")
     for entry, model in zip(unique, models):
         names = _option_names(model)
         _validated(model, {k: v for k, v in options.items() if k in names}, f"lottery.{key}", _owner(entry))

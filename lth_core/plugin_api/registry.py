@@ -17,7 +17,7 @@ from typing import Any, Callable
 import pluggy
 
 from lth_core.plugin_api import hookspecs
-from lth_core.errors import LthError, PluginError, choices, one_line
+from lth_core.errors import LthError, PluginError, choices, did_you_mean, one_line
 
 BUNDLED_DISTRIBUTION = "lth"
 AUTOLOAD_ENV = "LTH_DISABLE_PLUGIN_AUTOLOAD"
@@ -106,7 +106,7 @@ class Registry:
         noun = {k: n for k, n in KINDS.values()}[kind]
         table = self.kinds[kind]
         if name not in table:
-            raise PluginError(f"unknown {noun} {name!r}; installed: {choices(table)}")
+            raise PluginError(f"unknown {noun} {name!r}{did_you_mean(name, table)}; installed: {choices(table)}")
         return table[name]
 
     def names(self, kind: str) -> list[str]:

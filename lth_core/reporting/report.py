@@ -17,12 +17,12 @@ extend`` folder to the frankenmodel plugin's.
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lth_core.errors import LthError
 from lth_core.files import atomic_path, atomic_write_text, make_dir, read_json
+from lth_core.reporting import figures
 from lth_core.reporting.sections import claimed_sections, render_section
 
 #: The paper's highlighted levels of weights remaining (Frankle & Carbin, Figure 3).
@@ -65,36 +65,7 @@ class Series:
 
 def _stat(row: dict, metric: str) -> tuple[float, float, float]:
     """(mean, min, max) of a metric in a summary row; min = max = value for one trial."""
-    st = row.get("stats", {}).get(metric)
-    if st:
-        return st["mean"], st["min"], st["max"]
-    v = row[metric]
-    return v, v, v
-
-
-def _plot_metric(ax, series: list[Series], metric: str, scale: float, controls: bool = True) -> None:
-    for s in series:
-        for run, rows in s.runs().items():
-            if run != "ticket" and not controls:
-                continue
-            rows = sorted(rows, key=lambda r: -r["weights_remaining"])
-            x = [100 * r["weights_remaining"] for r in rows]
-            stats = [_stat(r, metric) for r in rows]
-            y = [scale * m for m, _, _ in stats]
-            err = [[scale * (m - lo) for m, lo, _ in stats], [scale * (hi - m) for m, _, hi in stats]]
-            style = "-o" if run == "ticket" else "--s"
-            ax.errorbar(x, y, yerr=err, fmt=style, capsize=3, markersize=4, label=f"{s.label}: {run}")
-    from matplotlib.ticker import FixedLocator, NullFormatter
-
-    ax.set_xscale("log")
-    xs = sorted({100 * r["weights_remaining"] for s in series for r in s.summary["rounds"]}, reverse=True)
-    ax.xaxis.set_major_locator(FixedLocator(xs if len(xs) <= 12 else xs[:: max(1, len(xs) // 10)]))
-    ax.xaxis.set_major_formatter(lambda v, _: f"{v:.3g}")
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.invert_xaxis()
-    ax.set_xlabel("percent of weights remaining")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    return figures.stat(row, metric)
 
 
 def _curves(dirs: list[Path], round_: int) -> list[list[dict]]:
@@ -110,15 +81,6 @@ def curve_metric(rows: list[dict], monitor: str = "val_loss") -> str:
     return "test_acc" if rows and all("test_acc" in r for r in rows) else monitor
 
 
-def _mean_curve(dirs: list[Path], round_: int, metric: str = "test_acc") -> tuple[list[int], list[float]]:
-    curves = [{row["step"]: row[metric] for row in rows if metric in row} for rows in _curves(dirs, round_)]
-    curves = [c for c in curves if c]
-    if not curves:
-        return [], []
-    steps = sorted(set.intersection(*(set(c) for c in curves)))
-    return steps, [statistics.fmean(c[s] for c in curves) for s in steps]
-
-
 def choose_rounds(rows: list[dict], targets=PAPER_LEVELS) -> list[int]:
     """The rounds closest to the paper's highlighted levels of weights remaining."""
     chosen = []
@@ -129,62 +91,85 @@ def choose_rounds(rows: list[dict], targets=PAPER_LEVELS) -> list[int]:
     return chosen
 
 
+def distinct_labels(series: list[Series]) -> None:
+    """Two runs of one recipe: tell them apart by folder (each series keeps its own style)."""
+    labels = [s.label for s in series]
+    for s in series:
+        if labels.count(s.label) > 1:
+            s.label = f"{s.label} [{s.path.name}]"
+
+
 def make_figures(series: list[Series], out: Path, rounds: list[int] | None = None) -> dict[str, Path]:
-    """Write the report's PNG figures into ``out``; returns name -> path."""
+    """Write the report's PNG figures into ``out``; returns name -> path (how they are drawn:
+    :mod:`lth_core.reporting.figures`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     make_dir(out)
-    figures: dict[str, Path] = {}
+    distinct_labels(series)
+    made: dict[str, Path] = {}
+    styles = figures.Styles()
 
     def save(fig, name: str) -> None:
         path = out / f"{name}.png"
-        fig.tight_layout()
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
+            fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
         plt.close(fig)
-        figures[name] = path
+        made[name] = path
 
+    many = any(len(s.trial_dirs) > 1 for s in series)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    _plot_metric(ax, series, "test_acc", 100)
+    figures.plot_levels(ax, series, "test_acc", 100, styles)
+    figures.at_least(ax, figures.MIN_ACC_SPAN, ceiling=100.5)
     ax.set_ylabel("test accuracy at early stop (%)")
-    ax.set_title("Test accuracy vs weights remaining (error bars: min..max over trials)")
+    ax.set_title("Test accuracy vs weights remaining" + (" (means; bars: min..max over trials)" if many else ""))
+    figures.legend_outside(ax)
     save(fig, "accuracy_vs_weights")
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    _plot_metric(ax, series, "early_stop_step", 1)
+    figures.plot_levels(ax, series, "early_stop_step", 1, styles)
+    figures.budget_line(ax, series)
     ax.set_ylabel("early-stopping step (min validation loss)")
-    ax.set_title("Early-stopping step vs weights remaining")
+    ax.set_title("Early-stopping step vs weights remaining" + (" (means; bars: min..max over trials)" if many else ""))
+    figures.legend_outside(ax)
     save(fig, "early_stop_vs_weights")
 
-    first = series[0]
-    chosen = rounds if rounds is not None else choose_rounds(first.summary["rounds"])
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    remaining = {r["round"]: r["weights_remaining"] for r in first.summary["rounds"]}
-    monitor = first.summary.get("recipe", {}).get("lottery", {}).get("monitor", "val_loss")
-    metric = curve_metric(next(iter(_curves(first.trial_dirs, chosen[0])), []) if chosen else [], monitor)
-    scale, what = (100, f"{metric.replace('_', ' ')} (%)") if metric.endswith("acc") else (1, metric.replace("_", " "))
-    for k in chosen:
-        steps, values = _mean_curve(first.trial_dirs, k, metric)
-        if steps:
-            ax.plot(steps, [scale * v for v in values], label=f"round {k} ({100 * remaining.get(k, float('nan')):.1f}%)")
-    ax.set_xlabel("training step")
-    ax.set_ylabel(what)
-    ax.set_title(f"{first.label}: {what.split(' (')[0]} during training")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    save(fig, "curves")
+    save(_curves_figure(plt, series, rounds, styles), "curves")
 
     modes = {s.mode for s in series}
     if {"iterative", "one_shot"} <= modes:
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        _plot_metric(ax, series, "test_acc", 100, controls=False)
+        figures.plot_levels(ax, series, "test_acc", 100, styles, controls=False)
+        figures.at_least(ax, figures.MIN_ACC_SPAN, ceiling=100.5)
         ax.set_ylabel("test accuracy at early stop (%)")
         ax.set_title("One-shot vs iterative pruning")
+        figures.legend_outside(ax)
         save(fig, "oneshot_vs_iterative")
-    return figures
+    return made
+
+
+def _curves_figure(plt, series: list[Series], rounds: list[int] | None, styles: figures.Styles):
+    """Training curves of the chosen rounds, one panel per compared run folder."""
+    fig, axes = plt.subplots(1, len(series), figsize=(6.2 * len(series) + 1.5, 4.5), sharey=True, squeeze=False)
+    first = series[0]
+    monitor = first.summary.get("recipe", {}).get("lottery", {}).get("monitor", "val_loss")
+    chosen0 = rounds if rounds is not None else choose_rounds(first.summary["rounds"])
+    metric = curve_metric(next(iter(_curves(first.trial_dirs, chosen0[0])), []) if chosen0 else [], monitor)
+    scale, what = (100, f"{metric.replace('_', ' ')} (%)") if metric.endswith("acc") else (1, metric.replace("_", " "))
+    for ax, s in zip(axes[0], series):
+        chosen = rounds if rounds is not None else choose_rounds(s.summary["rounds"])
+        figures.plot_curves(ax, s, chosen, metric, scale, lambda d, k: next(iter(_curves([d], k)), []), styles)
+        trials = len(s.trial_dirs)
+        ax.set_title(f"{s.label}" + (f": mean of {trials} trials, band min..max" if trials > 1 else ""), fontsize=9)
+        figures.legend_outside(ax)
+    axes[0][0].set_ylabel(what)
+    if metric.endswith("acc"):
+        figures.at_least(axes[0][0], figures.MIN_ACC_SPAN, ceiling=100.5)
+    fig.suptitle(f"{what.split(' (')[0]} during training (markers: early-stopping steps)", fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 def _fmt(row: dict | None, metric: str, scale: float = 100, digits: int = 2) -> str:
@@ -207,9 +192,14 @@ def results_table(s: Series) -> str:
         cells = []
         for n in names:
             r = by_round[n].get(k)
-            cells += [_fmt(r, "test_acc"), _fmt(r, "early_stop_step", 1, 0)]
+            cells += [_fmt(r, "test_acc"), _stop(r)]
         lines.append(f"| {k} | {100 * row['weights_remaining']:.1f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _stop(row: dict | None) -> str:
+    """The early-stopping step, marked when it is the run's last step (capped)."""
+    return _fmt(row, "early_stop_step", 1, 0) + (" (capped)" if row is not None and figures.is_capped(row) else "")
 
 
 def levels_table(s: Series, targets=PAPER_LEVELS) -> str:
@@ -227,10 +217,10 @@ def levels_table(s: Series, targets=PAPER_LEVELS) -> str:
     header = "| weights remaining (%) | round | dense acc (%) | dense stop | " + " | ".join(f"{n} acc (%) | {n} stop" for n in names) + " |"
     lines = [header, "|" + "---|" * (4 + 2 * len(names))]
     for k in choose_rounds(s.summary["rounds"], targets):
-        cells = [_fmt(dense, "test_acc"), _fmt(dense, "early_stop_step", 1, 0)]
+        cells = [_fmt(dense, "test_acc"), _stop(dense)]
         for n in names:
             r = by_round[n].get(k)
-            cells += [_fmt(r, "test_acc"), _fmt(r, "early_stop_step", 1, 0)]
+            cells += [_fmt(r, "test_acc"), _stop(r)]
         wr = by_round["ticket"][k]["weights_remaining"]
         lines.append(f"| {100 * wr:.1f} | {k} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -267,16 +257,13 @@ def is_run_folder(path: Path) -> bool:
 
 def _run_parts(series: list[Series], out: Path, rounds: list[int] | None) -> list[str]:
     """The figures and tables of the run folders, as ``report.md`` lines."""
-    labels = [s.label for s in series]
-    for s in series:  # two runs of one recipe: tell them apart by folder
-        if labels.count(s.label) > 1:
-            s.label = f"{s.label} [{s.path.name}]"
+    distinct_labels(series)
     figures = make_figures(series, out, rounds) if series else {}
     parts = [] if not series else ["Runs: " + ", ".join(f"`{s.path}` ({s.label}, {len(s.trial_dirs)} trial(s), {_ticket_steps(s)} training steps over its ticket runs)" for s in series), ""]
     for name, path in figures.items():
         parts += [f"## {name.replace('_', ' ')}", "", f"![{name}]({path.name})", ""]
     for s in series:
-        parts += [f"## At the paper's levels: {s.label}", "", "Test accuracy at the early-stopping step and the early-stopping step; mean [min, max] over trials.", "", levels_table(s), ""]
+        parts += [f"## At the paper's levels: {s.label}", "", "Test accuracy at the early-stopping step and the early-stopping step; mean [min, max] over trials; (capped): the early stop is the run's last step, the minimum validation loss may lie beyond the budget.", "", levels_table(s), ""]
         parts += [f"## Results: {s.label}", "", "Test accuracy at the early-stopping step; mean [min, max] over trials.", "", results_table(s), ""]
         parts += [f"### Per-layer weights remaining (%): {s.label}", "", sparsity_table(s), ""]
     return parts
