@@ -155,13 +155,16 @@ class StackedLoader:
         when :attr:`normalization` says so: the same values per element either way)."""
         loaders = [ld.loader for ld in self.loaders]
         norms = {None} if self.normalization is not None else {ld.normalization for ld in loaders}
-        for sels in zip(*(ld.indices() for ld in self.loaders)):
+        firsts = range(self.loaders[0].start, self.loaders[0].end, self.loaders[0].chunk)
+        for first, sels in zip(firsts, zip(*(ld.indices() for ld in self.loaders))):
             x = loaders[0].x.new_empty((len(sels), len(sels[0]), *loaders[0].x.shape[1:]))
             y = loaders[0].y.new_empty((len(sels), len(sels[0]), *loaders[0].y.shape[1:]))
             for i, (sel, ld) in enumerate(zip(sels, loaders)):
                 rows = ld.where(sel)
                 torch.index_select(ld.x, 0, rows, out=x[i])
                 torch.index_select(ld.y, 0, rows, out=y[i])
+                if ld.augment is not None:  # each trial's crops and flips, drawn from its own seed and the step
+                    x[i] = ld.augment(x[i], ld.seed, first, ld.batch_size)
             if len(norms) == 1:
                 yield (x if None in norms else next(iter(norms)).apply(x)), y
             else:  # trials over differently normalised data: each slot its own

@@ -103,7 +103,8 @@ def load_data(recipe: Recipe, registry: Registry) -> DataModule:
     it, and shared with the other runs of this process that use it (:func:`load_bundle`)."""
     spec = recipe["data"]
     bundle = load_bundle(spec, registry)
-    return DataModule(bundle, spec["batch_size"], spec["eval_batch_size"], spec["val_size"], recipe["seed"], spec["subset"], spec.get("order_seed"))
+    return DataModule(bundle, spec["batch_size"], spec["eval_batch_size"], spec["val_size"], recipe["seed"], spec["subset"], spec.get("order_seed"),
+                      spec.get("augment"))
 
 
 #: What lth's own classifier measures at every evaluation (``lottery.monitor``/``test_metric``).
