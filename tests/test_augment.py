@@ -66,6 +66,22 @@ def test_crops_and_flips_are_the_per_image_ones_they_draw(images):
         assert int(got[corner][:, :, :4].max()) == 0
 
 
+@pytest.mark.parametrize("spec", [[{"name": "hflip", "p": 0.5}, {"name": "random_crop", "padding": 3}],
+                                  [{"name": "random_crop", "padding": 4}, {"name": "random_crop", "padding": 2}, "hflip"]],
+                         ids=["flip_then_crop", "two_crops_then_flip"])
+def test_any_list_is_its_ops_applied_one_after_another(images, spec):
+    """The ops compose into one gather; the reference applies them image by image, in order."""
+    x, _, _ = images
+    aug = Augmentation.of(spec)
+    want = x[:40]
+    for (name, opt), drawn in zip(aug.ops, aug.draws(11, 3, 40, 28, 28)):
+        if name == "random_crop":
+            want = _reference(want, drawn, torch.zeros(40, dtype=torch.bool), opt["padding"])
+        else:
+            want = torch.stack([img.flip(-1) if f else img for img, f in zip(want, drawn.tolist())])
+    assert torch.equal(aug(x[:40], 11, 3, 40), want)
+
+
 def test_draws_depend_on_seed_and_step_only(images):
     x, _, _ = images
     aug = Augmentation.of(CROP_FLIP)

@@ -89,18 +89,36 @@ class TensorLoader:
         return (same(self.x, other.x) and same(self.y, other.y) and same(self.rows, other.rows)
                 and self.normalization == other.normalization)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+    @property
+    def device(self) -> torch.device:
+        """Where the examples are held (and batches gathered)."""
+        return self.x.device
+
+    def planned(self) -> Iterator[tuple[int, Tensor]]:
+        """This iteration's ``(step, positions)`` per batch (this process's share of each):
+        epoch ``self.epoch`` from batch ``skip_batches`` on. Advances the epoch."""
         epoch = self.epoch
-        idx = self.order(epoch).to(self.x.device)  # once per epoch: no host-to-device copy per batch
+        idx = self.order(epoch).to(self.device)  # once per epoch: no host-to-device copy per batch
         self.epoch += 1
         start, self.skip_batches = self.skip_batches, 0
+        items = []
         for b in range(start, len(self)):
             sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
             if self.world > 1:
                 sel = torch.tensor_split(sel, self.world)[self.rank]
                 if not len(sel):  # a last evaluation batch smaller than the world
                     continue
-            yield self.take(sel, epoch * len(self) + b)
+            items.append((epoch * len(self) + b, sel))
+        return iter(items)
+
+    def serve(self, items: Iterator[tuple[int, Tensor]]) -> Iterator[tuple[Tensor, Tensor]]:
+        """The batches of ``(first step, positions)`` items, gathered by indexing."""
+        for step, sel in items:
+            yield self.take(sel, step)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        # A generator: the epoch advances at the first batch, not when Lightning calls iter() to look
+        yield from self.serve(self.planned())
 
 
 class StepChunks:
@@ -129,7 +147,7 @@ class StepChunks:
         while s < last:
             epoch, pos = divmod(s, per_epoch)
             if epoch != self._epoch:  # once per epoch, moved to the data's device
-                self._epoch, self._order = epoch, self.loader.order(epoch).to(self.loader.x.device)
+                self._epoch, self._order = epoch, self.loader.order(epoch).to(self.loader.device)
             take = min(last - s, per_epoch - pos)
             parts.append(self._order[pos * b:(pos + take) * b])
             s += take
@@ -141,8 +159,7 @@ class StepChunks:
             yield self._indices(first, min(first + self.chunk, self.end))
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        for first, sel in zip(range(self.start, self.end, self.chunk), self.indices()):
-            yield self.loader.take(sel, first)
+        return self.loader.serve(zip(range(self.start, self.end, self.chunk), self.indices()))
 
 
 #: A split's source in the bundle: the test split is the bundle's test set; validation and

@@ -68,7 +68,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lth_core.engines.checkpoints import ReplicaCheckpoints, ReplicaKeep
 from lth_core.data.bundle import Normalization
-from lth_core.data.loaders import StepChunks
+from lth_core.data.loaders import StepChunks, TensorLoader
 from lth_core.errors import LthError, NonFiniteLoss
 from lth_core.engines.enforcer import MaskEnforcer
 from lth_core.engines.private_apis import counted_step
@@ -121,6 +121,9 @@ class StackedLoader:
 
     def __init__(self, loaders: list, deferred: bool = False):
         self.loaders, self.deferred = loaders, deferred
+        if not all(isinstance(getattr(ld, "loader", ld), TensorLoader) for ld in loaders):
+            raise LthError(f"vectorize_trials: the recipe's data set streams from torch Datasets, and stacked trials need its "
+                           f"tensors in memory; {OFF}")
         if len({len(ld) for ld in loaders}) != 1:
             raise LthError(f"vectorize_trials: the trials' loaders differ in length ({[len(ld) for ld in loaders]}); {OFF}")
         first = loaders[0]
