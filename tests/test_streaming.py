@@ -208,3 +208,24 @@ def test_folder_mistakes_are_one_line(folder, tmp_path, pm):
     recipe = tmp_path / "missing.yaml"
     recipe.write_text(yaml.safe_dump(lenet({"name": "image_folder", "root": str(tmp_path / "missing"), "image_size": 8})))
     assert_user_error(lth("run", str(recipe), "--out", str(tmp_path / "o")), "data.root", "does not exist", only_line=False)
+
+
+def test_two_data_parallel_processes_stream_their_shares_and_match_one_process(folder, tmp_path, pm):
+    """A real ``lth run`` on two CPU processes (each loading its half of every batch through
+    its own worker) ends where one process does."""
+    from test_distributed import DDP, _lth_run as ddp_run
+
+    raw = lenet({"name": "image_folder", "root": str(folder["root"]), "image_size": folder["side"], "workers": 1})
+    raw["lottery"]["rounds"] = 1
+    raw["trainer"].update(max_steps=40)
+    single = run_lottery(validate(copy.deepcopy(raw)), tmp_path / "single", say=lambda s: None, pm=pm)
+    raw["trainer"].update(DDP)
+    recipe = tmp_path / "ddp.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    ddp_run(recipe, tmp_path / "ddp")
+    ddp = json.loads((tmp_path / "ddp" / "summary.json").read_text())["rounds"]
+    assert len(ddp) == len(single["rounds"]) == 2
+    for a, b in zip(ddp, single["rounds"]):
+        assert a["early_stop_step"] == b["early_stop_step"] and a["steps"] == b["steps"] == 40
+        for key in ("val_loss_min", "val_acc", "test_acc", "test_acc_final"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5), key

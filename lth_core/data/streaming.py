@@ -11,20 +11,21 @@ promises:
 - the training order of epoch ``e`` is the tensor path's seeded permutation, so the batch
   of step ``s`` is a function of ``(order seed, s)``: a checkpoint's step is the sampler's
   position, and a killed run resumes at the very batch it would have trained;
-- ``data.augment`` draws per step, as on the tensor path (in the main process, after the
-  batch is collated);
+- ``data.augment`` draws per step, as on the tensor path (in the worker that makes the
+  batch, on the CPU);
 - under data parallel each process loads only its contiguous share of every batch.
 
 :class:`StreamLoader` hands the ``DataLoader`` the index lists of its batches (a batch
 sampler), so workers load in parallel while the order stays the sampler's. The
 ``DataLoader`` holds at most ``workers x prefetch`` batches ahead (2 per worker): memory
-is bounded by the batch size, not the data set. Items are ``uint8`` images with the
+is bounded by the batch size, not the data set (measured by ``benchmarks/data_paths.py``). Items are ``uint8`` images with the
 bundle's :class:`~lth_core.data.bundle.Normalization` (applied per batch, as on the tensor
 path) or float32.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -97,20 +98,40 @@ def _check_item(bundle: DatasetBundle, item: Any, where: str, source: str, shape
     return tuple(x.shape)
 
 
-class _Batches:
-    """The ``DataLoader``'s batch sampler: the global indices of each planned batch."""
+class _Plan:
+    """The ``DataLoader``'s sampler: one item per batch, ``(step, indices, share)``."""
 
     def __init__(self, loader: "StreamLoader"):
-        self.loader = loader
+        self.loader = weakref.proxy(loader)  # no cycle: a loader nobody uses goes, and its workers with it
         self.items: list[tuple[int, Tensor]] = []
 
-    def __iter__(self) -> Iterator[list[int]]:
-        rows = self.loader.rows
-        for _, sel in self.items:
-            yield (sel if rows is None else rows[sel]).tolist()
+    def __iter__(self) -> Iterator[tuple[int, list[int], tuple[int, int]]]:
+        rows, share = self.loader.rows, (self.loader.rank, self.loader.world)
+        for step, sel in self.items:
+            yield step, (sel if rows is None else rows[sel]).tolist(), share
 
     def __len__(self) -> int:
         return len(self.items)
+
+
+class _Batch(Dataset):
+    """A whole batch per item, made in the worker: its examples loaded and stacked, then
+    augmented with the draws of its step and normalised. The main process only receives
+    finished float32 batches (in shared memory): it allocates nothing per batch, which
+    keeps its memory flat (normalising there let glibc's heap grow by a batch a step)."""
+
+    def __init__(self, loader: "StreamLoader"):
+        self.dataset, self.augment, self.seed = loader.dataset, loader.augment, loader.seed
+        self.batch_size, self.normalization = loader.batch_size, loader.normalization
+
+    def __getitem__(self, item: tuple[int, list[int], tuple[int, int]]) -> tuple[Tensor, Tensor]:
+        step, indices, share = item
+        examples = [self.dataset[i] for i in indices]
+        x = torch.stack([e[0] for e in examples])
+        y = torch.tensor([int(e[1]) for e in examples], dtype=torch.long)
+        if self.augment is not None:
+            x = self.augment(x, self.seed, step, self.batch_size, share)
+        return (x if self.normalization is None else self.normalization.apply(x)), y
 
 
 class StreamLoader:
@@ -127,7 +148,7 @@ class StreamLoader:
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
         self.epoch, self.skip_batches, self.rank, self.world = 0, 0, 0, 1
         self.augment: Augmentation | None = None
-        self._batches = _Batches(self)
+        self._plan = _Plan(self)
         self._loader: DataLoader | None = None
 
     examples = property(lambda self: len(self.dataset) if self.rows is None else self.rows.shape[0])
@@ -137,17 +158,13 @@ class StreamLoader:
     planned = TensorLoader.planned
 
     def serve(self, items: Iterator[tuple[int, Tensor]]) -> Iterator[tuple[Tensor, Tensor]]:
-        """The batches of ``(first step, positions)`` items, loaded by the workers in order,
-        then augmented with the draws of their step and normalised."""
-        self._batches.items = list(items)
-        steps = [step for step, _ in self._batches.items]
+        """The batches of ``(first step, positions)`` items, made by the workers in order
+        (:class:`_Batch`: loaded, augmented with the draws of their step, normalised)."""
+        self._plan.items = list(items)
         if self._loader is None:  # one DataLoader per split: its workers persist across evaluations
-            self._loader = DataLoader(self.dataset, batch_sampler=self._batches, num_workers=self.workers,
+            self._loader = DataLoader(_Batch(self), batch_size=None, sampler=self._plan, num_workers=self.workers,
                                       persistent_workers=self.workers > 0, prefetch_factor=2 if self.workers else None)
-        for step, (x, y) in zip(steps, self._loader):
-            if self.augment is not None:
-                x = self.augment(x, self.seed, step, self.batch_size, (self.rank, self.world))
-            yield (x if self.normalization is None else self.normalization.apply(x)), y.long()
+        yield from self._loader
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         # A generator: the epoch advances at the first batch, not when Lightning calls iter() to look
