@@ -44,6 +44,7 @@ _export("Masks and pruning", "lth_core.tickets.distributions", "allocation_densi
 _export("Tickets", "lth_core.tickets.ticket", "Ticket", "save_ticket", "load_ticket", "is_ticket")
 _export("Data", "lth_core.data.bundle", "DataBundle", "Normalization")
 _export("Data", "lth_core.data.loaders", "DataModule")
+_export("Data", "lth_core.data.streaming", "DatasetBundle")
 _export("Running lth from Python", "lth_core.lottery.api", "run", "Summary")
 _export("Recipes", "lth_core.config.recipe", "Recipe", "load_recipe")
 _export("Recipes", "lth_core.config.yaml_io", "read_yaml")
@@ -84,6 +85,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load
     from lth_core.config.yaml_io import read_yaml  # noqa: F401
     from lth_core.data.bundle import DataBundle, Normalization  # noqa: F401
     from lth_core.data.loaders import DataModule  # noqa: F401
+    from lth_core.data.streaming import DatasetBundle  # noqa: F401
     from lth_core.engines.collectives import is_writer  # noqa: F401
     from lth_core.engines.module import LotteryModule  # noqa: F401
     from lth_core.errors import LthError, NonFiniteLoss, PluginError, choices, one_line  # noqa: F401

@@ -88,3 +88,17 @@ def test_moving_masks_table_has_each_method_at_its_density(monkeypatch, capsys, 
     assert 0 < found["movement_soft/ticket/10"]["weights_remaining"] <= 1
     assert all(0.1 < r["test_acc_final"] <= 1 for r in found.values())  # 30 steps already beat chance (0.1)
     assert (tmp_path / "table.md").read_text().count("not run") > 0
+
+
+def test_data_paths_reports_augmentation_throughput_and_memory(monkeypatch, capsys) -> None:
+    """A few steps on real images written as PNGs: every number of both data paths."""
+    out = _last_json("data_paths.py", ["--images", "300", "--steps", "10", "--side", "16"], monkeypatch, capsys)
+    assert set(out["augment_ms"]) == {"fashion_mnist_b60", "cifar_shaped_b128"}
+    _ratio(out["augment_vs_lenet300_step"])
+    assert set(out["images_per_s"]) == {"tensor", "stream_workers_0", "stream_workers_2"}
+    assert set(out["train_steps_per_s"]) == {"tensor", "stream_workers_2"}
+    _ratio(out["stream_vs_tensor_images_per_s"])
+    _ratio(out["stream_vs_tensor_train_steps_per_s"])
+    assert set(out["peak_mb"]) == {"stream_75", "stream_300", "tensor_300"}
+    assert all(v["peak_rise_mb"] >= 0 for v in out["peak_mb"].values()) and out["data_mb"] > 0
+    assert len(out["peak_mb"]["stream_300"]["worker_private_mb"]) == 2 and set(out["stream_peak_rise_mb"]) == {"75", "300"}

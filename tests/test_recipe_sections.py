@@ -270,7 +270,8 @@ def test_the_hash_reads_its_rules_from_markers_on_the_fields(tiny_raw):
     were made with, so the sets must not change (tests/test_golden.py pins the hashes)."""
     assert _marked(RecipeModel, Unhashed) == {"name", "description", "tracking", "checkpoint_every_n_steps", "steps_per_call", "vectorize_trials"}
     assert _marked(RecipeModel, HashedUnlessDefault) == {"callbacks", "init", "sweep"}
-    assert _marked(SECTIONS["data"], HashedUnlessDefault) == {"order_seed", "classes"}
+    assert _marked(SECTIONS["data"], HashedUnlessDefault) == {"order_seed", "classes", "augment"}
+    assert _marked(SECTIONS["data"], Unhashed) == {"workers"}
     assert _marked(SECTIONS["trainer"], Unhashed) == _marked(SECTIONS["trainer"], GivenOnly) == {"enable_progress_bar"}
     base = validate(tiny_raw)
     for key, value in {"description": "x", "steps_per_call": 7, "checkpoint_every_n_steps": 3, "tracking": "wandb"}.items():

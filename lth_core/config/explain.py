@@ -145,10 +145,19 @@ def _split(annotation: Any, meta: list | None = None) -> tuple[Any, list]:
 def _member(annotation: Any, meta: list, value: Any) -> tuple[Any, list]:
     """The member of a union that ``value`` belongs to (its own metadata added)."""
     if typing.get_origin(annotation) in (typing.Union, UnionType):
-        for member in typing.get_args(annotation):
+        members = typing.get_args(annotation)
+        named = [m for m in members if _named_by(m, value)]  # a union told apart by its ``name`` (data.augment)
+        for member in named or members:
             if admits(plain_types(member), value):
                 return _split(member, meta)
     return annotation, meta
+
+
+def _named_by(member: Any, value: Any) -> bool:
+    """Whether ``member`` is a model whose ``name`` field is a ``Literal`` of ``value``'s name."""
+    found = _fields(member).get("name")
+    return (isinstance(value, dict) and found is not None and typing.get_origin(found.annotation) is typing.Literal
+            and value.get("name") in typing.get_args(found.annotation))
 
 
 def _child(annotation: Any, part: Any) -> tuple[Any, list]:

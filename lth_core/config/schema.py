@@ -94,8 +94,36 @@ class ModelSection(Section):
     name: str = Field(description="a registered model name; see `lth plugins`")
 
 
+class RandomCrop(Section):
+    """``{name: random_crop, padding: 4}``: pad the image by ``padding`` zeros on every side
+    (black for byte images, the mean for standardised ones), then take a random crop of its
+    own size (torchvision's ``RandomCrop(size, padding)``)."""
+
+    name: Literal["random_crop"]
+    padding: int = Field(4, ge=0, le=4096)
+
+
+class HorizontalFlip(Section):
+    """``{name: hflip, p: 0.5}``: mirror the image left to right with probability ``p``."""
+
+    name: Literal["hflip"]
+    p: Number = Field(0.5, ge=0, le=1, allow_inf_nan=False)
+
+
+#: One ``data.augment`` item: a name alone (``hflip``) or ``{name, ...options}``, stored as written.
+AugmentItem = Annotated[RandomCrop | HorizontalFlip, Field(discriminator="name"), AsGiven, BeforeValidator(_entry),
+                        Expect("random_crop ({name: random_crop, padding: 4}) or hflip ({name: hflip, p: 0.5})")]
+#: The augmentations by name, with their options' defaults (:mod:`lth_core.data.augment` reads them).
+AUGMENTATIONS: dict[str, type[Section]] = {"random_crop": RandomCrop, "hflip": HorizontalFlip}
+
+
 class DataSection(Section):
-    """``data:``; keys beyond the core's are options of the data-set factory."""
+    """``data:``; keys beyond the core's are options of the data-set factory.
+
+    ``augment`` transforms each training batch, drawn per step (:mod:`lth_core.data.augment`);
+    ``workers`` is how many ``DataLoader`` worker processes feed a streaming data set (one
+    returning torch ``Dataset``s); it says how to compute, not what, so it is not hashed.
+    """
 
     model_config = ConfigDict(extra="allow")
     name: str = Field(description="a registered data set name; see `lth plugins`")
@@ -106,6 +134,8 @@ class DataSection(Section):
     order_seed: Annotated[Seed | None, HashedUnlessDefault] = None
     classes: Annotated[list[Annotated[int, Field(ge=0, le=MAX_COUNT)]] | None, HashedUnlessDefault, AfterValidator(_distinct_classes),
                        Expect("a list of at least two distinct class labels (integers >= 0), or null for all")] = None
+    augment: Annotated[list[AugmentItem], HashedUnlessDefault] = Field(default_factory=list)
+    workers: Annotated[int, Unhashed, GivenOnly] = Field(2, ge=0, le=256, description="DataLoader worker processes (streaming data)")
 
 
 class OptimizerSection(Section):

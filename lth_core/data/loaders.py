@@ -19,6 +19,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
+from lth_core.data.augment import Augmentation
 from lth_core.data.bundle import DataBundle, Normalization
 from lth_core.errors import LthError
 
@@ -36,7 +37,9 @@ class TensorLoader:
 
     ``rows`` (optional) are the examples of ``x``/``y`` this loader serves, in order (a
     split of a larger tensor, without copying it); ``normalization`` turns the gathered
-    ``uint8`` inputs into float32 (:class:`lth_core.data.bundle.Normalization`).
+    ``uint8`` inputs into float32 (:class:`lth_core.data.bundle.Normalization`);
+    ``augment`` (training loaders of a recipe with ``data.augment``) crops and flips each
+    batch as stored, with the draws of its step (:class:`lth_core.data.augment.Augmentation`).
     """
 
     def __init__(self, x: Tensor, y: Tensor, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
@@ -46,6 +49,7 @@ class TensorLoader:
         self.epoch = 0
         self.skip_batches = 0  # set to resume in the middle of an epoch
         self.rank, self.world = 0, 1  # this process's share of each batch (data parallel)
+        self.augment: Augmentation | None = None
 
     @property
     def examples(self) -> int:
@@ -68,10 +72,13 @@ class TensorLoader:
         sel = sel.to(self.x.device)
         return sel if self.rows is None else self.rows[sel]
 
-    def take(self, sel: Tensor) -> tuple[Tensor, Tensor]:
-        """The examples at positions ``sel``: float32 inputs and their labels."""
+    def take(self, sel: Tensor, step: int | None = None) -> tuple[Tensor, Tensor]:
+        """The examples at positions ``sel``: float32 inputs and their labels; augmented
+        (when this loader augments) as the batches of consecutive steps from ``step`` on."""
         rows = self.where(sel)
         x = self.x[rows]
+        if self.augment is not None and step is not None:
+            x = self.augment(x, self.seed, step, self.batch_size, (self.rank, self.world))
         return (x if self.normalization is None else self.normalization.apply(x)), self.y[rows]
 
     def same_examples(self, other: "TensorLoader") -> bool:
@@ -82,17 +89,36 @@ class TensorLoader:
         return (same(self.x, other.x) and same(self.y, other.y) and same(self.rows, other.rows)
                 and self.normalization == other.normalization)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        idx = self.order(self.epoch).to(self.x.device)  # once per epoch: no host-to-device copy per batch
+    @property
+    def device(self) -> torch.device:
+        """Where the examples are held (and batches gathered)."""
+        return self.x.device
+
+    def planned(self) -> Iterator[tuple[int, Tensor]]:
+        """This iteration's ``(step, positions)`` per batch (this process's share of each):
+        epoch ``self.epoch`` from batch ``skip_batches`` on. Advances the epoch."""
+        epoch = self.epoch
+        idx = self.order(epoch).to(self.device)  # once per epoch: no host-to-device copy per batch
         self.epoch += 1
         start, self.skip_batches = self.skip_batches, 0
+        items = []
         for b in range(start, len(self)):
             sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
             if self.world > 1:
                 sel = torch.tensor_split(sel, self.world)[self.rank]
                 if not len(sel):  # a last evaluation batch smaller than the world
                     continue
-            yield self.take(sel)
+            items.append((epoch * len(self) + b, sel))
+        return iter(items)
+
+    def serve(self, items: Iterator[tuple[int, Tensor]]) -> Iterator[tuple[Tensor, Tensor]]:
+        """The batches of ``(first step, positions)`` items, gathered by indexing."""
+        for step, sel in items:
+            yield self.take(sel, step)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        # A generator: the epoch advances at the first batch, not when Lightning calls iter() to look
+        yield from self.serve(self.planned())
 
 
 class StepChunks:
@@ -121,7 +147,7 @@ class StepChunks:
         while s < last:
             epoch, pos = divmod(s, per_epoch)
             if epoch != self._epoch:  # once per epoch, moved to the data's device
-                self._epoch, self._order = epoch, self.loader.order(epoch).to(self.loader.x.device)
+                self._epoch, self._order = epoch, self.loader.order(epoch).to(self.loader.device)
             take = min(last - s, per_epoch - pos)
             parts.append(self._order[pos * b:(pos + take) * b])
             s += take
@@ -133,8 +159,7 @@ class StepChunks:
             yield self._indices(first, min(first + self.chunk, self.end))
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        for sel in self.indices():
-            yield self.loader.take(sel)
+        return self.loader.serve(zip(range(self.start, self.end, self.chunk), self.indices()))
 
 
 #: A split's source in the bundle: the test split is the bundle's test set; validation and
@@ -157,7 +182,7 @@ class DataModule:
     """
 
     def __init__(self, bundle: DataBundle, batch_size: int, eval_batch_size: int, val_size: float | int, seed: int, subset: int | None = None,
-                 order_seed: int | None = None):
+                 order_seed: int | None = None, augment: list | None = None):
         n = bundle.train_x.shape[0]
         n_val = int(round(val_size * n)) if isinstance(val_size, float) else int(val_size)
         if not 0 < n_val < n:
@@ -174,6 +199,10 @@ class DataModule:
         self.order_seed = seed if order_seed is None else order_seed
         if batch_size > self.examples("train"):
             raise LthError(f"data.batch_size={batch_size} is larger than the training split ({self.examples('train')} examples)")
+        #: ``data.augment``: what the training batches go through (evaluation never is augmented).
+        self.augment = Augmentation.of(augment)
+        if self.augment is not None:
+            self.augment.check(self.input_shape, f"data set {bundle.name or '?'}")
 
     @property
     def num_classes(self) -> int:
@@ -201,8 +230,11 @@ class DataModule:
                             normalization=self.bundle.normalization)
 
     def train_loader(self, seed: int) -> TensorLoader:
-        """The training batches in the order ``seed`` fixes (shuffled per epoch, full batches only)."""
-        return self.loader("train", self.batch_size, shuffle=True, seed=seed, drop_last=True)
+        """The training batches in the order ``seed`` fixes (shuffled per epoch, full batches
+        only), augmented as ``data.augment`` says with draws seeded by ``seed`` and the step."""
+        loader = self.loader("train", self.batch_size, shuffle=True, seed=seed, drop_last=True)
+        loader.augment = self.augment
+        return loader
 
     def eval_loaders(self) -> list[TensorLoader]:
         """Validation first, then test: each evaluation point measures both."""

@@ -68,7 +68,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lth_core.engines.checkpoints import ReplicaCheckpoints, ReplicaKeep
 from lth_core.data.bundle import Normalization
-from lth_core.data.loaders import StepChunks
+from lth_core.data.loaders import StepChunks, TensorLoader
 from lth_core.errors import LthError, NonFiniteLoss
 from lth_core.engines.enforcer import MaskEnforcer
 from lth_core.engines.private_apis import counted_step
@@ -121,6 +121,9 @@ class StackedLoader:
 
     def __init__(self, loaders: list, deferred: bool = False):
         self.loaders, self.deferred = loaders, deferred
+        if not all(isinstance(getattr(ld, "loader", ld), TensorLoader) for ld in loaders):
+            raise LthError(f"vectorize_trials: the recipe's data set streams from torch Datasets, and stacked trials need its "
+                           f"tensors in memory; {OFF}")
         if len({len(ld) for ld in loaders}) != 1:
             raise LthError(f"vectorize_trials: the trials' loaders differ in length ({[len(ld) for ld in loaders]}); {OFF}")
         first = loaders[0]
@@ -155,13 +158,16 @@ class StackedLoader:
         when :attr:`normalization` says so: the same values per element either way)."""
         loaders = [ld.loader for ld in self.loaders]
         norms = {None} if self.normalization is not None else {ld.normalization for ld in loaders}
-        for sels in zip(*(ld.indices() for ld in self.loaders)):
+        firsts = range(self.loaders[0].start, self.loaders[0].end, self.loaders[0].chunk)
+        for first, sels in zip(firsts, zip(*(ld.indices() for ld in self.loaders))):
             x = loaders[0].x.new_empty((len(sels), len(sels[0]), *loaders[0].x.shape[1:]))
             y = loaders[0].y.new_empty((len(sels), len(sels[0]), *loaders[0].y.shape[1:]))
             for i, (sel, ld) in enumerate(zip(sels, loaders)):
                 rows = ld.where(sel)
                 torch.index_select(ld.x, 0, rows, out=x[i])
                 torch.index_select(ld.y, 0, rows, out=y[i])
+                if ld.augment is not None:  # each trial's crops and flips, drawn from its own seed and the step
+                    x[i] = ld.augment(x[i], ld.seed, first, ld.batch_size)
             if len(norms) == 1:
                 yield (x if None in norms else next(iter(norms)).apply(x)), y
             else:  # trials over differently normalised data: each slot its own

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from lth_core.config import Recipe
 from lth_core.data.loaders import DataModule
+from lth_core.data.streaming import DatasetBundle, StreamingData
 from lth_core.engines.base import Engine
 from lth_core.errors import LthError, PluginError
 from lth_core.plugin_api import contracts
@@ -108,7 +109,11 @@ def load_data(recipe: Recipe, registry: Registry) -> DataModule:
     it, and shared with the other runs of this process that use it (:func:`load_bundle`)."""
     spec = recipe["data"]
     bundle = load_bundle(spec, registry)
-    return DataModule(bundle, spec["batch_size"], spec["eval_batch_size"], spec["val_size"], recipe["seed"], spec["subset"], spec.get("order_seed"))
+    if isinstance(bundle, DatasetBundle):  # torch Datasets: streamed through DataLoader workers
+        return StreamingData(bundle, spec["batch_size"], spec["eval_batch_size"], spec["val_size"], recipe["seed"], spec["subset"],
+                             spec.get("order_seed"), spec.get("augment"), spec.get("workers", 2))
+    return DataModule(bundle, spec["batch_size"], spec["eval_batch_size"], spec["val_size"], recipe["seed"], spec["subset"], spec.get("order_seed"),
+                      spec.get("augment"))
 
 
 #: What lth's own classifier measures at every evaluation (``lottery.monitor``/``test_metric``).

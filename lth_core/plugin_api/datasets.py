@@ -1,7 +1,8 @@
 """A recipe's data set through its plugin: checked, and held once per process while in use.
 
 The data-set factory a recipe names (``data.name``, with the section's options) returns a
-:class:`~lth_core.data.bundle.DataBundle`; it is checked here before anything trains on
+:class:`~lth_core.data.bundle.DataBundle` (tensors) or a
+:class:`~lth_core.data.streaming.DatasetBundle` (torch ``Dataset``s, streamed); it is checked here before anything trains on
 it, and ``data.classes`` is applied. Every run of a process that asks for the same data
 set with the same options while an earlier bundle is still in use gets that bundle: the
 trials trained together (``vectorize_trials``), every round and control of a lottery and
@@ -23,7 +24,7 @@ import weakref
 from typing import Any
 
 from lth_core.config import Recipe, options_of
-from lth_core.errors import PluginError
+from lth_core.errors import LthError, PluginError
 from lth_core.plugin_api.registry import Registry, call_plugin
 
 _HELD: "weakref.WeakValueDictionary[str, Any]" = weakref.WeakValueDictionary()
@@ -34,6 +35,7 @@ def load_bundle(spec: dict, registry: Registry) -> Any:
     """The data set a recipe's ``data:`` section names, checked, with its ``classes``
     selected; the bundle a run still uses when one asked for the same data set before."""
     from lth_core.data.bundle import DataBundle, select_classes
+    from lth_core.data.streaming import DatasetBundle
 
     entry = registry.get("datasets", spec["name"])
     options = options_of("data", spec)
@@ -44,10 +46,15 @@ def load_bundle(spec: dict, registry: Registry) -> Any:
             return bundle
         source = f"data set {spec['name']!r} (plugin {entry.plugin!r})"
         bundle = call_plugin(source, entry.obj, **options)
-        if not isinstance(bundle, DataBundle):
-            raise PluginError(f"{source} returned {type(bundle).__name__}, expected an lth_core.DataBundle")
+        if not isinstance(bundle, (DataBundle, DatasetBundle)):
+            raise PluginError(f"{source} returned {type(bundle).__name__}, expected an lth_core.DataBundle or DatasetBundle")
         bundle.check(source)
-        bundle = select_classes(bundle, spec.get("classes"))
+        if isinstance(bundle, DatasetBundle):
+            if spec.get("classes") is not None:
+                raise LthError(f"data.classes: data set {spec['name']!r} streams from a Dataset, and only data held in "
+                               "memory (a DataBundle) can keep some of its classes; remove data.classes")
+        else:
+            bundle = select_classes(bundle, spec.get("classes"))
         _HELD[key] = bundle
         return bundle
 

@@ -150,6 +150,15 @@ def register_datasets(register):
     for the same options while runs use its data: it returns the same data for them.
     A factory that cannot find its files raises :class:`lth_core.LthError` saying
     where it looked and what to do.
+
+    Data that does not fit in memory: return an :class:`lth_core.DatasetBundle` instead,
+    the train and test split as map-style torch ``Dataset``s of ``(input tensor, label)``
+    items (``uint8`` images with a normalization, or float32; torchvision transforms v2
+    for decoding and resizing). The core streams them through ``DataLoader`` workers
+    (``data.workers``) in the tensor path's seeded order, holds the validation split out by
+    seed and resumes a killed run at the same batch; random transforms belong in the
+    recipe's ``data.augment``, drawn per step, not in the datasets. The first and last item
+    of each split are checked as above.
     """
 
 

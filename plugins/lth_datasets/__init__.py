@@ -1,4 +1,7 @@
-"""Data sets, each loaded once into tensors.
+"""Data sets, each loaded once into tensors, and data sets streamed from disk.
+
+- ``image_folder`` and ``torchvision`` (any of torchvision's classification data sets by
+  name) stream from disk through ``DataLoader`` workers: :mod:`lth_datasets.folders`.
 
 - ``digits``: scikit-learn's 1,797 real 8x8 handwritten digits, shipped inside the
   package (offline, no download). Fixed stratified 80/20 train/test split.
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lth_core import LthError, atomic_path, hookimpl
+from lth_datasets.folders import image_folder, torchvision_dataset
 
 if TYPE_CHECKING:  # loading the plugin imports no torch: `lth plugins` and `lth --help` stay fast
     import torch
@@ -198,3 +202,5 @@ def register_datasets(register):
     register("mnist", mnist)
     register("fashion_mnist", fashion_mnist)
     register("cifar10", cifar10)
+    register("image_folder", image_folder)
+    register("torchvision", torchvision_dataset)

@@ -3,7 +3,8 @@
 ``lenet300`` is LeNet-300-100 (784-300-100-10 on MNIST); ``mlp`` takes any hidden sizes.
 Weights use Gaussian Glorot initialisation as in the paper, biases start at zero.
 The convolutional models (``conv2``, ``conv4``, ``conv6``, ``vgg19``, ``resnet20``) live in
-:mod:`lth_models.convnets`, which documents their parameter names.
+:mod:`lth_models.convnets`, which documents their parameter names. ``torchvision`` builds
+any of torchvision's classification networks by name (:mod:`lth_models.torchvision_models`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from lth_core import hookimpl
 from lth_models.convnets import conv2, conv4, conv6, resnet20, vgg19
+from lth_models.torchvision_models import torchvision_model
 
 if TYPE_CHECKING:  # the networks (torch) load when a model is built, not when the plugin loads
     from torch import nn
@@ -52,3 +54,4 @@ def register_models(register):
     register("conv6", conv6)
     register("vgg19", vgg19)
     register("resnet20", resnet20)
+    register("torchvision", torchvision_model)
