@@ -167,6 +167,19 @@ class StepChunks:
 SOURCE = {"train": "train", "val": "train", "test": "test"}
 
 
+def split_rows(n: int, val_size: float | int, seed: int, subset: int | None = None) -> dict[str, Tensor | None]:
+    """The rows of ``n`` training examples each split takes: validation first in a permutation
+    seeded by ``seed``, training the rest (its first ``subset``), test the bundle's own.
+    Data in memory and streamed data split by this one function, so a data set gives the
+    same validation split whichever path loads it."""
+    n_val = int(round(val_size * n)) if isinstance(val_size, float) else int(val_size)
+    if not 0 < n_val < n:
+        raise LthError(f"data.val_size={val_size} leaves no training or no validation data ({n} training examples)")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    train_idx = perm[n_val:] if subset is None else perm[n_val:][:subset]
+    return {"train": train_idx, "val": perm[:n_val], "test": None}
+
+
 class DataModule:
     """The run's data: training / validation / test splits of one bundle, and their loaders.
 
@@ -183,16 +196,8 @@ class DataModule:
 
     def __init__(self, bundle: DataBundle, batch_size: int, eval_batch_size: int, val_size: float | int, seed: int, subset: int | None = None,
                  order_seed: int | None = None, augment: list | None = None):
-        n = bundle.train_x.shape[0]
-        n_val = int(round(val_size * n)) if isinstance(val_size, float) else int(val_size)
-        if not 0 < n_val < n:
-            raise LthError(f"data.val_size={val_size} leaves no training or no validation data ({n} training examples)")
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-        val_idx, train_idx = perm[:n_val], perm[n_val:]
-        if subset is not None:
-            train_idx = train_idx[:subset]
         self.bundle = bundle
-        self.rows: dict[str, Tensor | None] = {"train": train_idx, "val": val_idx, "test": None}
+        self.rows = split_rows(bundle.train_x.shape[0], val_size, seed, subset)
         self.stored: dict[str, tuple[Tensor, Tensor]] = {"train": (bundle.train_x, bundle.train_y), "test": (bundle.test_x, bundle.test_y)}
         self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
         # ``data.order_seed``: another data order for the same θ0 and the same validation split.

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lth_core.data.augment import Augmentation
 from lth_core.data.bundle import Normalization
-from lth_core.data.loaders import TensorLoader
+from lth_core.data.loaders import TensorLoader, split_rows
 from lth_core.errors import LthError, PluginError
 
 
@@ -186,13 +186,7 @@ class StreamingData:
 
     def __init__(self, bundle: DatasetBundle, batch_size: int, eval_batch_size: int, val_size: float | int, seed: int,
                  subset: int | None = None, order_seed: int | None = None, augment: list | None = None, workers: int = 0):
-        n = len(bundle.train)
-        n_val = int(round(val_size * n)) if isinstance(val_size, float) else int(val_size)
-        if not 0 < n_val < n:
-            raise LthError(f"data.val_size={val_size} leaves no training or no validation data ({n} training examples)")
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))  # the tensor path's split
-        train_idx = perm[n_val:] if subset is None else perm[n_val:][:subset]
-        self.bundle, self.rows = bundle, {"train": train_idx, "val": perm[:n_val], "test": None}
+        self.bundle, self.rows = bundle, split_rows(len(bundle.train), val_size, seed, subset)  # the tensor path's split
         self.batch_size, self.eval_batch_size, self.seed, self.workers = batch_size, eval_batch_size, seed, workers
         self.order_seed = seed if order_seed is None else order_seed
         if batch_size > self.examples("train"):
