@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from lth_runs import lth_run
 
 LEVELS = {10: 0.8**10, 15: 0.8**15}  # IMP round -> hidden-layer density
 
@@ -55,12 +54,7 @@ def jobs(steps: int) -> dict[str, list[str]]:
 
 def run(out: Path, name: str, overrides: list[str], steps: int) -> None:
     common = ["trials=1", f"trainer.max_steps={steps}", "tracking=none", "controls=[]", "trainer.enable_progress_bar=false"]
-    args = [sys.executable, "-m", "lth_core.commands.cli", "run", "lenet300_fashion_mnist", "--out", str(out / name)]
-    for o in common + overrides:  # later --set wins
-        args += ["--set", o]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with open(out / f"{name}.log", "w") as log:
-        rc = subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    rc = lth_run(out, name, "lenet300_fashion_mnist", common + overrides)
     print(f"{name}: exit {rc}", flush=True)
 
 

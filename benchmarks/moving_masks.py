@@ -27,12 +27,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from lth_runs import lth_run
 
 LEVELS = (10, 15)  #: IMP rounds
 SIZES = {"hidden": 784 * 300 + 300 * 100, "last": 100 * 10}
@@ -73,12 +72,7 @@ def run(out: Path, name: str, overrides: list[str], steps: int, seed: int) -> in
     common = ["trials=1", f"seed={seed}", f"trainer.max_steps={steps}", "tracking=none", "controls=[]",
               "trainer.enable_progress_bar=false"]
     folder = f"{name}_s{seed}"
-    args = [sys.executable, "-m", "lth_core.commands.cli", "run", "lenet300_fashion_mnist", "--out", str(out / folder)]
-    for o in common + overrides:  # later --set wins
-        args += ["--set", o]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-    with open(out / f"{folder}.log", "w") as log:
-        rc = subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
+    rc = lth_run(out, folder, "lenet300_fashion_mnist", common + overrides)  # later --set wins
     print(f"{folder}: exit {rc}", flush=True)
     return rc
 

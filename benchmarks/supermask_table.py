@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from lth_runs import lth_run
 
 INITS = "[kaiming_normal, signed_kaiming_constant, {name: scaled_signed_kaiming_constant, density: 0.5}]"
 
@@ -48,12 +48,9 @@ def jobs(steps: int, conv: bool) -> dict[str, tuple[str, list[str]]]:
 
 def run(out: Path, name: str, recipe: str, overrides: list[str], steps: int) -> None:
     common = [f"trainer.max_steps={steps}", "tracking=none", "trainer.enable_progress_bar=false"]
-    args = [sys.executable, "-m", "lth_core.commands.cli", "run", recipe, "--out", str(out / name)]
-    for o in common + overrides:
-        args += ["--set", o]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-    with open(out / f"{name}.log", "w") as log:
-        subprocess.run(args, check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
+    rc = lth_run(out, name, recipe, common + overrides)
+    if rc != 0:
+        raise subprocess.CalledProcessError(rc, f"lth run {recipe} --out {out / name}")
 
 
 def _sweep(out: Path, name: str) -> list[dict]:
