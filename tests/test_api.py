@@ -4,7 +4,9 @@ for that call only (nothing installed)."""
 
 from __future__ import annotations
 
+import gc
 import math
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -78,3 +80,32 @@ def test_mistakes_are_one_line_errors(tmp_path, recipe, overrides, message):
         lth_core.run(recipe, out=tmp_path / "x", overrides=overrides, say=lambda s: None)
     assert message in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "x").exists()
+
+
+def test_ctrl_c_leaves_the_interrupted_line_last_even_with_a_coroutine_on_the_stack(tmp_path):
+    """Ctrl-C can land while W&B holds a coroutine it made and had not scheduled yet; freed
+    after lth's last line, Python would print "coroutine ... was never awaited" under it
+    (seen on CI). lth frees the interrupted stack itself, without that warning."""
+
+    async def upload():
+        return None
+
+    def interrupted_while_scheduling(model, mask, context):
+        pending = upload()  # made, not yet scheduled, when Ctrl-C arrives
+        raise KeyboardInterrupt(pending)
+
+    @lth_core.hookimpl
+    def register_criteria(register):
+        register("scheduling", interrupted_while_scheduling, options=[])
+
+    cell = SimpleNamespace(__name__="notebook_cell", register_criteria=register_criteria)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(KeyboardInterrupt, match="interrupted: finished rounds and the last checkpoint are kept") as info:
+            lth_core.run(TINY, out=tmp_path / "run", plugins=[cell], say=lambda s: None,
+                         overrides={"lottery.criterion": "scheduling", "lottery.rounds": 1, "controls": []})
+        assert info.value.__context__ is None  # the interrupted stack is not kept alive by the error
+        del info
+        gc.collect()
+    assert not [w for w in seen if "never awaited" in str(w.message)]
+    assert (tmp_path / "run" / "round_0" / "ticket.json").is_file()

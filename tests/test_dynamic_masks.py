@@ -34,7 +34,6 @@ from lth_movement.pruning import _StraightThrough
 
 from conftest import registered
 
-needs_fashion = pytest.mark.usefixtures()  # Fashion-MNIST is always there: Debian's, else the tests' subset (conftest)
 
 #: LeNet-300-100 on Fashion-MNIST with the paper's Adam, one training run of 300 steps.
 LENET = {
@@ -116,7 +115,6 @@ def dst_runs(tmp_path_factory) -> dict:
     return out
 
 
-@needs_fashion
 @pytest.mark.parametrize("method", ["rigl", "set"])
 def test_density_is_exact_after_every_update(dst_runs, method: str) -> None:
     watch, summary, folder = dst_runs[method]
@@ -132,7 +130,6 @@ def test_density_is_exact_after_every_update(dst_runs, method: str) -> None:
     assert summary["rounds"][0]["weights_remaining"] == sum(want.values()) / start.total()
 
 
-@needs_fashion
 @pytest.mark.parametrize("method", ["rigl", "set"])
 def test_regrown_weights_start_at_zero_with_fresh_optimiser_state_and_grow(dst_runs, method: str) -> None:
     """At each update the newly grown weights are 0 with Adam's moments 0; weights pruned at
@@ -161,7 +158,6 @@ def test_regrown_weights_start_at_zero_with_fresh_optimiser_state_and_grow(dst_r
         assert not ticket.final[n][~m].any()
 
 
-@needs_fashion
 def test_rigl_and_set_learn_on_fashion_mnist_and_report_the_final_network(dst_runs) -> None:
     """Well above chance after 300 steps at 10% of the weights; the early-stopping step is
     the last one (an earlier evaluation was another mask's network)."""
@@ -312,7 +308,6 @@ def hard_run(tmp_path_factory):
     return watcher.watches[-1], summary, folder
 
 
-@needs_fashion
 def test_hard_movement_follows_the_cubic_schedule_to_exact_counts(hard_run) -> None:
     watch, summary, folder = hard_run
     dense = Mask({n: torch.ones_like(m) for n, (m, _) in watch.seen[10].items()})
@@ -328,7 +323,6 @@ def test_hard_movement_follows_the_cubic_schedule_to_exact_counts(hard_run) -> N
     assert summary["rounds"][0]["test_acc"] > 0.7
 
 
-@needs_fashion
 def test_hard_movement_keeps_masked_weights_and_lets_them_come_back(hard_run) -> None:
     """A weight masked at one step keeps its (non-zero) value and is chosen again later;
     the ticket is the last mask over the trained weights, its masked weights zeroed."""
@@ -350,7 +344,6 @@ def test_hard_movement_keeps_masked_weights_and_lets_them_come_back(hard_run) ->
         assert torch.equal(ticket.final[n][m], last[n][1][m])  # the trained values, kept where chosen
 
 
-@needs_fashion
 def test_soft_movement_prunes_by_the_l1_penalty_and_keeps_the_threshold_mask(tmp_path: Path, pm) -> None:
     """Without the penalty almost nothing falls under τ; with it the density drops; the
     ticket's mask is σ(S) > threshold of the saved scores."""

@@ -29,7 +29,6 @@ from lth_core.plugin_api.registry import get_registry
 from lth_core.config import validate
 from lth_core.tickets.ticket import load_ticket
 
-needs_fashion = pytest.mark.usefixtures()  # Fashion-MNIST is always there: Debian's, else the tests' subset (conftest)
 
 
 def criterion(name: str):
@@ -128,7 +127,6 @@ def lenet(seed: int = 0) -> nn.Module:
 # ------------------------------------------------------------------------------------ SNIP
 
 
-@needs_fashion
 def test_snip_is_gradient_times_weight_of_the_masked_model(fashion: DataModule) -> None:
     """SNIP must score |∂L/∂w · w| on the seeded batch, computed on the *masked* model: a
     pruned weight that still holds a value in the model must neither be scored nor change
@@ -152,7 +150,6 @@ def test_snip_is_gradient_times_weight_of_the_masked_model(fashion: DataModule) 
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-@needs_fashion
 def test_snip_prunes_exactly_the_requested_counts(fashion: DataModule) -> None:
     """Whatever the allocation, the core keeps exactly round-counted weights per layer (or per
     pooled group) and what it prunes are the lowest SNIP scores."""
@@ -226,7 +223,6 @@ def test_grasp_is_hessian_gradient_product_times_weight(digits: DataModule) -> N
 # --------------------------------------------------------------------------------- SynFlow
 
 
-@needs_fashion
 def test_synflow_reads_nothing_but_the_input_shape(fashion: DataModule) -> None:
     """SynFlow is data free: handed the real Fashion-MNIST DataModule behind a window that
     fails on anything but ``input_shape``, it still scores and prunes, and leaves the model
@@ -244,7 +240,6 @@ def test_synflow_reads_nothing_but_the_input_shape(fashion: DataModule) -> None:
     assert model.training and (before["net.1.weight"] < 0).any()
 
 
-@needs_fashion
 def test_synflow_single_step_equals_the_closed_form(fashion: DataModule) -> None:
     """With nothing to prune (or one iteration) the scores are exactly SynFlow's
     |∂R/∂θ ⊙ θ| of the masked, linearised network, computed here by hand."""
@@ -265,7 +260,6 @@ def test_synflow_single_step_equals_the_closed_form(fashion: DataModule) -> None
     assert core_prune(one, mask, rates) == prune_by_scores(expected, mask, Allocation(rates))
 
 
-@needs_fashion
 @pytest.mark.parametrize("scope", ["layer", "global"])
 def test_synflow_iterates_to_the_exact_counts_the_core_keeps(fashion: DataModule, scope: str) -> None:
     """Iterative SynFlow (exponential schedule, rescoring the masked network every step)
@@ -301,7 +295,6 @@ def test_synflow_iterates_to_the_exact_counts_the_core_keeps(fashion: DataModule
         assert {n: r["kept"] for n, r in found.report().items()} == final
 
 
-@needs_fashion
 def test_iterative_synflow_avoids_layer_collapse_on_lenet(fashion: DataModule) -> None:
     """The SynFlow paper's point, on the real LeNet-300-100 at its initialisation: pruned
     globally to 99.95% (133 of 266,200 weights), iterative SynFlow keeps every layer and a

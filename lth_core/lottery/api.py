@@ -12,9 +12,11 @@ content of ``summary.json``) that also loads any round's ticket.
 from __future__ import annotations
 
 import copy
+import gc
 import signal
 import sys
 import threading
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
@@ -142,17 +144,20 @@ def execute(recipe: Recipe, pm: Any, out: str | Path | None = None, say: Callabl
     out = Path(out) if out is not None else default_out(recipe)
     progress = Progress.for_recipe(recipe, quiet=quiet)
     say = progress.wrap(say or (lambda text: print(text, file=sys.stderr, flush=True)))
-    try:
-        with accepting_changes(accept_plugin_changes), stop_on_ctrl_c():
-            summary = Summary(run_experiment(recipe, out, say=say, pm=pm, code=code, progress=progress), out)
-    except OSError as exc:  # lth's writers name their paths (OutputError); this is anything else
-        raise LthError(os_error_line(exc)) from exc
-    except (StopRequested, KeyboardInterrupt):
-        progress.clear()
-        from lth_core.lottery.tracking import abandon
+    with ending_quietly_on_ctrl_c() as stopped:
+        try:
+            with accepting_changes(accept_plugin_changes), stop_on_ctrl_c():
+                summary = Summary(run_experiment(recipe, out, say=say, pm=pm, code=code, progress=progress), out)
+        except OSError as exc:  # lth's writers name their paths (OutputError); this is anything else
+            raise LthError(os_error_line(exc)) from exc
+        except (StopRequested, KeyboardInterrupt):
+            stopped.append(True)
+            progress.clear()
+            from lth_core.lottery.tracking import abandon
 
-        abandon()  # the W&B run ends here, so that the resumed run can continue it
-        raise Interrupted(interrupted_line(out, code is not None)) from None
+            abandon()  # the W&B run ends here, so that the resumed run can continue it
+    if stopped:  # raised here, not in the except block: the interrupted stack is already gone
+        raise Interrupted(interrupted_line(out, code is not None))
     data_parallel.disconnect()  # data parallel: wait for every process
     del data  # held until every run of the recipe is done
     return summary
@@ -175,6 +180,20 @@ def stop_on_ctrl_c() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+@contextmanager
+def ending_quietly_on_ctrl_c() -> Iterator[list[bool]]:
+    """Yield a list the caller appends to when Ctrl-C stopped the run. The stack Ctrl-C
+    interrupted can hold a coroutine W&B created and had not scheduled yet; freed later it
+    prints "coroutine ... was never awaited" after lth's last line. Here that stack is freed
+    (and collected) while exactly that warning is ignored, so the interrupted line stays last."""
+    stopped: list[bool] = []
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
+        yield stopped
+        if stopped:
+            gc.collect()
 
 
 def interrupted_line(out: Path, own_module: bool = False) -> str:
