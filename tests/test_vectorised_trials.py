@@ -424,3 +424,42 @@ def test_a_killed_batched_run_resumes_as_the_uninterrupted_batched_run(tmp_path,
     monkeypatch.undo()
     _run(raw, tmp_path / "out")
     assert _compare_runs(tmp_path / "whole", tmp_path / "out") == 2 * 2
+
+
+def colour_digits():
+    """scikit-learn's real digits (integers 0..16) as a colour data set stored as bytes: three
+    channels with different statistics (x, 16 - x, x² / 16), standardised per channel, as
+    CIFAR-10 is."""
+    from types import SimpleNamespace
+
+    from sklearn.datasets import load_digits
+
+    import lth_core
+
+    def build():
+        d = load_digits()
+        x = torch.tensor(d.images, dtype=torch.uint8).unsqueeze(1)
+        x = torch.cat([x, 16 - x, x * x // 16], dim=1)
+        y = torch.tensor(d.target)
+        norm = lth_core.Normalization.of(x[:1400], 16.0, per_channel=True)
+        return lth_core.DataBundle(x[:1400], y[:1400], x[1400:], y[1400:], 10, "colour_digits", norm)
+
+    @lth_core.hookimpl
+    def register_datasets(register):
+        register("colour_digits", build)
+
+    return SimpleNamespace(__name__="colour_digits_plugin", register_datasets=register_datasets)
+
+
+@pytest.mark.parametrize("mode", [True, "batched"])
+def test_stacked_trials_normalise_each_channel_of_colour_data(mode, tmp_path) -> None:
+    """Per-channel constants broadcast over the channels of a stacked ``(K, B, C, H, W)``
+    batch (training chunks and evaluation), not over its batch dimension."""
+    import lth_core
+
+    raw = _raw(trials=2, data={"name": "colour_digits", "batch_size": 32, "val_size": 0.1},
+               lottery={**TINY["lottery"], "rounds": 1})
+    plugin = colour_digits()
+    lth_core.run(raw, out=tmp_path / "seq", plugins=[plugin], say=lambda _: None)
+    lth_core.run({**raw, "vectorize_trials": mode}, out=tmp_path / "vec", plugins=[plugin], say=lambda _: None)
+    assert _compare_runs(tmp_path / "seq", tmp_path / "vec", weight_atol=None if mode is True else 1e-5) == 2 * 2

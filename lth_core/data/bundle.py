@@ -53,20 +53,23 @@ class Normalization:
         del x
         return cls(float(scale), tuple(mean.flatten().tolist()), tuple(std.flatten().tolist()))
 
-    def apply(self, x: Tensor) -> Tensor:
-        """``x`` (``uint8``) as normalised float32, on ``x``'s device."""
+    def apply(self, x: Tensor, batch_dims: int = 1) -> Tensor:
+        """``x`` (``uint8``) as normalised float32, on ``x``'s device. The channels are the
+        dimension after the ``batch_dims`` leading ones: 1 for a batch ``(B, C, ...)``, 2 for
+        stacked trials' ``(K, B, C, ...)``."""
         out = x.to(torch.float32)
-        scale, mean, std = self._on(out.device, out.ndim)
+        scale, mean, std = self._on(out.device, out.ndim, batch_dims)
         return out.div_(scale).sub_(mean).div_(std)
 
-    def _on(self, device: torch.device, ndim: int) -> tuple[Any, Tensor, Tensor]:
-        """The constants as tensors on ``device`` shaped to broadcast over dimension 1,
-        made once per device: no host-to-device copy per batch. On the CPU ``scale`` is the
-        Python float that standardising at load divided by; elsewhere a device tensor, since
-        CUDA multiplies by the reciprocal of a host scalar, which can round differently."""
-        key = (str(device), ndim)
+    def _on(self, device: torch.device, ndim: int, batch_dims: int = 1) -> tuple[Any, Tensor, Tensor]:
+        """The constants as tensors on ``device`` shaped to broadcast over the channel
+        dimension (after ``batch_dims``), made once per device: no host-to-device copy per
+        batch. On the CPU ``scale`` is the Python float that standardising at load divided
+        by; elsewhere a device tensor, since CUDA multiplies by the reciprocal of a host
+        scalar, which can round differently."""
+        key = (str(device), ndim, batch_dims)
         if key not in self._constants:
-            shape = (1, -1, *[1] * (ndim - 2)) if len(self.mean) > 1 else (1,) * ndim
+            shape = ((1,) * batch_dims + (-1,) + (1,) * (ndim - batch_dims - 1)) if len(self.mean) > 1 else (1,) * ndim
             mean = torch.tensor(self.mean, dtype=torch.float32).view(shape).to(device)
             std = torch.tensor(self.std, dtype=torch.float32).view(shape).to(device)
             scale = self.scale if device.type == "cpu" else torch.tensor(self.scale, dtype=torch.float32, device=device)

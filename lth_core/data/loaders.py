@@ -241,9 +241,11 @@ class DataModule:
         loader.augment = self.augment
         return loader
 
-    def eval_loaders(self) -> list[TensorLoader]:
-        """Validation first, then test: each evaluation point measures both."""
-        return [self.loader("val", self.eval_batch_size), self.loader("test", self.eval_batch_size)]
+    def eval_loaders(self, batch_size: int | None = None) -> list[TensorLoader]:
+        """Validation first, then test: each evaluation point measures both, in batches of
+        ``batch_size`` (default ``data.eval_batch_size``)."""
+        size = batch_size or self.eval_batch_size
+        return [self.loader("val", size), self.loader("test", size)]
 
     def inputs(self, split: str, index: slice | Tensor | None = None) -> Tensor:
         """Float32 inputs of ``split``'s examples at ``index`` (all when None), on the CPU."""

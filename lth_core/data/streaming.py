@@ -222,8 +222,9 @@ class StreamingData:
         ld.augment = self.augment
         return ld
 
-    def eval_loaders(self) -> list[StreamLoader]:
-        return [self.loader("val", self.eval_batch_size), self.loader("test", self.eval_batch_size)]
+    def eval_loaders(self, batch_size: int | None = None) -> list[StreamLoader]:
+        size = batch_size or self.eval_batch_size
+        return [self.loader("val", size), self.loader("test", size)]
 
     def _positions(self, split: str, index: slice | Tensor | None) -> list[int]:
         rows = self.rows[split]
