@@ -122,7 +122,7 @@ def stacked(k: int, data: Data, steps: int, batched: bool = False, workers: int 
     module.train_in_chunks(50, BATCH)  # as vectorize_trials trains a round without callbacks
     clock = CpuClock(data)
     batches = StackedLoader([StepChunks(loader(data, i), 0, steps, 50) for i in range(k)], deferred=True)
-    module.normalization = batches.normalization  # bytes normalised step by step, as a lottery's stacked trials do
+    module.gather = batches.gather  # each step gathered from the chunk's rows, as a lottery's stacked trials do
     _trainer(steps, clock).fit(module, train_dataloaders=batches)
     return clock.seconds / (k * steps), clock.cpu_seconds / (k * steps)
 

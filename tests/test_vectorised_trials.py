@@ -451,13 +451,14 @@ def colour_digits():
     return SimpleNamespace(__name__="colour_digits_plugin", register_datasets=register_datasets)
 
 
-@pytest.mark.parametrize("mode", [True, "batched"])
-def test_stacked_trials_normalise_each_channel_of_colour_data(mode, tmp_path) -> None:
+@pytest.mark.parametrize("mode, augment", [(True, []), ("batched", []), (True, [{"name": "random_crop", "padding": 2}, "hflip"])])
+def test_stacked_trials_normalise_each_channel_of_colour_data(mode, augment, tmp_path) -> None:
     """Per-channel constants broadcast over the channels of a stacked ``(K, B, C, H, W)``
-    batch (training chunks and evaluation), not over its batch dimension."""
+    batch (each training step and evaluation), not over its batch dimension; with
+    augmentation, each trial's crops and flips are its own run's, step by step."""
     import lth_core
 
-    raw = _raw(trials=2, data={"name": "colour_digits", "batch_size": 32, "val_size": 0.1},
+    raw = _raw(trials=2, data={"name": "colour_digits", "batch_size": 32, "val_size": 0.1, "augment": augment},
                lottery={**TINY["lottery"], "rounds": 1})
     plugin = colour_digits()
     lth_core.run(raw, out=tmp_path / "seq", plugins=[plugin], say=lambda _: None)

@@ -57,7 +57,7 @@ import json
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -67,7 +67,6 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from lth_core.engines.checkpoints import ReplicaCheckpoints, ReplicaKeep
-from lth_core.data.bundle import Normalization
 from lth_core.data.loaders import StepChunks, TensorLoader
 from lth_core.errors import LthError, NonFiniteLoss
 from lth_core.engines.enforcer import MaskEnforcer
@@ -106,21 +105,51 @@ class Job:
     error: BaseException | None = None  # raised in the trial's thread instead of returning
 
 
+class StepGather:
+    """The K trials' examples at given rows, gathered into one stacked batch ``(K, B, ...)``:
+    each trial's inputs from its own tensor, augmented with its own draws for the step,
+    normalised once the stack is whole (per trial when the trials' data sets normalise
+    differently). Stacking the trials' own batches gives the same values element by element."""
+
+    def __init__(self, loaders: list[TensorLoader]):
+        self.loaders = loaders
+        norms = {ld.normalization for ld in loaders}
+        self.uniform = len(norms) == 1
+        self.normalization = next(iter(norms)) if self.uniform else None
+
+    def __call__(self, rows: Tensor, first_step: int, replicas: Sequence[int] | None = None) -> Tensor:
+        """The inputs at ``rows`` (``(K, n)``: trial i's rows of its tensor), as consecutive
+        steps' batches from ``first_step`` on (what augmentation draws by). With
+        ``replicas``, only their slots are filled (a ``parallel`` worker's share)."""
+        first = self.loaders[0]
+        x = first.x.new_empty((len(self.loaders), rows.shape[1], *first.x.shape[1:]))
+        for i in range(len(self.loaders)) if replicas is None else replicas:
+            ld = self.loaders[i]
+            torch.index_select(ld.x, 0, rows[i], out=x[i])
+            if ld.augment is not None:  # each trial's crops and flips, drawn from its own seed and the step
+                x[i] = ld.augment(x[i], ld.seed, first_step, ld.batch_size)
+        if self.uniform:
+            return x if self.normalization is None else self.normalization.apply(x, batch_dims=2)
+        return torch.stack([ld.normalization.apply(x[i]) if ld.normalization else x[i] for i, ld in enumerate(self.loaders)])
+
+
 class StackedLoader:
     """Iterates K loaders in step and stacks their batches: ``(K, B, ...)`` inputs.
 
     Unshuffled loaders over equal tensors (a test set every trial shares) yield their batch
-    once, unstacked: a 1-D label tensor tells :class:`StackedModule` it is shared.
+    once, unstacked: a 1-D label tensor tells :class:`StackedModule` it is shared. Other
+    batches are gathered straight into their slot of the stack (:class:`StepGather`), with
+    no float32 batch per trial on top.
 
-    ``deferred``: training chunks of compact data (``uint8``) stay as stored and
-    :attr:`normalization` says what the module applies to each step
-    (:meth:`StackedModule._steps`): K trials' chunk of 50 steps is then a quarter of its
-    float32 size (20 MB instead of 80 for four LeNet-300-100 trials on Fashion-MNIST,
-    and Lightning holds the next chunk too).
+    ``deferred`` (training chunks): an item is ``(rows, y)``, each trial's rows of its tensor
+    for the chunk's steps, and the module gathers one step at a time with :attr:`gather`
+    (:meth:`StackedModule._steps`). A chunk of inputs (4 LeNet-300-100 trials x 50 steps of
+    Fashion-MNIST: 16 MB as bytes, and Lightning holds the next one too) never exists; a
+    step's batch is gathered from the same rows as the chunk's slice of it would be.
     """
 
     def __init__(self, loaders: list, deferred: bool = False):
-        self.loaders, self.deferred = loaders, deferred
+        self.loaders = loaders
         if not all(isinstance(getattr(ld, "loader", ld), TensorLoader) for ld in loaders):
             raise LthError(f"vectorize_trials: the recipe's data set streams from torch Datasets, and stacked trials need its "
                            f"tensors in memory; {OFF}")
@@ -128,18 +157,13 @@ class StackedLoader:
             raise LthError(f"vectorize_trials: the trials' loaders differ in length ({[len(ld) for ld in loaders]}); {OFF}")
         first = loaders[0]
         self.shared = not any(ld.shuffle for ld in loaders) and all(ld.same_examples(first) for ld in loaders[1:])
+        chunks = all(isinstance(ld, StepChunks) for ld in loaders)
+        self.own = StepGather([ld.loader if chunks else ld for ld in loaders])
+        #: What the module gathers each step's inputs with (``deferred`` training chunks), else None.
+        self.gather = self.own if deferred and chunks and not self.shared else None
 
     def __len__(self) -> int:
         return len(self.loaders[0])
-
-    @property
-    def normalization(self) -> Normalization | None:
-        """The normalization the module applies per step (``deferred`` training chunks of
-        one normalised data set), else None: the loader yields float32 itself."""
-        if not self.deferred or self.shared or not all(isinstance(ld, StepChunks) for ld in self.loaders):
-            return None
-        norms = {ld.loader.normalization for ld in self.loaders}
-        return next(iter(norms)) if len(norms) == 1 else None
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         if self.shared:
@@ -147,33 +171,14 @@ class StackedLoader:
             return
         if all(isinstance(ld, StepChunks) for ld in self.loaders):
             first = self.loaders[0]
-            yield from self._gathered([ld.loader for ld in self.loaders],
-                                      zip(range(first.start, first.end, first.chunk), zip(*(ld.indices() for ld in self.loaders))))
-            return
-        plans = zip(*(ld.planned() for ld in self.loaders))  # evaluation: each trial's batch of its own split
-        yield from self._gathered(self.loaders, ((items[0][0], [sel for _, sel in items]) for items in plans))
-
-    def _gathered(self, loaders: list[TensorLoader], plan: Iterable[tuple[int, Sequence[Tensor]]]) -> Iterator[tuple[Tensor, Tensor]]:
-        """Each ``(first step, one selection per trial)`` of ``plan`` gathered straight into
-        its slot of the stacked batch, as stored: the tensors stacking each trial's batch
-        gives, without a float32 batch per trial on top of the stack (four LeNet-300-100
-        trials' evaluation batches of 2,000 Fashion-MNIST images: 25 MB). Normalised once
-        the stack is whole, or step by step by the module when :attr:`normalization` says
-        so: the same values per element either way."""
-        norms = {None} if self.normalization is not None else {ld.normalization for ld in loaders}
-        for first, sels in plan:
-            x = loaders[0].x.new_empty((len(sels), len(sels[0]), *loaders[0].x.shape[1:]))
-            y = loaders[0].y.new_empty((len(sels), len(sels[0]), *loaders[0].y.shape[1:]))
-            for i, (sel, ld) in enumerate(zip(sels, loaders)):
-                rows = ld.where(sel)
-                torch.index_select(ld.x, 0, rows, out=x[i])
-                torch.index_select(ld.y, 0, rows, out=y[i])
-                if ld.augment is not None:  # each trial's crops and flips, drawn from its own seed and the step
-                    x[i] = ld.augment(x[i], ld.seed, first, ld.batch_size)
-            if len(norms) == 1:
-                yield (x if None in norms else next(iter(norms)).apply(x, batch_dims=2)), y
-            else:  # trials over differently normalised data: each slot its own
-                yield torch.stack([ld.normalization.apply(x[i]) if ld.normalization else x[i] for i, ld in enumerate(loaders)]), y
+            plan = zip(range(first.start, first.end, first.chunk), zip(*(ld.indices() for ld in self.loaders)))
+        else:  # evaluation: each trial's batch of its own split
+            plan = ((items[0][0], [sel for _, sel in items]) for items in zip(*(ld.planned() for ld in self.loaders)))
+        loaders = self.own.loaders
+        for first_step, sels in plan:
+            rows = torch.stack([ld.where(sel) for sel, ld in zip(sels, loaders)])
+            y = torch.stack([ld.y[r] for r, ld in zip(rows, loaders)])
+            yield (rows if self.gather is not None else self.own(rows, first_step)), y
 
 
 class StackedLinear(nn.Module):
@@ -304,8 +309,8 @@ class StackedModule(LotteryModule):
         #: Resumed: each replicate's optimiser ``state_dict`` from its run's checkpoint (or None).
         self.optimizer_states = list(optimizer_states) if optimizer_states is not None else [None] * self.k
         self._opt: torch.optim.Optimizer | None = None
-        #: Set when training chunks arrive as stored bytes (a deferred :class:`StackedLoader`).
-        self.normalization: Normalization | None = None
+        #: Set when training chunks arrive as rows (a deferred :class:`StackedLoader`): each step's inputs are gathered with it.
+        self.gather: StepGather | None = None
 
     def replica_state(self, i: int) -> dict[str, Tensor]:
         """Replicate ``i``'s parameters by the model's own names."""
@@ -415,7 +420,7 @@ class StackedModule(LotteryModule):
         backward of the summed losses, their own optimiser). Returns (steps, replicates)."""
         share, opt, enforcer = self.shares[w], self.share_opts[w], self.share_enforcers[w]
         out = []
-        for j, (xb, yb) in enumerate(self._steps((x, y))):
+        for j, (xb, yb) in enumerate(self._steps((x, y), share)):
             losses = self._step_losses(xb, yb, share)
             opt.zero_grad(set_to_none=True)
             losses.sum().backward()
@@ -462,16 +467,18 @@ class StackedModule(LotteryModule):
             self._log_train_loss(losses.detach().mean(), self.step + 1)
         return losses.sum()
 
-    def _steps(self, batch):
-        """The steps of a multi-step stacked batch ``(K, steps * B, ...)``: ``(K, B, ...)`` each,
-        normalised here, one step at a time, when the chunk came as stored bytes. Every step's
-        inputs reach the kernels as a fresh contiguous copy either way (``x[i].clone()``, or
-        the folding ``reshape`` of the batched path), so the results are the same."""
+    def _steps(self, batch, replicas: Sequence[int] | None = None):
+        """The steps of a multi-step stacked batch ``(K, steps * B, ...)``: ``(K, B, ...)`` each.
+        A deferred chunk holds rows: each step's inputs are gathered here, one step at a time
+        (:attr:`gather`). Every step's inputs reach the kernels as a fresh contiguous tensor
+        either way (``x[i].clone()``, or the folding ``reshape`` of the batched path), so the
+        results are the same. ``replicas``: only theirs are needed (a ``parallel`` worker)."""
         x, y = batch
         steps = zip(x.split(self.batch_size, dim=1), y.split(self.batch_size, dim=1))
-        if self.normalization is None:
+        if self.gather is None:
             return steps
-        return ((self.normalization.apply(xb, batch_dims=2), yb) for xb, yb in steps)
+        first = self.step
+        return ((self.gather(rows, first + s, replicas), yb) for s, (rows, yb) in enumerate(steps))
 
     def _step_losses(self, x: Tensor, y: Tensor, replicas: Sequence[int] | None = None) -> Tensor:
         """Each replicate's own loss on its own batch, ``(K,)`` (or of ``replicas`` only)."""
@@ -593,7 +600,7 @@ def _fit_group(jobs: list[Job], mode: str = "stacked") -> None:
     for job in jobs:  # on a GPU the data stays there when it fits (the trials share one copy)
         job.run.data.place(first.trainer.strategy.root_device)
     train = StackedLoader([train_loader(j.run.data, j.start_step, max_steps, chunk) for j in jobs], deferred=True)
-    stacked.normalization = train.normalization  # None unless the chunks come as stored bytes
+    stacked.gather = train.gather  # each step's inputs gathered from the chunk's rows
     # A stacked evaluation batch holds about data.eval_batch_size examples, as one trial's does (not K times
     # as many: four LeNet-300-100 trials on Fashion-MNIST peaked 30 MB higher); only the order of the sums changes.
     per_trial = -(-first.run.data.eval_batch_size // len(jobs))
