@@ -274,6 +274,11 @@ def test_stacked_chunks_are_each_trials_own_chunks() -> None:
     for j, (x, y) in enumerate(stacked):
         assert torch.equal(x, torch.stack([e[j][0] for e in each]))
         assert torch.equal(y, torch.stack([e[j][1] for e in each]))
+    deferred = stacking.StackedLoader(chunks(), deferred=True)  # what training gets: rows, gathered step by step
+    for first, (rows, y), (x, y_full) in zip((40, 65, 90), deferred, stacked):
+        assert rows.dtype == torch.long and rows.shape == x.shape[:2] and torch.equal(y, y_full)
+        steps = [deferred.gather(r, first + s) for s, r in enumerate(rows.split(32, dim=1))]
+        assert torch.equal(torch.cat(steps, dim=1), x)
 
 
 # --- what is refused --------------------------------------------------------------------
