@@ -69,3 +69,19 @@ def test_the_ddp_launcher_class_is_the_one_fabric_uses_for_ddp():
 
     fabric = Fabric(accelerator="cpu", devices=2, strategy="ddp")
     assert isinstance(fabric.strategy.launcher, private_apis.subprocess_script_launcher())
+
+
+def test_stop_dataloader_workers_ends_a_persistent_iterators_workers_at_once():
+    """A loader with persistent workers, stopped half way through an epoch (what a run ending
+    at max_steps leaves): its worker processes end now, and a new iteration starts new ones."""
+    import multiprocessing
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(64.0)), batch_size=4, num_workers=1,
+                                       persistent_workers=True)
+    before = set(multiprocessing.active_children())
+    first = next(iter(data))
+    assert len(set(multiprocessing.active_children()) - before) == 1
+    private_apis.stop_dataloader_workers(data)
+    assert not set(multiprocessing.active_children()) - before and data._iterator is None
+    assert torch.equal(next(iter(data))[0], first[0])
+    private_apis.stop_dataloader_workers(data)

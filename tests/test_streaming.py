@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import multiprocessing
 from pathlib import Path
 
 import pytest
@@ -92,7 +93,9 @@ def test_the_same_lottery_through_image_folder_and_the_tensor_path(folder, tmp_p
     pm.register(SameImages(folder), name="same_images_plugin")
     streamed = lenet({"name": "image_folder", "root": str(folder["root"]), "image_size": folder["side"], "workers": 1})
     tensors = lenet({"name": "same_images"})
+    before = set(multiprocessing.active_children())
     a = run_lottery(validate(streamed), tmp_path / "stream", say=lambda s: None, pm=pm)
+    assert not set(multiprocessing.active_children()) - before  # the lottery stopped its data workers when done
     b = run_lottery(validate(tensors), tmp_path / "tensor", say=lambda s: None, pm=pm)
     assert [r["weights_remaining"] for r in a["rounds"]] == [1.0, 0.5, 0.25]
     assert json.dumps(a["rounds"]) == json.dumps(b["rounds"])

@@ -280,6 +280,10 @@ class DataModule:
         out.rows = {**self.rows, "train": self.rows["train"][keep.to(self.rows["train"].device)]}
         return out
 
+    def close(self) -> None:
+        """Nothing to stop: tensors in memory have no worker processes (the streaming data
+        module's ``close`` stops its workers; the lottery calls it when it is done)."""
+
     def place(self, device: torch.device | str) -> bool:
         """Hold the data on ``device`` (an accelerator) if it fits, so batches are gathered
         there with no host-to-device copy per step; True if it is there. The data fits when

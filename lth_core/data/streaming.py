@@ -173,6 +173,14 @@ class StreamLoader:
     def same_examples(self, other: Any) -> bool:
         return False
 
+    def close(self) -> None:
+        """Stop this loader's worker processes (a later iteration starts new ones)."""
+        if self._loader is not None:
+            from lth_core.engines.private_apis import stop_dataloader_workers
+
+            stop_dataloader_workers(self._loader)
+            self._loader = None
+
 
 class StreamingData:
     """The run's data when it streams: training / validation / test splits of a
@@ -202,6 +210,12 @@ class StreamingData:
 
     def _dataset(self, split: str) -> Any:
         return self.bundle.test if split == "test" else self.bundle.train
+
+    def close(self) -> None:
+        """Stop every loader's worker processes: the lottery calls this when it is done with
+        the data, so no worker outlives it (they persist across its evaluations and runs)."""
+        for ld in self._loaders.values():
+            ld.close()
 
     def examples(self, split: str) -> int:
         rows = self.rows[split]

@@ -70,3 +70,15 @@ def subprocess_script_launcher() -> type:
     from lightning_fabric.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
     return _SubprocessScriptLauncher
+
+
+def stop_dataloader_workers(loader: Any) -> None:
+    """Stop a ``DataLoader``'s worker processes now: its persistent iterator's
+    ``_shutdown_workers``, what Lightning calls on the loaders it iterates itself. Left to
+    the garbage collector, an iterator in a reference cycle can be finalised after its
+    queues, its workers never hear they should stop, and each costs the 5 s join timeout
+    (15 s at the end of a 3-round lottery streaming an image folder with one worker)."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None:
+        iterator._shutdown_workers()
+        loader._iterator = None

@@ -67,16 +67,19 @@ def run_lottery(recipe: Recipe, out_dir: str | Path, say: Callable[[str], None] 
     run.progress = progress
     total = 1 if source else recipe["lottery"]["rounds"]
     started = time.time()
-    round0 = prev = _dense_round(run, total)
-    for k in range(1, total + 1):
-        if source:
-            mask, start, origin = source.mask, Start(source.init, int(source.meta.get("start_step", 0)), recipe["optimizer"]), round0
-            run.say(f"round 1/1: the transferred ticket from {recipe['ticket']} ({mask.density():.2%} of weights)")
-        else:
-            mask, start, origin = prune_step(run, k, prev, round0, Allocation.of_recipe(recipe, prev.mask))
-            run.say(f"round {k}/{total}: pruned to {mask.density():.2%} of weights")
-        prev = _ticket_run(run, k, total, mask, start)
-        run_controls(run, k, total, prev.mask, start, origin)
+    try:
+        round0 = prev = _dense_round(run, total)
+        for k in range(1, total + 1):
+            if source:
+                mask, start, origin = source.mask, Start(source.init, int(source.meta.get("start_step", 0)), recipe["optimizer"]), round0
+                run.say(f"round 1/1: the transferred ticket from {recipe['ticket']} ({mask.density():.2%} of weights)")
+            else:
+                mask, start, origin = prune_step(run, k, prev, round0, Allocation.of_recipe(recipe, prev.mask))
+                run.say(f"round {k}/{total}: pruned to {mask.density():.2%} of weights")
+            prev = _ticket_run(run, k, total, mask, start)
+            run_controls(run, k, total, prev.mask, start, origin)
+    finally:
+        run.data.close()  # streamed data: its worker processes stop here, not whenever the collector gets to them
     return _conclude(run, source, started, report)
 
 

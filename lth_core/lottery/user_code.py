@@ -74,6 +74,9 @@ class ModuleData:
         datamodule.setup("fit")
         self.num_classes = self.input_shape = None
 
+    def close(self) -> None:
+        """Nothing to stop: Lightning shuts down the workers of the loaders it iterates."""
+
     def train_loader(self, seed: int = 0) -> Any:
         """The datamodule's training loader (its length: steps per epoch)."""
         return self.datamodule.train_dataloader()
