@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "lth_core"
 #: Lowest first. A module of layer i imports only from layers 0..i (its own layer included).
 LAYERS = [
-    {"errors", "files", "seeds", "version", "quiet"},
+    {"errors", "files", "seeds", "version", "quiet", "private_apis"},
     {"config"},
     {"tickets", "data"},
     {"plugin_api"},

@@ -1,5 +1,5 @@
 """The private torch and Lightning names the core relies on, all in
-``lth_core/engines/private_apis.py``: each still exists and still does what lth uses it for.
+``lth_core/private_apis.py``: each still exists and still does what lth uses it for.
 
 A new torch or Lightning release that renames or changes one fails here, naming it,
 before it can break a lottery quietly (``pyproject.toml`` caps pytorch-lightning at the
@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from lth_core.engines import private_apis
+from lth_core import private_apis
 
 
 def test_foreach_mul_multiplies_every_pair_in_place():

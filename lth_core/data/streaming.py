@@ -176,7 +176,7 @@ class StreamLoader:
     def close(self) -> None:
         """Stop this loader's worker processes (a later iteration starts new ones)."""
         if self._loader is not None:
-            from lth_core.engines.private_apis import stop_dataloader_workers
+            from lth_core.private_apis import stop_dataloader_workers
 
             stop_dataloader_workers(self._loader)
             self._loader = None

@@ -45,7 +45,7 @@ from lth_core.engines.base import Engine, Fit
 from lth_core.engines.checkpoints import Saved
 from lth_core.engines.collectives import (_dist, all_gather_json, broadcast_json, broadcast_tensors, is_writer,
                                           rank, world_size)
-from lth_core.engines.private_apis import subprocess_script_launcher
+from lth_core.private_apis import subprocess_script_launcher
 from lth_core.errors import LthError
 from lth_core.files import atomic_write_text
 from lth_core.tickets.mask import Mask

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lth_core.engines.private_apis import foreach_mul_
+from lth_core.private_apis import foreach_mul_
 from lth_core.engines.collectives import mean_over_processes
 from lth_core.tickets.mask import Mask, check_tighter, parameters_by_name
 

@@ -13,7 +13,7 @@ from torchmetrics import MeanMetric
 
 from lth_core.errors import NonFiniteLoss
 from lth_core.engines.enforcer import MaskedRun, MaskEnforcer
-from lth_core.engines.private_apis import attached_trainer, counted_step, skip_graph_capture_check
+from lth_core.private_apis import attached_trainer, counted_step, skip_graph_capture_check
 from lth_core.tickets.mask import Mask
 
 EVAL_SPLITS = ("val", "test")

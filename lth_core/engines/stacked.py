@@ -70,7 +70,7 @@ from lth_core.engines.checkpoints import ReplicaCheckpoints, ReplicaKeep
 from lth_core.data.loaders import StepChunks, TensorLoader
 from lth_core.errors import LthError, NonFiniteLoss
 from lth_core.engines.enforcer import MaskEnforcer
-from lth_core.engines.private_apis import counted_step
+from lth_core.private_apis import counted_step
 from lth_core.engines.trainer import train_loader
 from lth_core.tickets.mask import Mask
 from lth_core.engines.module import EVAL_SPLITS, LotteryModule, build_optimizer, lr_factor
