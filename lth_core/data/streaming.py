@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from lth_core.data.augment import Augmentation
 from lth_core.data.bundle import Normalization
 from lth_core.data.loaders import TensorLoader, split_rows
+from lth_core.private_apis import stop_dataloader_workers
 from lth_core.errors import LthError, PluginError
 
 
@@ -176,8 +177,6 @@ class StreamLoader:
     def close(self) -> None:
         """Stop this loader's worker processes (a later iteration starts new ones)."""
         if self._loader is not None:
-            from lth_core.private_apis import stop_dataloader_workers
-
             stop_dataloader_workers(self._loader)
             self._loader = None
 
