@@ -63,3 +63,32 @@ def test_a_terminal_gets_one_line_redrawn_in_place(tmp_path: Path) -> None:
     for line in text.replace("\r\n", "\n").split("\n"):  # every result line starts clean
         if "weights remaining" in line:
             assert line.split("\r\x1b[K")[-1].startswith("round ")
+
+
+def test_trials_trained_together_show_one_line_and_count_their_runs_together(tmp_path: Path) -> None:
+    """Two trials stacked: one line for both, runs counted in pairs, and the lottery's ETA
+    counting the runs left as stacked fits (a step trains every trial), not one by one."""
+    recipe = tiny_yaml(tmp_path, trials=2, vectorize_trials=True)
+    proc = lth("run", str(recipe), "--out", str(tmp_path / "run"), LTH_PROGRESS_SECONDS="0")
+    assert proc.returncode == 0, proc.stderr
+    stacked = re.compile(r"trials 0-1 round (\d)/2 \[ticket\] step (\d+)/60  val loss \d+\.\d{4}  run ETA (\d+):(\d\d)  "
+                         r"lottery ETA (\d+):(\d\d) \(runs (\d)-(\d)/6\)")
+    found = [m for m in map(stacked.fullmatch, proc.stderr.splitlines()) if m]
+    assert {int(m.group(1)) for m in found} == {0, 1, 2}, proc.stderr
+    for m in found:  # round k trains runs 2k+1 and 2k+2 of 6
+        k, first, last = int(m.group(1)), int(m.group(7)), int(m.group(8))
+        assert (first, last) == (2 * k + 1, 2 * k + 2)
+    assert not re.search(r"trial_\d round", proc.stderr)
+
+
+def test_the_lottery_eta_counts_stacked_runs_as_one_fit() -> None:
+    """8 runs of 100 steps, half way through the first fit, 1 s a step: one by one, 50 + 7 x 100
+    steps are left; four trials stacked, 50 + (8 - 4) / 4 x 100 (a step trains all four)."""
+    from lth_core.lottery.progress import Progress
+
+    alone, stacked = Progress(8, 100, "lines", together=1), Progress(8, 100, "lines", together=4)
+    assert alone.line("round 0/1 [ticket]", 50, 100, None, 1.0).endswith("run ETA 0:50  lottery ETA 12:30 (run 1/8)")
+    assert stacked.line("round 0/1 [ticket]", 50, 100, None, 1.0).endswith("run ETA 0:50  lottery ETA 2:30 (runs 1-4/8)")
+    for _ in range(4):
+        stacked.run_finished(100, 100.0)
+    assert stacked.line("round 1/1 [ticket]", 0, 100, None, 1.0).endswith("lottery ETA 1:40 (runs 5-8/8)")

@@ -58,8 +58,10 @@ class Progress:
     the steps trained so far (reused runs cost nothing), and where output goes."""
 
     def __init__(self, total_runs: int, steps_per_run: int, mode: str = "lines", stream: TextIO | None = None,
-                 every: float | None = None):
+                 every: float | None = None, together: int = 1):
         self.total, self.steps_per_run, self.mode = max(1, total_runs), steps_per_run, mode
+        #: Runs trained as one (``vectorize_trials``: a recipe's trials): a step of theirs is a step of each.
+        self.together = max(1, together)
         self.stream = stream or sys.stderr
         self.every = float(os.environ.get("LTH_PROGRESS_SECONDS", DEFAULT_SECONDS)) if every is None else every
         self.done, self.trained_steps, self.trained_seconds = 0, 0, 0.0
@@ -68,7 +70,8 @@ class Progress:
     @classmethod
     def for_recipe(cls, recipe: Any, quiet: bool = False, stream: TextIO | None = None) -> "Progress":
         steps = recipe["trainer"].get("max_steps", -1)
-        return cls(runs_of(recipe), steps if steps and steps > 0 else 0, display_mode(stream, quiet), stream)
+        together = recipe["trials"] if recipe["vectorize_trials"] and recipe["trials"] > 1 else 1
+        return cls(runs_of(recipe), steps if steps and steps > 0 else 0, display_mode(stream, quiet), stream, together=together)
 
     def wrap(self, say: Callable[[str], None]) -> Callable[[str], None]:
         """``say`` that first clears a live line (and says nothing when output is off, but warnings)."""
@@ -102,8 +105,11 @@ class Progress:
         if total:
             left = max(0, total - step)
             parts.append(f"run ETA {clock(left * rate)}")
-            later = max(0, self.total - self.done - 1) * self.steps_per_run
-            parts.append(f"lottery ETA {clock((left + later) * rate)} (run {min(self.done + 1, self.total)}/{self.total})")
+            now = max(1, min(self.together, self.total - self.done))  # runs training in this fit
+            later = max(0, self.total - self.done - now) * self.steps_per_run / self.together
+            first = min(self.done + 1, self.total)
+            runs = f"run {first}" if now == 1 else f"runs {first}-{first + now - 1}"
+            parts.append(f"lottery ETA {clock((left + later) * rate)} ({runs}/{self.total})")
         return "  ".join(parts)
 
     def show(self, text: str) -> None:

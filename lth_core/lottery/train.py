@@ -129,6 +129,8 @@ def _progress_bar(run: Run, ctx: RoundContext, first: int) -> ProgressBar:
     """The run's progress line: ``round k/N [name]`` (and the trial, when there are several)."""
     rounds = 1 if run.recipe["ticket"] else run.recipe["lottery"]["rounds"]
     trial = run.out_dir.name if run.out_dir.name.startswith("trial_") else None
+    if trial and run.progress.together > 1:  # trials trained together show one line, trial 0's
+        trial = f"trials 0-{run.progress.together - 1}"
     label = (f"{trial} " if trial else "") + f"round {ctx.round}/{rounds} [{ctx.name}]"
     steps = run.recipe["trainer"].get("max_steps", -1)
     return ProgressBar(run.progress, label, ctx.module, first, steps if steps and steps > 0 else 0)
