@@ -19,7 +19,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from lth_runs import lth_run
+from lth_runs import fashion_lenet_run, summary_row
 
 LEVELS = {10: 0.8**10, 15: 0.8**15}  # IMP round -> hidden-layer density
 
@@ -52,19 +52,6 @@ def jobs(steps: int) -> dict[str, list[str]]:
     }
 
 
-def run(out: Path, name: str, overrides: list[str], steps: int) -> None:
-    common = ["trials=1", f"trainer.max_steps={steps}", "tracking=none", "controls=[]", "trainer.enable_progress_bar=false"]
-    rc = lth_run(out, name, "lenet300_fashion_mnist", common + overrides)
-    print(f"{name}: exit {rc}", flush=True)
-
-
-def row(summary: dict, run: str, round_: int | None) -> dict | None:
-    rows = summary["rounds"] if run == "ticket" else summary["controls"].get(run, [])
-    if round_ is None:
-        return rows[-1] if rows else None
-    return next((r for r in rows if r["round"] == round_), None)
-
-
 def cell(r: dict | None) -> str:
     return f"{100 * r['test_acc']:.2f} ({r['early_stop_step']}) @ {100 * r['weights_remaining']:.1f}%" if r else "not run"
 
@@ -77,7 +64,7 @@ def table(out: Path) -> str:
     lines = ["| method | ~10.7% remaining: test acc (early-stop step) | ~3.5% remaining |", "|---|---|---|"]
     dense = load("magnitude_init")
     if dense:
-        lines.append(f"| dense (round 0) | {cell(row(dense, 'ticket', 0))} | |")
+        lines.append(f"| dense (round 0) | {cell(summary_row(dense, 'ticket', 0))} | |")
     specs = [
         ("magnitude + rewind to θ0 (IMP)", "magnitude_init", "ticket", None),
         ("magnitude + late rewinding (10%)", "late_rewind", "ticket", None),
@@ -92,10 +79,10 @@ def table(out: Path) -> str:
     for label, a, run_name, b in specs:
         sa = load(a)
         if b is None:
-            cells = [cell(row(sa, run_name, 10)) if sa else "not run", cell(row(sa, run_name, 15)) if sa else "not run"]
+            cells = [cell(summary_row(sa, run_name, 10)) if sa else "not run", cell(summary_row(sa, run_name, 15)) if sa else "not run"]
         else:
             sb = load(b)
-            cells = [cell(row(sa, run_name, None)) if sa else "not run", cell(row(sb, run_name, None)) if sb else "not run"]
+            cells = [cell(summary_row(sa, run_name, None)) if sa else "not run", cell(summary_row(sb, run_name, None)) if sb else "not run"]
         lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
@@ -111,7 +98,7 @@ def main() -> None:
     if not args.table_only:
         todo = jobs(args.steps)
         with ThreadPoolExecutor(args.jobs) as pool:
-            list(pool.map(lambda item: run(args.out, item[0], item[1], args.steps), todo.items()))
+            list(pool.map(lambda item: fashion_lenet_run(args.out, item[0], args.steps, item[1]), todo.items()))
     print(table(args.out))
 
 

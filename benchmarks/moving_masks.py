@@ -31,7 +31,7 @@ import statistics
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from lth_runs import lth_run
+from lth_runs import fashion_lenet_run, summary_row
 
 LEVELS = (10, 15)  #: IMP rounds
 SIZES = {"hidden": 784 * 300 + 300 * 100, "last": 100 * 10}
@@ -69,26 +69,22 @@ def jobs(soft_l1: dict[int, float]) -> dict[str, list[str]]:
 
 
 def run(out: Path, name: str, overrides: list[str], steps: int, seed: int) -> int:
-    common = ["trials=1", f"seed={seed}", f"trainer.max_steps={steps}", "tracking=none", "controls=[]",
-              "trainer.enable_progress_bar=false"]
-    folder = f"{name}_s{seed}"
-    rc = lth_run(out, folder, "lenet300_fashion_mnist", common + overrides)  # later --set wins
-    print(f"{folder}: exit {rc}", flush=True)
-    return rc
+    return fashion_lenet_run(out, f"{name}_s{seed}", steps, [f"seed={seed}", *overrides])
 
 
 def rows(out: Path, name: str, seeds: list[int], run_name: str, round_: int | None) -> list[dict]:
     found = []
     for seed in seeds:
         f = out / f"{name}_s{seed}" / "summary.json"
-        if not f.is_file():
-            continue
-        summary = json.loads(f.read_text())
-        rs = summary["rounds"] if run_name == "ticket" else summary["controls"].get(run_name, [])
-        r = rs[-1] if round_ is None and rs else next((x for x in rs if x["round"] == round_), None)
+        r = summary_row(json.loads(f.read_text()), run_name, round_) if f.is_file() else None
         if r:
             found.append(r)
     return found
+
+
+def method_rows(out: Path, seeds: list[int], name: str, run_name: str, k: int) -> list[dict]:
+    """A method's rows at level ``k``: IMP's round k, or the last row of the method's own run for k."""
+    return rows(out, "imp", seeds, run_name, k) if name == "imp" else rows(out, f"{name}_{k}", seeds, run_name, None)
 
 
 def cell(rs: list[dict], early: bool = False) -> str:
@@ -120,7 +116,7 @@ def results(out: Path, seeds: list[int]) -> dict[str, dict]:
     found = {}
     for label, name, run_name, _ in SPECS:
         for k in LEVELS:
-            rs = rows(out, "imp", seeds, run_name, k) if name == "imp" else rows(out, f"{name}_{k}", seeds, run_name, None)
+            rs = method_rows(out, seeds, name, run_name, k)
             if rs:
                 found[f"{name}/{run_name}/{k}"] = {
                     "label": label, "seeds": len(rs),
@@ -136,7 +132,7 @@ def table(out: Path, seeds: list[int]) -> str:
     for label, name, run_name, early in SPECS:
         cells = []
         for k in LEVELS:
-            rs = rows(out, "imp", seeds, run_name, k) if name == "imp" else rows(out, f"{name}_{k}", seeds, run_name, None)
+            rs = method_rows(out, seeds, name, run_name, k)
             cells += [cell(rs), cell(rs, True) if early else "= at T"]
         lines.append(f"| {label} | {' | '.join(cells)} |")
     return "\n".join(lines)
