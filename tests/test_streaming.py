@@ -232,3 +232,18 @@ def test_two_data_parallel_processes_stream_their_shares_and_match_one_process(f
         assert a["early_stop_step"] == b["early_stop_step"] and a["steps"] == b["steps"] == 40
         for key in ("val_loss_min", "val_acc", "test_acc", "test_acc_final"):
             assert a[key] == pytest.approx(b[key], abs=1e-5), key
+
+
+def test_both_data_paths_refuse_a_batch_larger_than_the_training_split_in_the_same_words(folder):
+    """The same images streamed and in memory: the same split, so the same one-line refusal."""
+    from lth_core import DataModule
+
+    (xtr, ytr), (xte, yte) = folder["train"], folder["test"]
+    streamed = image_folder(str(folder["root"]), folder["side"])
+    tensors = DataBundle(xtr, ytr, xte, yte, 10, "same_images", Normalization.of(xtr, 255.0))
+    lines = []
+    for make in (lambda: StreamingData(streamed, 10**6, 100, 100, seed=0), lambda: DataModule(tensors, 10**6, 100, 100, seed=0)):
+        with pytest.raises(LthError) as err:
+            make()
+        lines.append(str(err.value))
+    assert lines[0] == lines[1] == f"data.batch_size=1000000 is larger than the training split ({len(xtr) - 100} examples)"

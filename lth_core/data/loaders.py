@@ -180,7 +180,25 @@ def split_rows(n: int, val_size: float | int, seed: int, subset: int | None = No
     return {"train": train_idx, "val": perm[:n_val], "test": None}
 
 
-class DataModule:
+class Splits:
+    """What the data in memory (:class:`DataModule`) and streamed data share: the recipe's
+    batch sizes, seed, order seed and augmentation, checked against the training split, so
+    both refuse the same mistakes in the same words. A subclass sets ``bundle``, ``rows``
+    and what its ``examples`` and ``input_shape`` read before calling ``__init__``."""
+
+    def __init__(self, batch_size: int, eval_batch_size: int, seed: int, order_seed: int | None, augment: list | None):
+        self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
+        # ``data.order_seed``: another data order for the same θ0 and the same validation split.
+        self.order_seed = seed if order_seed is None else order_seed
+        if batch_size > self.examples("train"):
+            raise LthError(f"data.batch_size={batch_size} is larger than the training split ({self.examples('train')} examples)")
+        #: ``data.augment``: what the training batches go through (evaluation never is augmented).
+        self.augment = Augmentation.of(augment)
+        if self.augment is not None:
+            self.augment.check(self.input_shape, f"data set {self.bundle.name or '?'}")
+
+
+class DataModule(Splits):
     """The run's data: training / validation / test splits of one bundle, and their loaders.
 
     ``seed`` fixes the validation split; ``order_seed`` (default: ``seed``) the order of
@@ -199,15 +217,7 @@ class DataModule:
         self.bundle = bundle
         self.rows = split_rows(bundle.train_x.shape[0], val_size, seed, subset)
         self.stored: dict[str, tuple[Tensor, Tensor]] = {"train": (bundle.train_x, bundle.train_y), "test": (bundle.test_x, bundle.test_y)}
-        self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
-        # ``data.order_seed``: another data order for the same θ0 and the same validation split.
-        self.order_seed = seed if order_seed is None else order_seed
-        if batch_size > self.examples("train"):
-            raise LthError(f"data.batch_size={batch_size} is larger than the training split ({self.examples('train')} examples)")
-        #: ``data.augment``: what the training batches go through (evaluation never is augmented).
-        self.augment = Augmentation.of(augment)
-        if self.augment is not None:
-            self.augment.check(self.input_shape, f"data set {bundle.name or '?'}")
+        super().__init__(batch_size, eval_batch_size, seed, order_seed, augment)
 
     @property
     def num_classes(self) -> int:

@@ -35,9 +35,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from lth_core.data.augment import Augmentation
 from lth_core.data.bundle import Normalization
-from lth_core.data.loaders import TensorLoader, split_rows
+from lth_core.data.loaders import Splits, TensorLoader, split_rows
 from lth_core.private_apis import stop_dataloader_workers
-from lth_core.errors import LthError, PluginError
+from lth_core.errors import PluginError
 
 
 @dataclass
@@ -181,7 +181,7 @@ class StreamLoader:
             self._loader = None
 
 
-class StreamingData:
+class StreamingData(Splits):
     """The run's data when it streams: training / validation / test splits of a
     :class:`DatasetBundle`, with the :class:`~lth_core.data.loaders.DataModule` interface
     that the lottery and plugins use (loaders, ``inputs``, ``labels``, ``sample_batch``).
@@ -194,13 +194,8 @@ class StreamingData:
     def __init__(self, bundle: DatasetBundle, batch_size: int, eval_batch_size: int, val_size: float | int, seed: int,
                  subset: int | None = None, order_seed: int | None = None, augment: list | None = None, workers: int = 0):
         self.bundle, self.rows = bundle, split_rows(len(bundle.train), val_size, seed, subset)  # the tensor path's split
-        self.batch_size, self.eval_batch_size, self.seed, self.workers = batch_size, eval_batch_size, seed, workers
-        self.order_seed = seed if order_seed is None else order_seed
-        if batch_size > self.examples("train"):
-            raise LthError(f"data.batch_size={batch_size} is larger than the training split ({self.examples('train')} examples)")
-        self.augment = Augmentation.of(augment)
-        if self.augment is not None:
-            self.augment.check(self.input_shape, f"data set {bundle.name or '?'}")
+        self.workers = workers
+        super().__init__(batch_size, eval_batch_size, seed, order_seed, augment)
         self._loaders: dict[tuple, StreamLoader] = {}
 
     num_classes = property(lambda self: self.bundle.num_classes)
