@@ -116,9 +116,7 @@ class DataBundle:
     def check(self, source: str) -> None:
         """Refuse what would otherwise fail later, deep in torch or silently: ``source``
         (the data set and its plugin) is named with what it returned and what was expected."""
-        n = self.num_classes
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise PluginError(f"{source} returned num_classes={n!r}, expected a positive int")
+        check_num_classes(self.num_classes, source)
         for part in ("train", "test"):
             _check_split(self, part, source)
         if self.test_x.shape[1:] != self.train_x.shape[1:]:
@@ -131,6 +129,13 @@ class DataBundle:
             problem = self.normalization.problem(self.train_x.shape[1] if self.train_x.ndim > 1 else None)
             if problem:
                 raise PluginError(f"{source} returned {problem}")
+
+
+def check_num_classes(n: Any, source: str) -> None:
+    """A data set's ``num_classes`` is a positive int (in memory or streamed): the model's
+    output size and the range every label is checked against."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise PluginError(f"{source} returned num_classes={n!r}, expected a positive int")
 
 
 def _check_split(bundle: DataBundle, part: str, source: str) -> None:

@@ -34,7 +34,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from lth_core.data.augment import Augmentation
-from lth_core.data.bundle import Normalization
+from lth_core.data.bundle import Normalization, check_num_classes
 from lth_core.data.loaders import Splits, TensorLoader, split_rows
 from lth_core.private_apis import stop_dataloader_workers
 from lth_core.errors import PluginError
@@ -65,9 +65,7 @@ class DatasetBundle:
         """Refuse what would fail later inside a worker: empty splits, items that are not
         ``(tensor, label)``, other dtypes or shapes, labels out of range (first and last
         item of each split are read)."""
-        n = self.num_classes
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise PluginError(f"{source} returned num_classes={n!r}, expected a positive int")
+        check_num_classes(self.num_classes, source)
         shape = None
         for part in ("train", "test"):
             ds = getattr(self, part)
